@@ -65,15 +65,28 @@ def load_model(
     if not isinstance(spec, str) or not spec.strip():
         raise ModelLoadError(f"model spec must be a non-empty string; valid specs: {SPECS_HELP}")
     spec = spec.strip()
-    if spec == DEFAULT_MODEL:
-        hf_model, tokenizer, boot_name = _load_embedded(dtype)
-    elif spec == TINY_PREFIX or spec.startswith(TINY_PREFIX + ":"):
-        hf_model, tokenizer, boot_name = _build_tiny(spec, dtype)
-    else:
-        hf_model, tokenizer, boot_name = _load_pretrained(spec, dtype)
+    hf_model, tokenizer, boot_name = _load_hf(spec, dtype)
     bridge = _boot(boot_name, hf_model, tokenizer, dtype, device)
     bridge.spec = spec
     return bridge
+
+
+def load_hf(spec: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32):
+    """The plain Hugging Face ``(model, tokenizer)`` for ``spec``, not wrapped in a bridge.
+
+    Booting a bridge rewrites the HF model in place, so backends that need the plain
+    model (nnsight) and parity tests load it here, fresh.
+    """
+    hf_model, tokenizer, _ = _load_hf(spec.strip(), dtype)
+    return hf_model.eval(), tokenizer
+
+
+def _load_hf(spec: str, dtype: torch.dtype):
+    if spec == DEFAULT_MODEL:
+        return _load_embedded(dtype)
+    if spec == TINY_PREFIX or spec.startswith(TINY_PREFIX + ":"):
+        return _build_tiny(spec, dtype)
+    return _load_pretrained(spec, dtype)
 
 
 def _boot(boot_name: str, hf_model: nn.Module, tokenizer, dtype: torch.dtype, device):

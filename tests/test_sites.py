@@ -1,0 +1,65 @@
+import pytest
+from torch import nn
+
+from interp.sites import LINEAR_MODULES, Site, depth_to_layer, linear_of, parse_spec, select_sites, weight_shape
+
+
+def test_site_names_and_hooks(tiny):
+    (site,) = select_sites(tiny, layers=0.5, modules=["mlp.out"])
+    assert site == Site(2, "mlp.out")  # round(0.5 * 3) == 2
+    assert site.hook_in == "blocks.2.mlp.out.hook_in"
+    assert site.hook_out == "blocks.2.mlp.out.hook_out"
+    assert site.hook_in in tiny.hook_dict and site.hook_out in tiny.hook_dict
+    assert Site.parse("blocks.2.mlp.out.hook_in") == site
+
+
+def test_linear_is_the_hf_module(tiny):
+    # Booting replaced the HF submodules by bridges; the raw Linear is kept inside.
+    hf_layer = tiny.original_model.model.layers[1]
+    assert linear_of(tiny, "blocks.1.mlp.out") is hf_layer.mlp.down_proj.original_component
+    assert linear_of(tiny, Site(1, "attn.o")) is hf_layer.self_attn.o_proj.original_component
+    assert isinstance(linear_of(tiny, Site(0, "mlp.gate")), nn.Linear)
+    assert weight_shape(tiny, "blocks.1.mlp.out") == (64, 128)  # [out=d_model, in=d_mlp]
+    assert weight_shape(tiny, "blocks.1.mlp.in") == (128, 64)
+
+
+def test_layer_lists_regex_and_spec(tiny):
+    sites = select_sites(tiny, layers=[0, -1], modules=["attn.o", "mlp.out"])
+    assert [s.name for s in sites] == ["blocks.0.attn.o", "blocks.0.mlp.out", "blocks.3.attn.o", "blocks.3.mlp.out"]
+    assert [s.name for s in select_sites(tiny, layers=None, regex=r"blocks\.[12]\.attn\.o")] == [
+        "blocks.1.attn.o",
+        "blocks.2.attn.o",
+    ]
+    assert select_sites(tiny, spec="layers=0.0, 1.0;modules=mlp.in") == [Site(0, "mlp.in"), Site(3, "mlp.in")]
+    assert parse_spec("layers=3;modules=mlp.out,attn.o") == {"layers": "3", "modules": ["mlp.out", "attn.o"]}
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"layers": 7}, "layers 0..3"),
+        ({"layers": 1.5}, "[0, 1]"),
+        ({"modules": ["mlp.down"]}, "mlp.out"),
+        ({"layers": None, "regex": "nothing"}, "matches no site"),
+        ({"spec": "depth=0.5"}, "layers="),
+    ],
+)
+def test_bad_specs_list_valid_choices(tiny, kwargs, fragment):
+    with pytest.raises(ValueError) as err:
+        select_sites(tiny, **kwargs)
+    assert fragment in str(err.value)
+
+
+def test_depth_fraction_mapping():
+    assert depth_to_layer(0.0, 30) == 0 and depth_to_layer(1.0, 30) == 29
+    assert depth_to_layer(0.5, 30) == 14
+    assert set(LINEAR_MODULES) >= {"mlp.out", "attn.o"}
+
+
+@pytest.mark.slow
+def test_default_model_sites(smol):
+    (site,) = select_sites(smol, layers=0.5, modules=["mlp.out"])
+    assert site.name == "blocks.14.mlp.out"
+    assert weight_shape(smol, site) == (576, 1536)
+    assert linear_of(smol, site) is smol.original_model.model.layers[14].mlp.down_proj.original_component
+    assert "blocks.14.attn.o.hook_out" in smol.hook_dict
