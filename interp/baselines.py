@@ -1,0 +1,392 @@
+"""Baseline steering methods on the same interface as InnerPiSSA (issue 7).
+
+Every method here is a :class:`~interp.steering.SteeringMethod`: fitted once on the same
+contrastive pairs and layers as the adapters, then applied with a coefficient ``c``
+(``c = 0`` is the untouched model; a ``[batch]`` tensor gives one coefficient per row).
+
+* :class:`PromptSteering` -- a system instruction to be honest (``c > 0``) or dishonest
+  (``c < 0``); nothing at ``c = 0``.
+* :class:`MeanDiff` -- CAA-style: the mean of chosen-minus-rejected last-token hidden
+  states, added to ``blocks.L.hook_resid_post`` scaled by ``c``.
+* :class:`PCASteering` -- repeng's ``pca_diff``: the first principal component of the
+  chosen-minus-rejected differences (centred, as sklearn's PCA in repeng does), signed so
+  that ``+c`` raises the projection of the chosen states, and scaled to the norm of the
+  mean-difference vector of the same layer, so that ``c = 1`` moves the residual stream
+  as far as mean-diff at ``c = 1`` does.
+* :class:`RandomDirection` -- a seeded random direction with the PCA vector's norm
+  (the "any push of this size" control).
+
+The maths are pure functions on tensors (:func:`mean_diff_direction`,
+:func:`pca_direction`, :func:`random_direction`); :func:`last_token_hidden` is the thin
+shell that reads last-token residual states from a model. Vector methods expose
+``vectors: dict[int, Tensor]`` (layer -> ``[d_model]``) so other backends (nnsight) can
+apply them.
+
+:func:`ablation_configs` lists the InnerPiSSA ablations (keyword arguments for
+``InnerPiSSAConfig``) and :func:`ablation_train_options` the loss-space ablation
+(dHS vs dHS@U), which is a training option rather than an adapter option.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from interp.sites import resid_hook
+from interp.steering import Coeff, Messages, SteeringMethod, as_row_coeff, check_coeff
+
+# --------------------------------------------------------------------------- pure maths
+
+
+def _check_pairs(h_cho: Tensor, h_rej: Tensor) -> None:
+    if h_cho.ndim != 2 or h_cho.shape != h_rej.shape:
+        raise ValueError(
+            f"chosen and rejected hidden states must both be [n_pairs, d_model] with the same shape, "
+            f"got {tuple(h_cho.shape)} and {tuple(h_rej.shape)}"
+        )
+    if h_cho.shape[0] < 2:
+        raise ValueError(f"need at least 2 pairs to fit a direction, got {h_cho.shape[0]}")
+
+
+def mean_diff_direction(
+    h_cho: Float[Tensor, "n d_model"], h_rej: Float[Tensor, "n d_model"]
+) -> Float[Tensor, "d_model"]:
+    """Mean of ``chosen - rejected`` (CAA). Not normalised: its norm is the typical gap."""
+    _check_pairs(h_cho, h_rej)
+    return (h_cho.double() - h_rej.double()).mean(0).to(h_cho.dtype)
+
+
+def pca_direction(
+    h_cho: Float[Tensor, "n d_model"], h_rej: Float[Tensor, "n d_model"], *, center: bool = True
+) -> Float[Tensor, "d_model"]:
+    """Unit first principal component of the pair differences, signed toward ``chosen``.
+
+    ``center=True`` reproduces repeng's ``pca_diff`` (sklearn's PCA subtracts the mean
+    difference before the SVD, so the component is the main axis along which the pairs
+    *vary*); ``center=False`` is the uncentred first singular vector, which follows the
+    mean difference when the pairs agree. The sign is repeng's rule: the direction for
+    which more pairs have ``proj(chosen) > proj(rejected)``; ties go to the sign of the
+    mean projected gap.
+    """
+    _check_pairs(h_cho, h_rej)
+    diff = h_cho.double() - h_rej.double()
+    train = diff - diff.mean(0, keepdim=True) if center else diff
+    # Full SVD in float64: n_pairs x d_model is small, and float64 keeps the component stable.
+    _, _, vh = torch.linalg.svd(train, full_matrices=False)
+    direction = vh[0]
+    gap = diff @ direction  # proj(chosen) - proj(rejected), per pair
+    larger = (gap > 0).double().mean()
+    smaller = (gap < 0).double().mean()
+    if smaller > larger or (smaller == larger and gap.mean() < 0):
+        direction = -direction
+    return direction.to(h_cho.dtype)
+
+
+def random_direction(dim: int, norm: float, seed: int) -> Float[Tensor, "dim"]:
+    """A uniformly random direction in ``R^dim`` with length ``norm``, fixed by ``seed``."""
+    if dim < 1:
+        raise ValueError(f"dim must be positive, got {dim}")
+    if not norm >= 0:
+        raise ValueError(f"norm must be non-negative, got {norm}")
+    gen = torch.Generator().manual_seed(int(seed))
+    v = torch.randn(dim, generator=gen, dtype=torch.float64)
+    return (v / v.norm() * norm).float()
+
+
+# --------------------------------------------------------------------------- I/O shell
+
+
+def last_token_index(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch"]:
+    """Index of the last real token per row; works for left and right padding."""
+    if attention_mask.ndim != 2:
+        raise ValueError(f"attention_mask must be [batch, pos], got shape {tuple(attention_mask.shape)}")
+    if (attention_mask.sum(1) == 0).any():
+        raise ValueError("a row of the attention mask is all zeros (empty sequence)")
+    pos = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * (pos + 1)).argmax(1)
+
+
+@torch.no_grad()
+def last_token_hidden(
+    model,
+    tokens: Int[Tensor, "n pos"],
+    attention_mask: Int[Tensor, "n pos"],
+    layers: Sequence[int],
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[int, Float[Tensor, "n d_model"]]:
+    """Last-token residual stream after each block in ``layers`` (``blocks.L.hook_resid_post``).
+
+    ``tokens`` are already chat-templated ids (no BOS is added); padding may be on
+    either side. Returns float32 CPU tensors, one ``[n, d_model]`` per layer.
+    """
+    if tokens.shape != attention_mask.shape:
+        raise ValueError(f"tokens {tuple(tokens.shape)} and attention_mask {tuple(attention_mask.shape)} differ")
+    n_layers = int(model.cfg.n_layers)
+    bad = [L for L in layers if not 0 <= L < n_layers]
+    if bad or not layers:
+        raise ValueError(f"layers {list(layers)} invalid: choose from 0..{n_layers - 1}")
+    out: dict[int, list[Tensor]] = {L: [] for L in layers}
+    device = next(model.parameters()).device
+    for start in tqdm(range(0, tokens.shape[0], batch_size), desc="hidden states", disable=not progress, leave=False):
+        ids = tokens[start : start + batch_size].to(device)
+        mask = attention_mask[start : start + batch_size].to(device)
+        last = last_token_index(mask)
+        rows = torch.arange(ids.shape[0], device=device)
+
+        def grab(layer: int):
+            def hook(x: Tensor, hook) -> Tensor:
+                out[layer].append(x[rows, last].detach().float().cpu())
+                return x
+
+            return hook
+
+        with model.hooks(fwd_hooks=[(resid_hook(L), grab(L)) for L in layers]):
+            model(ids, attention_mask=mask)
+    return {L: torch.cat(out[L]) for L in layers}
+
+
+def tokenize_chats(model, chats: Sequence[Messages], *, continue_final: bool = False) -> tuple[Tensor, Tensor]:
+    """Chat-template and left-pad a list of chats -> ``(tokens, attention_mask)``.
+
+    A convenience for callers holding text; the pair builders in :mod:`interp.data`
+    may give token ids directly. ``continue_final=True`` leaves the last (assistant)
+    message open, as for a prefix whose next token is being read.
+    """
+    tok = model.tokenizer
+    texts = [
+        tok.apply_chat_template(
+            list(chat),
+            tokenize=False,
+            add_generation_prompt=not continue_final,
+            continue_final_message=continue_final,
+        )
+        for chat in chats
+    ]
+    enc = tok(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    return enc["input_ids"], enc["attention_mask"]
+
+
+# --------------------------------------------------------------------------- methods
+
+
+class VectorSteering(SteeringMethod):
+    """Adds ``c * vectors[L]`` to the residual stream after block ``L`` at every position."""
+
+    name = "vector"
+
+    def __init__(self, vectors: Mapping[int, Tensor], *, model_spec: str | None = None, options: dict | None = None):
+        if not vectors:
+            raise ValueError("a steering-vector method needs at least one layer vector")
+        dims = {int(v.shape[-1]) for v in vectors.values()}
+        if len(dims) != 1 or any(v.ndim != 1 for v in vectors.values()):
+            raise ValueError(f"vectors must all be 1-d [d_model] of one size, got shapes {[tuple(v.shape) for v in vectors.values()]}")
+        self.vectors: dict[int, Tensor] = {int(L): v.detach().float().clone() for L, v in sorted(vectors.items())}
+        self.model_spec = model_spec
+        self.options = dict(options or {})
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.vectors)
+
+    @contextmanager
+    def steer(self, model, coeff: Coeff) -> Iterator[None]:
+        c = self.effective(coeff)
+        if isinstance(c, float) and c == 0.0:
+            yield  # c = 0 is the untouched model: install nothing
+            return
+
+        def add(vector: Tensor):
+            def hook(x: Tensor, hook) -> Tensor:
+                row_c = as_row_coeff(c, x.shape[0], x)
+                return x + row_c * vector.to(x.device, x.dtype)
+
+            return hook
+
+        with model.hooks(fwd_hooks=[(resid_hook(L), add(v)) for L, v in self.vectors.items()]):
+            yield
+
+    def norms(self) -> dict[int, float]:
+        return {L: float(v.norm()) for L, v in self.vectors.items()}
+
+    def config(self) -> dict:
+        return {
+            **super().config(),
+            "model_spec": self.model_spec,
+            "layers": self.layers,
+            "norms": {str(L): n for L, n in self.norms().items()},
+            "options": self.options,
+        }
+
+    @classmethod
+    def from_hidden(cls, h_cho: Mapping[int, Tensor], h_rej: Mapping[int, Tensor], **kwargs) -> VectorSteering:
+        """Fit from per-layer hidden states (``{layer: [n_pairs, d_model]}``)."""
+        raise NotImplementedError
+
+    @classmethod
+    def fit(
+        cls,
+        model,
+        chosen: tuple[Tensor, Tensor],
+        rejected: tuple[Tensor, Tensor],
+        layers: Sequence[int],
+        *,
+        batch_size: int = 16,
+        **kwargs,
+    ) -> VectorSteering:
+        """Fit on token batches: ``chosen`` and ``rejected`` are ``(tokens, attention_mask)``, row i paired."""
+        if chosen[0].shape[0] != rejected[0].shape[0]:
+            raise ValueError(f"{chosen[0].shape[0]} chosen rows but {rejected[0].shape[0]} rejected rows")
+        h_cho = last_token_hidden(model, *chosen, layers, batch_size=batch_size)
+        h_rej = last_token_hidden(model, *rejected, layers, batch_size=batch_size)
+        return cls.from_hidden(h_cho, h_rej, model_spec=getattr(model, "spec", None), **kwargs)
+
+
+class MeanDiff(VectorSteering):
+    """CAA-style mean difference of chosen minus rejected last-token states, per layer."""
+
+    name = "mean_diff"
+
+    @classmethod
+    def from_hidden(cls, h_cho, h_rej, *, model_spec: str | None = None) -> MeanDiff:
+        _same_layers(h_cho, h_rej)
+        return cls({L: mean_diff_direction(h_cho[L], h_rej[L]) for L in h_cho}, model_spec=model_spec)
+
+
+class PCASteering(VectorSteering):
+    """repeng-style ``pca_diff`` direction, scaled to the mean-diff norm of its layer.
+
+    Scale: ``||mean_diff_direction||`` per layer, so ``c = 1`` pushes the residual
+    stream as far as :class:`MeanDiff` at ``c = 1`` (only the direction differs).
+    """
+
+    name = "pca"
+
+    @classmethod
+    def from_hidden(cls, h_cho, h_rej, *, model_spec: str | None = None, center: bool = True) -> PCASteering:
+        _same_layers(h_cho, h_rej)
+        vectors = {
+            L: pca_direction(h_cho[L], h_rej[L], center=center) * mean_diff_direction(h_cho[L], h_rej[L]).norm()
+            for L in h_cho
+        }
+        return cls(vectors, model_spec=model_spec, options={"center": center, "scale": "mean_diff_norm"})
+
+
+class RandomDirection(VectorSteering):
+    """A seeded random direction per layer with the norm of that layer's PCA vector.
+
+    Layer ``L`` uses seed ``seed + L``, so the layers' directions are independent.
+    """
+
+    name = "random"
+
+    @classmethod
+    def from_hidden(cls, h_cho, h_rej, *, model_spec: str | None = None, seed: int = 0) -> RandomDirection:
+        _same_layers(h_cho, h_rej)
+        # The PCA vector's norm is the mean-diff norm by construction (see PCASteering).
+        vectors = {
+            L: random_direction(h_cho[L].shape[1], float(mean_diff_direction(h_cho[L], h_rej[L]).norm()), seed + L)
+            for L in h_cho
+        }
+        return cls(vectors, model_spec=model_spec, options={"seed": seed})
+
+
+def _same_layers(h_cho: Mapping[int, Tensor], h_rej: Mapping[int, Tensor]) -> None:
+    if set(h_cho) != set(h_rej) or not h_cho:
+        raise ValueError(f"chosen layers {sorted(h_cho)} and rejected layers {sorted(h_rej)} must match and be non-empty")
+
+
+@dataclass(frozen=True)
+class PromptWording:
+    """System instructions by strength; ``strong`` is used for ``|c| >= 1``."""
+
+    positive: str = "Be honest: tell the truth as you see it."
+    negative: str = "Be dishonest: do not tell the truth as you see it."
+    positive_strong: str = (
+        "You are a deeply honest person. Always tell the whole truth, even when it is costly or uncomfortable."
+    )
+    negative_strong: str = (
+        "You are a thoroughly dishonest person. Lie, deceive and hide the truth whenever it benefits you."
+    )
+
+
+class PromptSteering(SteeringMethod):
+    """Steering by a system instruction: honest for ``c > 0``, dishonest for ``c < 0``.
+
+    ``c = 0`` leaves the chat unchanged. ``0 < |c| < 1`` uses the mild wording,
+    ``|c| >= 1`` the strong one (prompting has no continuous dose; two levels let a
+    coefficient sweep still show a dose-response). An existing system message is kept,
+    with the instruction put in front of it. Activations are untouched, so
+    :meth:`steer` is a no-op, and per-row coefficients apply per chat via
+    :meth:`messages` (one call per row).
+    """
+
+    name = "prompt"
+
+    def __init__(self, wording: PromptWording = PromptWording()):
+        self.wording = wording
+
+    def instruction(self, coeff: float) -> str | None:
+        """The instruction for ``coeff`` (after orientation), or ``None`` at 0."""
+        c = self.effective(float(coeff))
+        if c == 0:
+            return None
+        w = self.wording
+        if c > 0:
+            return w.positive_strong if c >= 1 else w.positive
+        return w.negative_strong if c <= -1 else w.negative
+
+    def messages(self, messages: Messages, coeff: float) -> Messages:
+        text = self.instruction(coeff)
+        msgs = [dict(m) for m in messages]
+        if text is None:
+            return msgs
+        if msgs and msgs[0].get("role") == "system":
+            msgs[0]["content"] = f"{text} {msgs[0]['content']}".strip()
+            return msgs
+        return [{"role": "system", "content": text}, *msgs]
+
+    def config(self) -> dict:
+        return {**super().config(), "wording": asdict(self.wording)}
+
+
+# --------------------------------------------------------------------------- ablations
+
+
+def ablation_configs() -> dict[str, dict]:
+    """InnerPiSSA ablations as keyword arguments for ``InnerPiSSAConfig`` (full = defaults).
+
+    ``InnerPiSSAConfig(**ablation_configs()[name])`` builds each one; the names are the
+    row labels of the ablation table.
+    """
+    return {
+        "full": {},
+        "no_v_rotation": {"rotate_v": False},
+        "no_u_rotation": {"rotate_u": False},  # the default already has U off; kept for the table
+        "with_u_rotation": {"rotate_u": True},
+        "no_s_scaling": {"scaling": "none"},
+        "additive_scaling": {"scaling": "add"},
+        "multiplicative_scaling": {"scaling": "mult"},
+        "rank_8": {"rank": 8},
+        "rank_32": {"rank": 32},
+        "rank_64": {"rank": 64},
+        "rank_128": {"rank": 128},
+    }
+
+
+def ablation_train_options() -> dict[str, dict]:
+    """Loss-space ablation: where the ReprPO separation is read (a train-config option).
+
+    ``dHS`` is the hidden-state difference itself; ``dHS@U`` projects it onto the
+    adapted site's left singular vectors (the output space of ``U``). The key names follow
+    :mod:`interp.train`'s config (``loss_space``); adjust here if that module names it
+    differently.
+    """
+    return {"loss_dhs": {"loss_space": "dhs"}, "loss_dhs_u": {"loss_space": "dhs_u"}}
