@@ -223,6 +223,7 @@ class VectorSteering(SteeringMethod):
             "layers": self.layers,
             "norms": {str(L): n for L, n in self.norms().items()},
             "options": self.options,
+            "calibration": getattr(self, "calibration", None),  # set by interp.calibrate
         }
 
     @classmethod
