@@ -249,6 +249,15 @@ class VectorSteering(SteeringMethod):
         h_rej = last_token_hidden(model, *rejected, layers, batch_size=batch_size)
         return cls.from_hidden(h_cho, h_rej, model_spec=getattr(model, "spec", None), **kwargs)
 
+    @classmethod
+    def fit_pairs(cls, model, batch, layers: Sequence[int], *, batch_size: int = 16, **kwargs) -> VectorSteering:
+        """Fit on an :class:`interp.data.PairBatch` (rows ``0..n-1`` chosen, ``n..2n-1`` rejected)."""
+        n = batch.tokens.shape[0] // 2
+        if batch.tokens.shape[0] != 2 * n or n == 0:
+            raise ValueError(f"a pair batch has an even, non-zero number of rows, got {batch.tokens.shape[0]}")
+        ids, mask = batch.tokens, batch.attention_mask
+        return cls.fit(model, (ids[:n], mask[:n]), (ids[n:], mask[n:]), layers, batch_size=batch_size, **kwargs)
+
 
 class MeanDiff(VectorSteering):
     """CAA-style mean difference of chosen minus rejected last-token states, per layer."""
@@ -385,9 +394,8 @@ def ablation_configs() -> dict[str, dict]:
 def ablation_train_options() -> dict[str, dict]:
     """Loss-space ablation: where the ReprPO separation is read (a train-config option).
 
-    ``dHS`` is the hidden-state difference itself; ``dHS@U`` projects it onto the
-    adapted site's left singular vectors (the output space of ``U``). The key names follow
-    :mod:`interp.train`'s config (``loss_space``); adjust here if that module names it
-    differently.
+    ``dHS`` is the hidden-state difference itself; ``dHS@U`` its coordinates on the
+    adapted site's left singular vectors (:data:`interp.losses.SPACES`). The key is the
+    training config's ``space`` field; pass these as overrides to the train config.
     """
-    return {"loss_dhs": {"loss_space": "dhs"}, "loss_dhs_u": {"loss_space": "dhs_u"}}
+    return {"loss_dhs": {"space": "dHS"}, "loss_dhs_u": {"space": "dHS@U"}}

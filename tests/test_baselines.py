@@ -145,6 +145,21 @@ def test_fit_from_tokens_matches_from_hidden(tiny, fitted):
         assert torch.allclose(md.vectors[L], fitted["mean_diff"].vectors[L], atol=1e-5)
 
 
+def test_fit_pairs_on_a_pair_batch(tiny, fitted):
+    from interp.data import PairBatch
+
+    (ci, cm), (ri, rm) = pairs(tiny)
+    width = max(ci.shape[1], ri.shape[1])
+    pad = lambda t: torch.nn.functional.pad(t, (width - t.shape[1], 0))  # noqa: E731  (left padding)
+    ids, mask = torch.cat([pad(ci), pad(ri)]), torch.cat([pad(cm), pad(rm)])
+    batch = PairBatch(tokens=ids, attention_mask=mask, last=torch.zeros(12, dtype=torch.long), suffix_mask=mask.bool())
+    pca = PCASteering.fit_pairs(tiny, batch, [1, 2], batch_size=4)
+    for L in (1, 2):
+        assert torch.allclose(pca.vectors[L], fitted["pca"].vectors[L], atol=1e-4)
+    with pytest.raises(ValueError, match="even"):
+        MeanDiff.fit_pairs(tiny, PairBatch(ids[:3], mask[:3], ids[:3, 0], mask[:3].bool()), [1])
+
+
 @pytest.mark.parametrize("name", ["mean_diff", "pca", "random"])
 def test_vector_methods_c0_exact_and_per_row(tiny, fitted, name):
     method = fitted[name]
@@ -216,7 +231,9 @@ def test_ablation_configs_cover_the_issue():
     assert configs["no_s_scaling"] == {"scaling": "none"}
     assert {configs["additive_scaling"]["scaling"], configs["multiplicative_scaling"]["scaling"]} == {"add", "mult"}
     assert sorted(c["rank"] for k, c in configs.items() if k.startswith("rank_")) == [8, 32, 64, 128]
-    assert set(ablation_train_options()) == {"loss_dhs", "loss_dhs_u"}
+    from interp.losses import SPACES
+
+    assert {o["space"] for o in ablation_train_options().values()} == set(SPACES)
     try:
         from interp.adapters.innerpissa import InnerPiSSAConfig
     except ImportError:
