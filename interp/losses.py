@@ -113,26 +113,31 @@ def projection_loss(
     kind: str = "proj",
     *,
     beta: float = 1.0,
+    scale: float | Tensor | None = None,
+    prior: float = 0.0,
 ) -> ProjectionTerm:
     """Separation of the policy along ``d`` at ``c = +1`` versus ``c = −1``.
 
-    With ``s = gap_scale(gap_ref)``::
+    With ``s = scale`` (default ``gap_scale(gap_ref)``; training passes the calibration
+    set's, so the unit does not jitter with the batch)::
 
         sep = mean(gap(+1) − gap(0)) / s − mean(gap(−1) − gap(0)) / s
-        o   = +1 if sep ≥ 0 else −1          (anti-alignment guard, detached)
+        o   = +1 if prior + sep ≥ 0 else −1      (anti-alignment guard, detached)
         proj:        L = −o · sep
         logsigmoid:  L = −log σ(β · o · sep)
 
-    The guard: if the summed (signed) projection ``sep`` is negative, the adapter moves
-    the concept the other way round for ``+c``; rather than fight that, both signs are
+    The guard: if the summed (signed) projection is negative, the adapter moves the
+    concept the other way round for ``+c``; rather than fight that, both signs are
     flipped (``o = −1``) and the orientation is recorded, so ``o · c`` is "more concept".
+    ``prior`` is the separation summed over earlier steps (0 for a lone batch): summing
+    makes the guard's decision stable instead of flipping with each noisy small batch.
     ``separation`` is the raw ``sep`` (before the flip).
     """
     if kind not in LOSS_KINDS:
         raise ValueError(f"unknown projection loss {kind!r}; valid kinds: {list(LOSS_KINDS)}")
-    s = gap_scale(gap_ref)
+    s = gap_scale(gap_ref) if scale is None else scale
     sep = (gap_pos - gap_ref).mean() / s - (gap_neg - gap_ref).mean() / s
-    o = 1 if float(sep.detach()) >= 0 else -1
+    o = 1 if prior + float(sep.detach()) >= 0 else -1
     loss = -o * sep if kind == "proj" else -F.logsigmoid(beta * o * sep)
     return ProjectionTerm(loss=loss, orientation=o, separation=sep.detach())
 
@@ -143,11 +148,13 @@ def ordering_loss(
     gap_pos: Float[Tensor, "n"],
     orientation: int = 1,
     margin: float = 0.1,
+    *,
+    scale: float | Tensor | None = None,
 ) -> Float[Tensor, ""]:
     """Per-pair hinges enforcing ``gap(−1) < gap(0) < gap(+1)`` (after orientation).
 
     On the projection gap (the same quantity validation reports), in units of
-    ``s = gap_scale(gap_ref)``, with ``g(c) = o · gap(c) / s``::
+    ``s = scale`` (default ``gap_scale(gap_ref)``), with ``g(c) = o · gap(c) / s``::
 
         L = mean_i [ relu(g_i(0) − g_i(+1) + m) + relu(g_i(−1) − g_i(0) + m) ]
 
@@ -155,7 +162,7 @@ def ordering_loss(
     """
     if orientation not in (1, -1):
         raise ValueError(f"orientation must be +1 or -1, got {orientation}")
-    s = gap_scale(gap_ref)
+    s = gap_scale(gap_ref) if scale is None else scale
     gn, g0, gp = (orientation * g / s for g in (gap_neg, gap_ref, gap_pos))
     return (F.relu(g0 - gp + margin) + F.relu(gn - g0 + margin)).mean()
 

@@ -1,0 +1,611 @@
+"""ReprPO training of a bidirectional adapter (issue 5): ``python -m interp.train``.
+
+One step, for a batch of ``n`` contrastive pairs (rows: chosen then rejected, see
+:mod:`interp.data`):
+
+1. reference forward at ``c = 0`` (plain model, ``torch.no_grad``): last-token hidden
+   states at the loss hook and per-row NLL;
+2. one policy forward carrying both directions: the pair rows twice, with a per-row
+   coefficient tensor ``[+1]*2n + [-1]*2n`` under ``adapter.steer(model, coeff)``;
+3. loss = projection (or logsigmoid) separation along the frozen preference direction
+   + ``coherence_weight`` · coherence + ``ordering_weight`` · ordering (:mod:`interp.losses`);
+4. AdamW step with gradient clipping and a warmup + cosine schedule.
+
+The preference direction is fixed before training from reference differences on a
+calibration subset of the *training* pairs. The adapter trains with
+``orientation = +1``; the guard's sign is recorded each step, and after training the
+orientation is set from the separation summed over all steps (training
+data only) so that ``+c`` means "more of the concept". Validation (held-out suffixes)
+reports the mean gap at ``c ∈ {−1, 0, +1}`` and ΔNLL at ``c = ±1``.
+
+Runs are reproducible: data order is a pure function of ``(seed, step)``
+(:func:`interp.data.batch_indices`), and checkpoints (adapter parameters, optimizer,
+scheduler, RNG state, step, direction, history) are written atomically every
+``checkpoint_every`` steps; ``--resume`` continues a killed run to the same adapter, bit
+for bit on CPU.
+
+Python API: :func:`train` (any :class:`~interp.adapters.base.AdapterSet`, e.g. LoRA) and
+:func:`train_adapter` (builds an InnerPiSSA adapter first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from interp.data import (
+    DEFAULT_CONCEPT,
+    ContrastivePair,
+    PairBatch,
+    PairSplit,
+    batch_indices,
+    make_pairs,
+    pairs_hash,
+    split_by_suffix,
+    tokenize_pairs,
+)
+from interp.losses import (
+    LOSS_KINDS,
+    SPACES,
+    coherence_loss,
+    gap_scale,
+    gaps,
+    ordering_loss,
+    preference_direction,
+    projection_loss,
+    token_nll,
+)
+from interp.models import DEFAULT_MODEL, weight_hash
+from interp.sites import LINEAR_MODULES, Site, linear_of, parse_layers, resid_hook, select_sites
+
+SCALINGS = ("mult", "add", "none")
+CHECKPOINT = "checkpoint.pt"
+LOG = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on (stored in the adapter's json ``training`` extra).
+
+    The defaults are sized for the embedded default model on 2 CPU cores (a few minutes).
+    ``loss_layer`` (index or depth fraction) is where hidden states are read
+    (``blocks.L.hook_resid_post``); ``None`` means the deepest adapted layer.
+    ``system`` is the chat's system message: ``""`` keeps prompts short (an empty system
+    turn), ``None`` uses the template's default system prompt.
+    """
+
+    # model and adapter (used by train_adapter and the CLI; train() takes a built adapter)
+    model: str = DEFAULT_MODEL
+    layers: str = "0.5"
+    modules: tuple[str, ...] = ("mlp.out",)
+    rank: int = 64
+    rotate_v: bool = True
+    rotate_u: bool = False
+    scaling: str = "add"
+    # data
+    concept: str = DEFAULT_CONCEPT
+    suffixes: str | None = None
+    n_pairs: int = 1000
+    val_fraction: float = 0.1
+    n_calibration: int = 32
+    n_validation: int = 32
+    system: str | None = ""
+    max_length: int | None = 64
+    # optimisation
+    steps: int = 40
+    batch_size: int = 4
+    lr: float = 8e-3
+    weight_decay: float = 0.0
+    warmup_fraction: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    # loss
+    space: str = "dHS"
+    loss: str = "proj"
+    loss_layer: int | float | None = None
+    beta: float = 1.0
+    tau: float = 0.2
+    coherence_weight: float = 1.0
+    coherence_temperature: float = 0.1
+    ordering_weight: float = 1.0
+    margin: float = 0.1
+    # bookkeeping
+    eval_batch_size: int = 16
+    diagnostics_every: int = 10
+    checkpoint_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise ValueError(f"unknown space {self.space!r}; valid spaces: {list(SPACES)}")
+        if self.loss not in LOSS_KINDS:
+            raise ValueError(f"unknown loss {self.loss!r}; valid losses: {list(LOSS_KINDS)}")
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"unknown scaling {self.scaling!r}; valid scalings: {list(SCALINGS)}")
+        bad = [m for m in self.modules if m not in LINEAR_MODULES]
+        if bad:
+            raise ValueError(f"unknown module(s) {bad}; valid modules: {list(LINEAR_MODULES)}")
+        for name in ("steps", "batch_size", "rank", "n_calibration", "n_validation", "eval_batch_size",
+                     "diagnostics_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_calibration < 2:
+            raise ValueError("n_calibration must be >= 2 (a direction needs two pairs)")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: orientation, validation metrics, per-step history, provenance."""
+
+    orientation: int
+    metrics: dict[str, float]
+    history: list[dict]
+    direction: Tensor
+    loss_hook: str
+    pairs_hash: str
+    config: TrainConfig
+    seconds: float = 0.0
+    out: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    def training_extra(self) -> dict:
+        """The ``training`` entry of the adapter's json."""
+        return {
+            "config": asdict(self.config),
+            "orientation": self.orientation,
+            "metrics": self.metrics,
+            "pairs_hash": self.pairs_hash,
+            "loss_hook": self.loss_hook,
+            "steps": len(self.history),
+            "seconds": round(self.seconds, 2),
+            **self.extra,
+        }
+
+
+# --------------------------------------------------------------------------- small shells
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary sibling, then ``os.replace`` (a killed run leaves the old file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def lr_factor(step: int, steps: int, warmup_fraction: float) -> float:
+    """Linear warmup to 1 over ``ceil(warmup_fraction · steps)`` steps, then cosine to 0."""
+    warm = math.ceil(warmup_fraction * steps)
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, steps - warm)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@contextmanager
+def _frozen_base(model, adapter):
+    """Only adapter parameters require grad inside the block (restored on exit): base
+    weights get no gradient, which also keeps backward from running below the adapter."""
+    own = {id(p) for p in adapter.parameters()}
+    saved = [(p, p.requires_grad) for p in model.parameters() if id(p) not in own]
+    for p, _ in saved:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def _orientation(adapter, value: int):
+    saved = adapter.orientation
+    adapter.orientation = value
+    try:
+        yield
+    finally:
+        adapter.orientation = saved
+
+
+def _forward(model, batch: PairBatch, hook: str) -> tuple[Float[Tensor, "rows d_model"], Float[Tensor, "rows"]]:
+    """Last-token hidden state at ``hook`` and per-row next-token NLL (over real tokens)."""
+    grabbed: list[Tensor] = []
+
+    def grab(x: Tensor, hook) -> Tensor:
+        grabbed.append(x)
+        return x
+
+    with model.hooks(fwd_hooks=[(hook, grab)]):
+        logits = model(batch.tokens, attention_mask=batch.attention_mask)
+    rows = torch.arange(batch.tokens.shape[0], device=batch.tokens.device)
+    nll, _ = token_nll(logits.float(), batch.tokens, batch.attention_mask)
+    return grabbed[-1][rows, batch.last].float(), nll
+
+
+def _stack(batch: PairBatch, times: int) -> PairBatch:
+    return PairBatch(*(torch.cat([t] * times) for t in (batch.tokens, batch.attention_mask, batch.last, batch.suffix_mask)))
+
+
+def loss_layer_of(model, sites: Sequence[Site], loss_layer: int | float | None) -> int:
+    """The layer whose residual stream the loss reads; must not precede the first adapted layer."""
+    deepest = max(s.layer for s in sites)
+    if loss_layer is None:
+        return deepest
+    layer = parse_layers([loss_layer], int(model.cfg.n_layers))[0]
+    if layer < min(s.layer for s in sites):
+        raise ValueError(f"loss layer {layer} lies before every adapted layer {sorted({s.layer for s in sites})}: the adapter cannot move it")
+    return layer
+
+
+def site_basis(model, sites: Sequence[Site], layer: int, rank: int) -> tuple[Site, Float[Tensor, "d_model r"]]:
+    """Top-``rank`` left singular vectors ``U`` of the raw weight of the deepest site at or
+    before ``layer`` whose output is the residual stream (``d_out = d_model``).
+
+    Decomposes the raw HF weight in float64 (as the adapter does), so the basis exists
+    for any adapter type (LoRA included).
+    """
+    d_model = int(model.cfg.d_model)
+    ok = [s for s in sites if s.layer <= layer and linear_of(model, s).weight.shape[0] == d_model]
+    if not ok:
+        raise ValueError(
+            f"space 'dHS@U' needs an adapted site writing to the residual stream (attn.o or mlp.out) "
+            f"at or before the loss layer {layer}; got {[s.name for s in sites]}"
+        )
+    site = max(ok)
+    W = linear_of(model, site).weight.detach().double()
+    U = torch.linalg.svd(W, full_matrices=False).U[:, :rank]
+    return site, U.float()
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate_separation(
+    model,
+    adapter,
+    pairs: Sequence[ContrastivePair],
+    direction: Float[Tensor, "k"],
+    *,
+    hook: str,
+    space: str = "dHS",
+    U: Tensor | None = None,
+    coeffs: Sequence[float] = (-1.0, 0.0, 1.0),
+    batch_size: int = 16,
+    system: str | None = "",
+    max_length: int | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Mean gap along ``direction`` and ΔNLL per coefficient on ``pairs`` (orientation applied).
+
+    One forward per chunk carries every coefficient (rows stacked per coefficient).
+    Keys: ``gap@c`` (raw units), ``sep@c`` (gap in units of ``mean|gap(0)|``; needs 0 in
+    ``coeffs``), ``nll@c``, and ``dnll@c = nll@c − nll@0`` per coefficient.
+    """
+    coeffs = [float(c) for c in coeffs]
+    device = next(model.parameters()).device
+    sums: dict[str, list[Tensor]] = {f"gap@{c:+g}": [] for c in coeffs} | {f"nll@{c:+g}": [] for c in coeffs}
+    for start in tqdm(range(0, len(pairs), batch_size), desc="evaluate", disable=not progress, leave=False):
+        chunk = tokenize_pairs(model.tokenizer, pairs[start : start + batch_size], system=system, max_length=max_length).to(device)
+        rows, n = chunk.tokens.shape[0], chunk.n_pairs
+        coeff = torch.tensor([c for c in coeffs for _ in range(rows)], device=device)
+        with adapter.steer(model, coeff):
+            h, nll = _forward(model, _stack(chunk, len(coeffs)), hook)
+        for k, c in enumerate(coeffs):
+            hk = h[k * rows : (k + 1) * rows]
+            sums[f"gap@{c:+g}"].append(gaps(hk[:n], hk[n:], direction, space, U))
+            sums[f"nll@{c:+g}"].append(nll[k * rows : (k + 1) * rows])
+    out = {key: float(torch.cat(v).mean()) for key, v in sums.items()}
+    if 0.0 in coeffs:
+        scale = float(gap_scale(torch.cat(sums["gap@+0"])))
+        for c in coeffs:
+            out[f"sep@{c:+g}"] = out[f"gap@{c:+g}"] / scale
+            out[f"dnll@{c:+g}"] = out[f"nll@{c:+g}"] - out["nll@+0"]
+    return out
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _checkpoint_state(adapter, opt, sched, step: int, direction: Tensor, scale: Tensor, history: list[dict]) -> dict:
+    return {
+        "scale": scale,
+        "step": step,
+        "adapter": {name: p.detach().clone() for name, p in adapter.layers.named_parameters()},
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": np.random.get_state(),
+        "python_rng": random.getstate(),
+        "direction": direction,
+        "history": history,
+    }
+
+
+def _restore(state: dict, adapter, opt, sched) -> None:
+    params = dict(adapter.layers.named_parameters())
+    if set(params) != set(state["adapter"]):
+        raise ValueError(f"checkpoint parameters {sorted(state['adapter'])} do not match the adapter's {sorted(params)}")
+    with torch.no_grad():
+        for name, value in state["adapter"].items():
+            if params[name].shape != value.shape:
+                raise ValueError(f"checkpoint {name} has shape {tuple(value.shape)}, adapter {tuple(params[name].shape)}")
+            params[name].copy_(value)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    np.random.set_state(state["numpy_rng"])
+    random.setstate(state["python_rng"])
+
+
+def train(
+    model,
+    adapter,
+    pairs: PairSplit | Sequence[ContrastivePair],
+    config: TrainConfig = TrainConfig(),
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    callback: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train ``adapter`` (any AdapterSet) on contrastive ``pairs`` with the ReprPO losses.
+
+    ``pairs`` is a :class:`PairSplit` or a list (split by suffix here, seeded). With
+    ``out``, per-step metrics go to ``out/metrics.jsonl`` and checkpoints to
+    ``out/checkpoint.pt``; ``resume=True`` continues from that checkpoint. ``callback``
+    gets each step's metrics dict (after the checkpoint of that step is written).
+    On return ``adapter.orientation`` is set so that ``+c`` means more of the concept;
+    the adapter is not saved here (see :func:`main` / :func:`interp.adapters.io.save_adapter`).
+    """
+    t0 = time.perf_counter()
+    split = pairs if isinstance(pairs, PairSplit) else split_by_suffix(pairs, config.val_fraction, config.seed)
+    if len(split.train) < max(2, config.n_calibration) and len(split.train) < 2:
+        raise ValueError(f"need at least 2 training pairs, got {len(split.train)}")
+    if not split.val:
+        raise ValueError("no validation pairs")
+    out = Path(out) if out is not None else None
+    ckpt_path = out / CHECKPOINT if out else None
+    if resume and not (ckpt_path and ckpt_path.is_file()):
+        raise ValueError(f"--resume needs a checkpoint at {ckpt_path}, found none")
+
+    sites = list(adapter.sites)
+    layer = loss_layer_of(model, sites, config.loss_layer)
+    hook = resid_hook(layer)
+    U = site_basis(model, sites, layer, config.rank)[1] if config.space == "dHS@U" else None
+    device = next(model.parameters()).device
+    U = U.to(device) if U is not None else None
+    tok_kw = dict(system=config.system, max_length=config.max_length)
+
+    params = list(adapter.parameters())
+    if not params:
+        raise ValueError("the adapter has no trainable parameters")
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, config.steps, config.warmup_fraction))
+
+    calib = split.train[: config.n_calibration]
+    history: list[dict] = []
+    start = 0
+    if resume:
+        state = torch.load(ckpt_path, weights_only=False)
+        _restore(state, adapter, opt, sched)
+        start, direction, history = state["step"], state["direction"].to(device), list(state["history"])
+        scale = state["scale"].to(device)
+    else:
+        torch.manual_seed(config.seed)
+        # the direction: PC1 of reference differences on training pairs only
+        with torch.no_grad(), _orientation(adapter, 1):
+            h = []
+            for i in range(0, len(calib), config.eval_batch_size):
+                b = tokenize_pairs(model.tokenizer, calib[i : i + config.eval_batch_size], **tok_kw).to(device)
+                hb, _ = _forward(model, b, hook)
+                h.append((hb[: b.n_pairs], hb[b.n_pairs :]))
+            h_cho, h_rej = torch.cat([x for x, _ in h]), torch.cat([y for _, y in h])
+            direction = preference_direction(h_cho, h_rej, config.space, U)
+            # one fixed unit for every step's separation: mean |reference gap| on the calibration set
+            scale = gap_scale(gaps(h_cho, h_rej, direction, config.space, U))
+    log_path = out / LOG if out else None
+    if log_path:
+        kept = [json.dumps(r) for r in history]
+        _atomic_write(log_path, lambda p: p.write_text("".join(line + "\n" for line in kept)))
+
+    n_train = len(split.train)
+    bar = tqdm(range(start, config.steps), desc="train", disable=not progress, initial=start, total=config.steps)
+    with _frozen_base(model, adapter), _orientation(adapter, 1):
+        for step in bar:
+            idx = batch_indices(n_train, config.batch_size, step, config.seed)
+            batch = tokenize_pairs(model.tokenizer, [split.train[i] for i in idx], **tok_kw).to(device)
+            n, rows = batch.n_pairs, batch.tokens.shape[0]
+            with torch.no_grad():
+                h_ref, nll_ref = _forward(model, batch, hook)
+            coeff = torch.cat([torch.ones(rows), -torch.ones(rows)]).to(device)
+            with adapter.steer(model, coeff):
+                h, nll = _forward(model, _stack(batch, 2), hook)
+            g_ref = gaps(h_ref[:n], h_ref[n:], direction, config.space, U)
+            g_pos = gaps(h[:n], h[n:rows], direction, config.space, U)
+            g_neg = gaps(h[rows : rows + n], h[rows + n :], direction, config.space, U)
+            summed = sum(r["separation"] for r in history)
+            proj = projection_loss(g_pos, g_neg, g_ref, config.loss, beta=config.beta, scale=scale, prior=summed)
+            order = ordering_loss(g_neg, g_ref, g_pos, proj.orientation, config.margin, scale=scale)
+            coh, w = coherence_loss(nll[:rows], nll[rows:], nll_ref, config.tau, config.coherence_temperature)
+            loss = proj.loss + config.coherence_weight * coh + config.ordering_weight * order
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            lr = opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            record = {
+                "step": step + 1,
+                "loss": float(loss.detach()),
+                "proj": float(proj.loss.detach()),
+                "coherence": float(coh.detach()),
+                "ordering": float(order.detach()),
+                "separation": float(proj.separation),
+                "orientation": proj.orientation,
+                "dnll_pos": float((nll[:rows] - nll_ref).mean().detach()),
+                "dnll_neg": float((nll[rows:] - nll_ref).mean().detach()),
+                "w_pos": float(w[0]),
+                "w_neg": float(w[1]),
+                "grad_norm": float(grad_norm),
+                "lr": lr,
+            }
+            if (step + 1) % config.diagnostics_every == 0 or step + 1 == config.steps:
+                record["diagnostics"] = adapter.diagnostics()
+            history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", sep=f"{record['separation']:+.2f}",
+                            coh=f"{record['coherence']:.3f}", ord=f"{record['ordering']:.3f}")
+            if log_path:
+                with open(log_path, "a") as fh:
+                    fh.write(json.dumps(record, default=str) + "\n")
+            if ckpt_path and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
+                state = _checkpoint_state(adapter, opt, sched, step + 1, direction, scale, history)
+                _atomic_write(ckpt_path, lambda p: torch.save(state, p))
+            if callback is not None:
+                callback(record)
+
+    # orientation from training data only: the sign of the separation summed over all
+    # steps (the guard's own final decision)
+    total = sum(r["separation"] for r in history)
+    orientation = 1 if total >= 0 else -1
+    adapter.orientation = orientation
+    metrics = evaluate_separation(
+        model, adapter, split.val[: config.n_validation], direction, hook=hook, space=config.space, U=U,
+        batch_size=config.eval_batch_size, progress=progress, **tok_kw,
+    )
+    metrics["train_separation_mean"] = total / max(1, len(history))
+    metrics["ordered"] = float(metrics["gap@-1"] < metrics["gap@+0"] < metrics["gap@+1"])
+    return TrainResult(
+        orientation=orientation,
+        metrics=metrics,
+        history=history,
+        direction=direction.detach().cpu(),
+        loss_hook=hook,
+        pairs_hash=pairs_hash(list(split.train) + list(split.val)),
+        config=config,
+        seconds=time.perf_counter() - t0,
+        out=out,
+        extra={"n_train": len(split.train), "n_val": len(split.val), "n_val_scored": min(len(split.val), config.n_validation),
+               "calibration_pairs": len(calib), "base_weight_hash": _site_hash(model, sites)},
+    )
+
+
+def _site_hash(model, sites: Sequence[Site]) -> str:
+    return weight_hash({s.name: linear_of(model, s).weight for s in sites})
+
+
+def build_pairs(config: TrainConfig) -> PairSplit:
+    """The seeded pairs and split a config describes."""
+    pairs = make_pairs(config.concept, config.suffixes, n_pairs=config.n_pairs, seed=config.seed)
+    return split_by_suffix(pairs, config.val_fraction, config.seed)
+
+
+def train_adapter(
+    model, sites: Sequence[Site] | None = None, config: TrainConfig = TrainConfig(), **train_kwargs
+):
+    """Attach an InnerPiSSA adapter (config's rank / rotations / scaling / seed) and train it.
+
+    ``sites=None`` selects ``config.layers`` x ``config.modules``. Returns ``(adapter, result)``.
+    """
+    from interp.adapters.innerpissa import InnerPiSSAConfig, attach
+
+    if sites is None:
+        sites = select_sites(model, layers=config.layers, modules=list(config.modules))
+    adapter = attach(model, list(sites), InnerPiSSAConfig(
+        rank=config.rank, rotate_v=config.rotate_v, rotate_u=config.rotate_u, scaling=config.scaling, seed=config.seed
+    ))
+    return adapter, train(model, adapter, build_pairs(config), config, **train_kwargs)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m interp.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=d.model, help="model spec (see interp.models)")
+    p.add_argument("--layers", default=d.layers, help="layer indices and/or depth fractions, e.g. '0.5' or '10,14'")
+    p.add_argument("--modules", default=",".join(d.modules), help=f"comma-separated, from {list(LINEAR_MODULES)}")
+    p.add_argument("--rank", type=int, default=d.rank)
+    p.add_argument("--concept", default=d.concept, help="shipped concept name or path to a concept .json")
+    p.add_argument("--suffixes", default=d.suffixes, help="text file of suffixes (default: the shipped list)")
+    p.add_argument("--n-pairs", type=int, default=d.n_pairs)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per step")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--space", choices=SPACES, default=d.space)
+    p.add_argument("--loss", choices=LOSS_KINDS, default=d.loss)
+    p.add_argument("--loss-layer", default=None, help="read hidden states here (index or depth fraction; default: deepest adapted layer)")
+    p.add_argument("--no-rotate-v", action="store_true")
+    p.add_argument("--rotate-u", action="store_true")
+    p.add_argument("--scaling", choices=SCALINGS, default=d.scaling)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default=None, help="run folder (default: runs/<concept>-<model>-s<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    loss_layer = None
+    if args.loss_layer is not None:
+        try:
+            loss_layer = int(args.loss_layer)
+        except ValueError:
+            try:
+                loss_layer = float(args.loss_layer)
+            except ValueError:
+                p.error(f"--loss-layer must be an int index or a float depth fraction, got {args.loss_layer!r}")
+    try:
+        config = TrainConfig(
+            model=args.model, layers=args.layers, modules=tuple(m.strip() for m in args.modules.split(",") if m.strip()),
+            rank=args.rank, rotate_v=not args.no_rotate_v, rotate_u=args.rotate_u, scaling=args.scaling,
+            concept=args.concept, suffixes=args.suffixes, n_pairs=args.n_pairs, steps=args.steps,
+            batch_size=args.batch_size, lr=args.lr, space=args.space, loss=args.loss, loss_layer=loss_layer, seed=args.seed,
+        )
+    except ValueError as err:
+        p.error(str(err))
+    return config, args
+
+
+def main(argv: Sequence[str] | None = None) -> TrainResult:
+    config, args = parse_args(argv)
+    from interp.adapters.io import save_adapter
+    from interp.models import load_model
+
+    out = Path(args.out or f"runs/{Path(config.concept).stem}-{config.model.replace('/', '_')}-s{config.seed}")
+    model = load_model(config.model)
+    sites = select_sites(model, layers=config.layers, modules=list(config.modules))
+    adapter, result = train_adapter(model, sites, config, out=out, resume=args.resume, progress=not args.no_progress)
+    path = save_adapter(adapter, out / "adapter", extra={"training": result.training_extra()})
+    m = result.metrics
+    print(
+        f"done in {result.seconds:.0f}s: orientation {result.orientation:+d}; validation gap "
+        f"(-1) {m['gap@-1']:.3f} < (0) {m['gap@+0']:.3f} < (+1) {m['gap@+1']:.3f}: {bool(m['ordered'])}; "
+        f"dNLL(-1) {m['dnll@-1']:.3f}, dNLL(+1) {m['dnll@+1']:.3f}; adapter -> {path}"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
