@@ -327,6 +327,52 @@ def evaluate_separation(
 
 
 # --------------------------------------------------------------------------- training
+def step_loss(
+    model,
+    adapter,
+    batch: PairBatch,
+    direction: Float[Tensor, "k"],
+    scale: Float[Tensor, ""] | float,
+    config: TrainConfig,
+    *,
+    hook: str,
+    U: Tensor | None = None,
+    prior: float = 0.0,
+) -> tuple[Float[Tensor, ""], dict]:
+    """The ReprPO loss of one batch (differentiable in the adapter) and its parts as floats.
+
+    Reference forward at c = 0 under ``no_grad``; one policy forward whose rows are the
+    batch at ``c = +1`` then at ``c = −1`` (per-row coefficient tensor). ``prior`` is the
+    separation summed over earlier steps (the guard's memory).
+    """
+    n, rows = batch.n_pairs, batch.tokens.shape[0]
+    with torch.no_grad():
+        h_ref, nll_ref = _forward(model, batch, hook)
+    coeff = torch.cat([torch.ones(rows), -torch.ones(rows)]).to(batch.tokens.device)
+    with adapter.steer(model, coeff):
+        h, nll = _forward(model, _stack(batch, 2), hook)
+    g_ref = gaps(h_ref[:n], h_ref[n:], direction, config.space, U)
+    g_pos = gaps(h[:n], h[n:rows], direction, config.space, U)
+    g_neg = gaps(h[rows : rows + n], h[rows + n :], direction, config.space, U)
+    proj = projection_loss(g_pos, g_neg, g_ref, config.loss, beta=config.beta, scale=scale, prior=prior)
+    order = ordering_loss(g_neg, g_ref, g_pos, proj.orientation, config.margin, scale=scale)
+    coh, w = coherence_loss(nll[:rows], nll[rows:], nll_ref, config.tau, config.coherence_temperature)
+    loss = proj.loss + config.coherence_weight * coh + config.ordering_weight * order
+    parts = {
+        "loss": float(loss.detach()),
+        "proj": float(proj.loss.detach()),
+        "coherence": float(coh.detach()),
+        "ordering": float(order.detach()),
+        "separation": float(proj.separation),
+        "orientation": proj.orientation,
+        "dnll_pos": float((nll[:rows] - nll_ref).mean().detach()),
+        "dnll_neg": float((nll[rows:] - nll_ref).mean().detach()),
+        "w_pos": float(w[0]),
+        "w_neg": float(w[1]),
+    }
+    return loss, parts
+
+
 
 
 def _checkpoint_state(adapter, opt, sched, step: int, direction: Tensor, scale: Tensor, history: list[dict]) -> dict:
@@ -437,41 +483,15 @@ def train(
         for step in bar:
             idx = batch_indices(n_train, config.batch_size, step, config.seed)
             batch = tokenize_pairs(model.tokenizer, [split.train[i] for i in idx], **tok_kw).to(device)
-            n, rows = batch.n_pairs, batch.tokens.shape[0]
-            with torch.no_grad():
-                h_ref, nll_ref = _forward(model, batch, hook)
-            coeff = torch.cat([torch.ones(rows), -torch.ones(rows)]).to(device)
-            with adapter.steer(model, coeff):
-                h, nll = _forward(model, _stack(batch, 2), hook)
-            g_ref = gaps(h_ref[:n], h_ref[n:], direction, config.space, U)
-            g_pos = gaps(h[:n], h[n:rows], direction, config.space, U)
-            g_neg = gaps(h[rows : rows + n], h[rows + n :], direction, config.space, U)
             summed = sum(r["separation"] for r in history)
-            proj = projection_loss(g_pos, g_neg, g_ref, config.loss, beta=config.beta, scale=scale, prior=summed)
-            order = ordering_loss(g_neg, g_ref, g_pos, proj.orientation, config.margin, scale=scale)
-            coh, w = coherence_loss(nll[:rows], nll[rows:], nll_ref, config.tau, config.coherence_temperature)
-            loss = proj.loss + config.coherence_weight * coh + config.ordering_weight * order
+            loss, parts = step_loss(model, adapter, batch, direction, scale, config, hook=hook, U=U, prior=summed)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             lr = opt.param_groups[0]["lr"]
             opt.step()
             sched.step()
-            record = {
-                "step": step + 1,
-                "loss": float(loss.detach()),
-                "proj": float(proj.loss.detach()),
-                "coherence": float(coh.detach()),
-                "ordering": float(order.detach()),
-                "separation": float(proj.separation),
-                "orientation": proj.orientation,
-                "dnll_pos": float((nll[:rows] - nll_ref).mean().detach()),
-                "dnll_neg": float((nll[rows:] - nll_ref).mean().detach()),
-                "w_pos": float(w[0]),
-                "w_neg": float(w[1]),
-                "grad_norm": float(grad_norm),
-                "lr": lr,
-            }
+            record = {"step": step + 1, **parts, "grad_norm": float(grad_norm), "lr": lr}
             if (step + 1) % config.diagnostics_every == 0 or step + 1 == config.steps:
                 record["diagnostics"] = adapter.diagnostics()
             history.append(record)

@@ -1,0 +1,102 @@
+"""Cost of one ReprPO training step relative to one plain forward+backward on the same batch.
+
+The training step is :func:`interp.train.step_loss` (reference forward at c = 0 without
+grad, then one policy forward carrying the c = +1 and c = −1 rows) plus backward and an
+AdamW step on the adapter. The baseline is one ordinary fine-tuning step's compute on the
+same pairs: a forward+backward of the base model (all weights trainable) on the batch's
+chosen and rejected rows with a next-token NLL loss. Prints the median time of each and
+their ratio (target: <= 2.5).
+
+    python benchmarks/bench_train.py [--model smollm2-135m] [--batch-size 4] [--repeats 3]
+
+Uses InnerPiSSA when ``interp.adapters.innerpissa`` exists, else the LoRA-like stand-in
+from the tests (the ratio is dominated by the model's forward/backward either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from interp.data import tokenize_pairs
+from interp.losses import gap_scale, gaps, preference_direction, token_nll
+from interp.models import load_model
+from interp.sites import resid_hook, select_sites
+from interp.train import TrainConfig, _forward, _frozen_base, build_pairs, step_loss
+
+
+def make_adapter(model, sites, rank: int):
+    try:
+        from interp.adapters.innerpissa import InnerPiSSAConfig, attach
+
+        return attach(model, sites, InnerPiSSAConfig(rank=rank)), "innerpissa"
+    except ImportError:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from test_train import ToyAdapter
+
+        return ToyAdapter(model, sites, rank=rank), "toy (innerpissa not importable)"
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv=None) -> float:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--rank", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    model = load_model(args.model)
+    config = TrainConfig(model=args.model, batch_size=args.batch_size, rank=args.rank)
+    sites = select_sites(model, layers=config.layers, modules=list(config.modules))
+    adapter, kind = make_adapter(model, sites, args.rank)
+    hook = resid_hook(sites[0].layer)
+    pairs = build_pairs(config).train
+    batch = tokenize_pairs(model.tokenizer, pairs[: args.batch_size], system=config.system, max_length=config.max_length)
+    with torch.no_grad():
+        h, _ = _forward(model, tokenize_pairs(model.tokenizer, pairs[:16], system=config.system), hook)
+    direction = preference_direction(h[:16], h[16:])
+    scale = gap_scale(gaps(h[:16], h[16:], direction))
+    opt = torch.optim.AdamW(list(adapter.parameters()), lr=config.lr)
+
+    def train_step():
+        with _frozen_base(model, adapter):
+            loss, _ = step_loss(model, adapter, batch, direction, scale, config, hook=hook)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    def base_step():
+        model.zero_grad(set_to_none=True)
+        logits = model(batch.tokens, attention_mask=batch.attention_mask)
+        nll, _ = token_nll(logits.float(), batch.tokens, batch.attention_mask)
+        nll.mean().backward()
+
+    t_train = timed(train_step, args.repeats)
+    t_base = timed(base_step, args.repeats)
+    model.zero_grad(set_to_none=True)
+    ratio = t_train / t_base
+    print(f"model {args.model}, adapter {kind}, {len(sites)} site(s), batch {args.batch_size} pairs "
+          f"({batch.tokens.shape[0]} rows x {batch.tokens.shape[1]} tokens), torch threads {torch.get_num_threads()}")
+    print(f"training step      {t_train:.3f} s (median of {args.repeats})")
+    print(f"base fwd+bwd       {t_base:.3f} s")
+    print(f"ratio              {ratio:.2f}  (target <= 2.5)")
+    return ratio
+
+
+if __name__ == "__main__":
+    main()
