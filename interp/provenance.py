@@ -1,0 +1,150 @@
+"""Where a stored result came from, as flat attrs that JSON and netCDF both accept.
+
+Every store, table and figure dataset carries :func:`provenance` in its attrs::
+
+    ds.attrs.update(provenance(model, sites=sites, config=method.config(), seed=0))
+
+Values are only ``str``, ``int`` and ``float`` (netCDF attrs cannot hold ``None``,
+dicts or nested lists): structured values (sites, config, extra dicts) are JSON strings,
+missing ones are ``""``. Read them back with :func:`read_json_attr`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import subprocess
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+PACKAGE = "innerpissa-lab"
+_REPO = Path(__file__).resolve().parents[1]
+
+Attr = str | int | float
+
+
+def package_version(name: str = PACKAGE) -> str:
+    """Installed version of a distribution, or ``"unknown"``."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def git_commit(repo: str | Path = _REPO) -> str:
+    """``git rev-parse HEAD`` of the checkout this package runs from, or ``"unknown"``."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def _site_names(sites: Sequence[Any]) -> list[str]:
+    return [getattr(s, "name", s) if not isinstance(s, str) else s for s in sites]
+
+
+def to_attr(value: Any) -> Attr:
+    """One value as a netCDF-able attr: numbers and strings pass, ``None`` -> ``""``, the rest -> JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (str, int, float)):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def read_json_attr(attrs: dict, key: str) -> Any:
+    """Inverse of :func:`to_attr` for structured values (``""`` -> ``None``)."""
+    value = attrs.get(key, "")
+    if value == "":
+        return None
+    try:
+        return json.loads(value)
+    except (TypeError, json.JSONDecodeError):
+        return value
+
+
+def provenance(
+    model=None,
+    *,
+    sites: Sequence[Any] | None = None,
+    config: dict | None = None,
+    seed: int | None = None,
+    weight_hash: str | None = None,
+    **extra: Any,
+) -> dict[str, Attr]:
+    """Flat provenance attrs: model spec and weight hash, sites, config, seed, versions, commit, time.
+
+    ``model`` is a TransformerBridge (``.spec``, ``.original_model``), a plain HF model, an
+    nnsight wrapper of one, or ``None``. The weight hash is computed from the HF state dict
+    each call (no global cache); pass ``weight_hash=`` when it is already known.
+    ``extra`` keys are added as they are (structured values JSON-encoded).
+    """
+    attrs: dict[str, Attr] = {
+        "model_spec": "",
+        "weight_hash": weight_hash or "",
+        "sites": to_attr(_site_names(sites) if sites is not None else None),
+        "config": to_attr(config),
+        "seed": -1 if seed is None else int(seed),
+        "package": PACKAGE,
+        "package_version": package_version(),
+        "git_commit": git_commit(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch_version": torch.__version__,
+        "transformer_lens_version": package_version("transformer-lens"),
+        "transformers_version": package_version("transformers"),
+        "nnsight_version": package_version("nnsight"),
+    }
+    if model is not None:
+        attrs["model_spec"] = str(getattr(model, "spec", "") or getattr(model, "name_or_path", "") or "")
+        if not weight_hash:
+            attrs["weight_hash"] = model_weight_hash(model)
+    for key, value in extra.items():
+        attrs[key] = to_attr(value)
+    return attrs
+
+
+def hf_state_dict(model) -> dict:
+    """The HF-named weights of a bridge, an nnsight wrapper or a plain HF model.
+
+    A booted bridge renames its HF model's entries (``._original_component.`` segments,
+    alias names like ``self_attn.q``); the names a fresh HF model of the same config has
+    are recovered from a meta-device copy (no memory, no weights), so both backends hash
+    the same tensors under the same names.
+    """
+    hf = getattr(model, "original_model", None)
+    if hf is None:
+        # an nnsight wrapper keeps the HF model as ``_module``
+        hf = None if isinstance(model, nn.Module) else getattr(model, "_module", None)
+    if hf is None:
+        hf = model
+    raw = hf.state_dict()
+    if not any("_original_component" in k for k in raw):
+        return dict(raw)
+    norm: dict = {}
+    for key, value in raw.items():
+        norm.setdefault(key.replace("_original_component.", ""), value)
+    try:
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            names = AutoModelForCausalLM.from_config(hf.config).state_dict().keys()
+        return {k: norm[k] for k in names if k in norm}
+    except Exception:  # an exotic config: fall back to every renamed entry (still deterministic)
+        return norm
+
+
+def model_weight_hash(model) -> str:
+    """:func:`interp.models.weight_hash` of the underlying HF model's weights (HF names)."""
+    from interp.models import weight_hash
+
+    return weight_hash(hf_state_dict(model))
