@@ -240,3 +240,24 @@ def test_ablation_configs_cover_the_issue():
         pytest.skip("interp.adapters.innerpissa not landed yet")
     for kwargs in configs.values():
         InnerPiSSAConfig(**kwargs)
+
+
+@pytest.mark.slow
+def test_default_model_pca_steering_moves_rejected_toward_chosen(smol):
+    from interp.data import make_pairs, tokenize_pairs
+
+    batch = tokenize_pairs(smol.tokenizer, make_pairs(n_pairs=8, seed=0), system="")
+    method = PCASteering.fit_pairs(smol, batch, [14], batch_size=8)
+    n = batch.n_pairs
+    rej = (batch.tokens[n:], batch.attention_mask[n:])
+    v = method.vectors[14]
+    with torch.no_grad():
+        base_logits = smol(rej[0], attention_mask=rej[1])
+        with method.steer(smol, 0.0):
+            assert torch.equal(smol(rej[0], attention_mask=rej[1]), base_logits)
+    base = last_token_hidden(smol, *rej, [14], progress=False)[14] @ v
+    with method.steer(smol, 1.0):
+        up = last_token_hidden(smol, *rej, [14], progress=False)[14] @ v
+    assert (up > base).all()
+    # c = 1 shifts each projection by exactly |v|^2 at the steered layer itself.
+    assert torch.allclose(up - base, torch.full_like(base, float(v @ v)), rtol=1e-3)
