@@ -57,7 +57,9 @@ def to_attr(value: Any) -> Attr:
         return ""
     if isinstance(value, bool):
         return int(value)
-    if isinstance(value, (str, int, float)):
+    if isinstance(value, str):
+        return str(value)  # str subclasses (TorchVersion) are not writable by h5py
+    if isinstance(value, (int, float)):
         return value
     return json.dumps(value, sort_keys=True, default=str)
 
@@ -99,7 +101,7 @@ def provenance(
         "package_version": package_version(),
         "git_commit": git_commit(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # TorchVersion, a str subclass h5py rejects
         "transformer_lens_version": package_version("transformer-lens"),
         "transformers_version": package_version("transformers"),
         "nnsight_version": package_version("nnsight"),
