@@ -109,11 +109,14 @@ class StoreConfig:
 
 
 def site_hook(site: Site | str) -> str:
-    """A hook name for a site: a :class:`Site` means its Linear's output (``<name>.hook_out``)."""
+    """A hook name for a site: a :class:`Site` or a bare site name (``blocks.3.mlp.out``) means
+    its Linear's output (``<name>.hook_out``); hook names pass through."""
     if isinstance(site, Site):
         return site.hook_out
     if not isinstance(site, str) or not site.startswith("blocks."):
         raise ValueError(f"a site is a Site or a hook name like 'blocks.3.hook_resid_post', got {site!r}")
+    if ".hook_" not in site:
+        return Site.parse(site).hook_out
     return site
 
 

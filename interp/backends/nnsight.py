@@ -1,0 +1,461 @@
+"""The same collection and steering through nnsight, locally or on NDIF (``remote=True``).
+
+Analyses name places one way on both backends: this module maps the project's hook
+names (``blocks.14.mlp.out``, ``blocks.14.mlp.out.hook_in``, ``blocks.14.hook_resid_post``,
+``blocks.14.hook_resid_pre``) to the wrapped Hugging Face modules
+(``model.layers[14].mlp.down_proj`` ...) for Llama-family models (Llama, Qwen2/3, Mistral).
+
+Steering inside a trace is plain tensor maths on tensors computed *outside* the trace:
+NDIF's sandbox whitelists modules, so remote code cannot call project functions.
+
+* an adapter (``interp.adapters`` API: ``adapter.layers[key].delta_weight(c)``): its
+  ``ΔW(c)`` per site is precomputed, and inside the trace the site's output gets
+  ``x @ ΔW(c).T`` added (one ΔW per row for a ``[batch]`` coefficient tensor);
+* steering vectors ``{layer: vector}`` (or a :class:`~interp.baselines.VectorSteering`):
+  ``c * vector`` is added to ``model.layers[L].output`` (= ``blocks.L.hook_resid_post``).
+
+Usage::
+
+    nn_model = load_nnsight("smollm2-135m")                       # fresh HF copy, eager attention
+    logits = nnsight_logits(nn_model, tokens, mask, steering=steering_from(adapter, 1.0))
+    path = collect(nn_model, "runs/acts", tokens, mask, sites=[...])  # same store as interp.store
+    model_like, method_like = for_evaluate(nn_model, adapter)      # for interp.evaluate
+
+Remote (NDIF): build the model from a Hub id that NDIF serves (``load_nnsight(hf_id,
+remote=True)`` loads no weights), set ``NDIF_API_KEY`` (or ``nnsight.CONFIG.set_default_api_key``)
+and pass ``remote=True`` to :func:`nnsight_logits` / :func:`collect`. Without a key, a
+network or a served model it raises :class:`RemoteUnavailable` within a few seconds.
+Collection and evaluation can run remotely; training stays local (it needs gradients on
+adapter parameters held here).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import urlparse
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from interp.models import DEFAULT_MODEL, TINY_PREFIX, load_hf
+from interp.provenance import provenance
+from interp.sites import LINEAR_MODULES, Site
+from interp.steering import Coeff, Messages, SteeringMethod, check_coeff
+from interp.store import Runner, StoreConfig, collect_with, site_hook
+
+Remote = bool | Literal["local"]
+
+# Project module names -> attribute paths inside a Llama-family decoder layer.
+LLAMA_MODULES: dict[str, str] = {
+    "attn.q": "self_attn.q_proj",
+    "attn.k": "self_attn.k_proj",
+    "attn.v": "self_attn.v_proj",
+    "attn.o": "self_attn.o_proj",
+    "mlp.gate": "mlp.gate_proj",
+    "mlp.in": "mlp.up_proj",
+    "mlp.out": "mlp.down_proj",
+}
+# Execution order inside a block, so a trace touches modules in the order they run.
+_STAGE = {"resid_pre": 0, "attn.q": 1, "attn.k": 2, "attn.v": 3, "attn.o": 4, "mlp.gate": 5, "mlp.in": 6, "mlp.out": 7, "resid_post": 8}
+REMOTE_CONNECT_TIMEOUT_S = 3.0
+
+
+class RemoteUnavailable(RuntimeError):
+    """``remote=True`` cannot work here: no NDIF API key, no network, or a model NDIF cannot serve."""
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_nnsight(
+    spec: str = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "eager",
+    remote: bool = False,
+):
+    """An nnsight ``TransformersModel`` for a model spec handled by :mod:`interp.models`.
+
+    Locally the HF model is a fresh copy (``interp.models.load_hf``; a bridge rewrites its
+    own copy in place), with eager attention like the bridge so that padded rows agree.
+    ``remote=True`` wraps the Hub id without loading weights (NDIF holds them); it needs
+    a Hub id, not the embedded or tiny models.
+    """
+    from nnsight.modeling.transformers import TransformersModel
+
+    if remote:
+        if spec == DEFAULT_MODEL or spec.startswith(TINY_PREFIX) or os.path.isdir(spec):
+            raise RemoteUnavailable(
+                f"{spec!r} is built locally; NDIF only runs Hub models it serves (see nnsight.ndif.status()). "
+                "Use a Hub id such as 'meta-llama/Llama-3.1-8B' with remote=True, or remote=False here."
+            )
+        nn_model = TransformersModel(spec)
+        nn_model.spec = spec
+        return nn_model
+    hf_model, tokenizer = load_hf(spec, dtype=dtype)
+    hf_model.set_attn_implementation(attn_implementation)
+    return wrap(hf_model, tokenizer, spec=spec)
+
+
+def wrap(hf_model, tokenizer, *, spec: str = ""):
+    """Wrap an already-loaded HF causal LM (not one inside a bridge) as an nnsight model."""
+    from nnsight.modeling.transformers import TransformersModel
+
+    if any("_original_component" in name for name, _ in hf_model.named_modules()):
+        raise ValueError("this HF model was rewritten by a TransformerBridge; load a fresh one with interp.models.load_hf")
+    nn_model = TransformersModel(hf_model.eval(), tokenizer=tokenizer)
+    nn_model.spec = spec  # provenance reads it; Envoy keeps unknown attributes on itself
+    return nn_model
+
+
+# --------------------------------------------------------------------------- site names
+
+
+@dataclass(frozen=True, order=True)
+class NNSite:
+    """Where a project hook name lives in the wrapped model: block, stage, module path, input/output."""
+
+    layer: int
+    stage: int
+    is_output: bool
+    path: str
+    name: str = field(compare=False)
+
+
+def resolve(name: Site | str, n_layers: int | None = None) -> NNSite:
+    """Project hook name -> :class:`NNSite` (``model.layers.L[.module]``, ``input`` or ``output``).
+
+    Accepts ``blocks.L.hook_resid_pre``, ``blocks.L.hook_resid_post`` / ``blocks.L.hook_out``,
+    ``blocks.L.<module>`` (its output), ``blocks.L.<module>.hook_in`` / ``.hook_out``.
+    """
+    hook = site_hook(name) if isinstance(name, Site) else name
+    parts = hook.split(".")
+    valid = (
+        "blocks.L.hook_resid_pre, blocks.L.hook_resid_post, blocks.L.hook_out, blocks.L.<module>[.hook_in|.hook_out] "
+        f"with module in {list(LINEAR_MODULES)}"
+    )
+    if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
+        raise ValueError(f"unknown site {hook!r}; valid forms: {valid}")
+    layer = int(parts[1])
+    if n_layers is not None and not 0 <= layer < n_layers:
+        raise ValueError(f"layer {layer} out of range: the model has layers 0..{n_layers - 1}")
+    rest = ".".join(parts[2:])
+    block = f"model.layers.{layer}"
+    if rest == "hook_resid_pre":
+        return NNSite(layer, _STAGE["resid_pre"], False, block, hook)
+    if rest in ("hook_resid_post", "hook_out"):
+        return NNSite(layer, _STAGE["resid_post"], True, block, hook)
+    is_output = True
+    if rest.endswith(".hook_in"):
+        rest, is_output = rest[: -len(".hook_in")], False
+    elif rest.endswith(".hook_out"):
+        rest = rest[: -len(".hook_out")]
+    if rest not in LLAMA_MODULES:
+        raise ValueError(f"unknown site {hook!r}; valid forms: {valid}")
+    return NNSite(layer, _STAGE[rest], is_output, f"{block}.{LLAMA_MODULES[rest]}", hook)
+
+
+def envoy(nn_model, path: str):
+    """The nnsight Envoy at a dotted module path (``model.layers.3.mlp.down_proj``)."""
+    node = nn_model
+    for part in path.split("."):
+        node = node[int(part)] if part.isdigit() else getattr(node, part)
+    return node
+
+
+def module_of(nn_model, name: Site | str) -> torch.nn.Module:
+    """The plain torch module behind a site (for weight checks; not for use inside a trace)."""
+    node = nn_model._module
+    for part in resolve(name).path.split("."):
+        node = node[int(part)] if part.isdigit() else getattr(node, part)
+    return node
+
+
+def _n_layers(nn_model) -> int:
+    return int(nn_model._module.config.num_hidden_layers)
+
+
+# --------------------------------------------------------------------------- steering
+
+
+@dataclass(frozen=True)
+class NNSteering:
+    """Steering as plain tensors, ready to inline in a trace.
+
+    ``deltas``: site name (``blocks.L.<module>``) -> ``ΔW`` ``[d_out, d_in]`` or per row
+    ``[batch, d_out, d_in]``. ``vectors``: layer -> ``[d_model]`` or ``[batch, 1, d_model]``,
+    already scaled by the coefficient.
+    """
+
+    deltas: Mapping[str, Tensor] = field(default_factory=dict)
+    vectors: Mapping[int, Tensor] = field(default_factory=dict)
+
+
+def _is_adapter(method) -> bool:
+    layers = getattr(method, "layers", None)
+    return isinstance(layers, torch.nn.ModuleDict) and all(hasattr(m, "delta_weight") for m in layers.values())
+
+
+def adapter_steering(adapter, coeff: Coeff) -> NNSteering:
+    """Precompute ``ΔW(c)`` for each adapter site (orientation applied, as ``adapter.steer`` does)."""
+    eff = adapter.effective(coeff)
+    deltas: dict[str, Tensor] = {}
+    with torch.no_grad():
+        for site, layer in zip(adapter.sites, adapter.layers.values(), strict=True):
+            if isinstance(eff, Tensor) and eff.ndim == 1:
+                # ΔW(c) is not linear in c (rotations), so one ΔW per distinct coefficient.
+                cache = {c: layer.delta_weight(c) for c in sorted(set(eff.tolist()))}
+                deltas[site.name] = torch.stack([cache[c] for c in eff.tolist()])
+            else:
+                deltas[site.name] = layer.delta_weight(float(eff))
+    return NNSteering(deltas=deltas)
+
+
+def vector_steering(vectors: Mapping[int, Tensor], coeff: Coeff, orientation: int = 1) -> NNSteering:
+    """``c * vector`` per layer (``[batch]`` coefficients give ``[batch, 1, d]`` tensors)."""
+    c = check_coeff(coeff)
+    c = c * orientation
+    out: dict[int, Tensor] = {}
+    for layer, v in vectors.items():
+        v = v.detach().float()
+        out[int(layer)] = c.float().view(-1, 1, 1) * v if isinstance(c, Tensor) and c.ndim == 1 else float(c) * v
+    return NNSteering(vectors=out)
+
+
+def steering_from(method: SteeringMethod | Mapping[int, Tensor] | None, coeff: Coeff = 1.0) -> NNSteering:
+    """Tensors for ``method`` at ``coeff``: an adapter, a vector method, ``{layer: vector}`` or nothing."""
+    if method is None or (isinstance(method, SteeringMethod) and type(method).steer is SteeringMethod.steer):
+        return NNSteering()  # no activation change (base model, or a prompt method: it acts on messages)
+    if isinstance(method, Mapping):
+        return vector_steering(method, coeff)
+    if _is_adapter(method):
+        return adapter_steering(method, coeff)
+    if hasattr(method, "vectors"):
+        return vector_steering(method.vectors, coeff, getattr(method, "orientation", 1))
+    raise ValueError(
+        f"{type(method).__name__} has no nnsight form: supported are adapters (interp.adapters), "
+        "vector methods (.vectors {layer: vector}), a {layer: vector} dict, or None; "
+        "prompt methods change the messages (method.messages) before tokenising instead"
+    )
+
+
+# --------------------------------------------------------------------------- the trace
+
+
+def check_remote(nn_model=None, *, timeout: float = REMOTE_CONNECT_TIMEOUT_S) -> str:
+    """Fail fast unless NDIF can run this: API key, network, a Hub-built model. Returns the key."""
+    from nnsight import CONFIG
+
+    key = CONFIG.API.APIKEY or os.environ.get("NDIF_API_KEY")
+    if not key:
+        raise RemoteUnavailable(
+            "remote=True needs an NDIF API key: export NDIF_API_KEY=... or call "
+            "nnsight.CONFIG.set_default_api_key('...') (get one at the NDIF login page); "
+            "or run with remote=False"
+        )
+    CONFIG.API.APIKEY = key  # in memory only: set_default_api_key would write nnsight's config file
+    if nn_model is not None:
+        repo = getattr(getattr(nn_model, "_module", None), "config", None)
+        name = getattr(repo, "_name_or_path", "") or ""
+        if not name or os.path.isdir(name) or getattr(nn_model, "spec", "") in (DEFAULT_MODEL,) or str(
+            getattr(nn_model, "spec", "")
+        ).startswith(TINY_PREFIX):
+            raise RemoteUnavailable(
+                "this nnsight model was built from a local HF object; NDIF runs Hub models it serves. "
+                "Build it with load_nnsight('<hub id>', remote=True)"
+            )
+    url = urlparse(CONFIG.API.HOST if "://" in CONFIG.API.HOST else "https://" + CONFIG.API.HOST)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        raise RemoteUnavailable(f"cannot reach NDIF at {url.hostname}:{port} ({err}); run with remote=False") from err
+    return key
+
+
+def _trace_plan(nn_model, sites: Sequence[str], steering: NNSteering) -> list[tuple[NNSite, str, object]]:
+    """Events in execution order: ('delta', ΔW), ('add', vector), ('save', site name)."""
+    n = _n_layers(nn_model)
+    plan: list[tuple[NNSite, int, str, object]] = []
+    for name, dw in steering.deltas.items():
+        site = resolve(Site.parse(name).hook_out, n)
+        plan.append((site, 0, "delta", dw))
+    for layer, v in steering.vectors.items():
+        site = resolve(f"blocks.{int(layer)}.hook_resid_post", n)
+        plan.append((site, 0, "add", v))
+    for name in sites:
+        site = resolve(name, n)
+        plan.append((site, 1, "save", name))  # saves after any change at the same place: what the bridge's hook sees
+    plan.sort(key=lambda e: (e[0], e[1]))
+    return [(site, kind, payload) for site, _, kind, payload in plan]
+
+
+def nnsight_trace(
+    nn_model,
+    tokens: Int[Tensor, "batch pos"],
+    attention_mask: Int[Tensor, "batch pos"],
+    *,
+    sites: Sequence[Site | str] = (),
+    steering: NNSteering | None = None,
+    remote: Remote = False,
+) -> tuple[Float[Tensor, "batch pos vocab"], dict[str, Tensor]]:
+    """One forward pass through nnsight: ``(logits, {site: activations})`` with ``steering`` inlined."""
+    import nnsight
+
+    if remote is True:
+        check_remote(nn_model)
+    steering = steering or NNSteering()
+    names = [site_hook(s) for s in sites]
+    plan = _trace_plan(nn_model, names, steering)
+    events = [(kind, envoy(nn_model, site.path), site.is_output, payload) for site, kind, payload in plan]
+    inputs = {"input_ids": tokens, "attention_mask": attention_mask}
+    with torch.no_grad(), nn_model.trace(inputs, remote=remote):
+        # Inline tensor ops only (NDIF's sandbox): no project functions in this block.
+        saved = []
+        for kind, env, is_output, payload in events:
+            if kind == "delta":
+                x = env.input
+                if payload.ndim == 3:
+                    env.output = env.output + torch.einsum("bpi,boi->bpo", x, payload.to(x.dtype))
+                else:
+                    env.output = env.output + x @ payload.to(x.dtype).T
+            elif kind == "add":
+                out = env.output
+                env.output = out + payload.to(out.dtype)
+            else:
+                saved.append(env.output if is_output else env.input)
+        logits = nn_model.lm_head.output
+        nnsight.save(saved)
+        logits = logits.save()
+    found = {}
+    for (site, kind, name), value in zip([p for p in plan if p[1] == "save"], saved, strict=True):
+        found[name] = value[0] if isinstance(value, tuple) else value
+    return logits, found
+
+
+def nnsight_logits(
+    nn_model,
+    tokens: Int[Tensor, "batch pos"],
+    attention_mask: Int[Tensor, "batch pos"],
+    steering: NNSteering | SteeringMethod | Mapping[int, Tensor] | None = None,
+    *,
+    coeff: Coeff = 1.0,
+    remote: Remote = False,
+) -> Float[Tensor, "batch pos vocab"]:
+    """Logits of a forward pass through nnsight, steered by precomputed :class:`NNSteering`
+    (or a method / vector dict, converted at ``coeff``)."""
+    if not isinstance(steering, NNSteering):
+        steering = steering_from(steering, coeff)
+    logits, _ = nnsight_trace(nn_model, tokens, attention_mask, steering=steering, remote=remote)
+    return logits
+
+
+# --------------------------------------------------------------------------- store + evaluate
+
+
+def nnsight_runner(nn_model, sites: Sequence[str], method=None, *, remote: Remote = False) -> Runner:
+    """A :data:`interp.store.Runner` through nnsight (steering precomputed per coefficient)."""
+
+    def run(tokens: Tensor, attention_mask: Tensor, coeff: float) -> dict[str, Tensor]:
+        _, found = nnsight_trace(
+            nn_model, tokens, attention_mask, sites=sites, steering=steering_from(method, coeff), remote=remote
+        )
+        return found
+
+    return run
+
+
+def collect(
+    nn_model,
+    path,
+    tokens: Int[Tensor, "n pos"],
+    attention_mask: Int[Tensor, "n pos"],
+    sites: Sequence[Site | str],
+    *,
+    method=None,
+    coeffs: Sequence[float] = (0.0,),
+    positions: Literal["last", "all"] = "last",
+    meta: Mapping[str, Sequence] | None = None,
+    chunk_size: int = 64,
+    batch_size: int = 8,
+    dtype: Literal["float32", "float16"] = "float32",
+    seed: int = 0,
+    remote: Remote = False,
+    extra_attrs: Mapping | None = None,
+    progress: bool = True,
+):
+    """:func:`interp.store.collect` through nnsight: the same store format, dims, coords and provenance."""
+    if remote is True:
+        check_remote(nn_model)
+    config = StoreConfig(
+        sites=tuple(site_hook(s) for s in sites), positions=positions, coeffs=tuple(float(c) for c in coeffs),
+        chunk_size=chunk_size, batch_size=batch_size, dtype=dtype, seed=seed,
+    )
+    for s in config.sites:
+        resolve(s, _n_layers(nn_model))  # bad names fail before any work
+    attrs = provenance(
+        nn_model, sites=config.sites, config=method.config() if hasattr(method, "config") else None, seed=seed,
+        method=getattr(method, "name", "base") if method is not None else "base", backend="nnsight",
+        **dict(extra_attrs or {}),
+    )
+    return collect_with(
+        nnsight_runner(nn_model, config.sites, method, remote=remote), path, tokens, attention_mask, config,
+        d_model=int(nn_model._module.config.hidden_size), meta=meta, attrs=attrs, progress=progress,
+    )
+
+
+class NNsightModel:
+    """A bridge-shaped callable for evaluation code: ``model(tokens, attention_mask=mask)`` -> logits.
+
+    Steering comes from :class:`NNsightSteered` (its ``steer`` sets the precomputed tensors).
+    """
+
+    def __init__(self, nn_model, *, remote: Remote = False):
+        self.nn_model = nn_model
+        self.remote = remote
+        self.tokenizer = nn_model.tokenizer
+        self.spec = getattr(nn_model, "spec", "")
+        self.steering = NNSteering()
+
+    def __call__(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(tokens)
+        return nnsight_logits(self.nn_model, tokens, attention_mask, self.steering, remote=self.remote)
+
+
+class NNsightSteered(SteeringMethod):
+    """Wraps a fitted method so that ``with m.steer(NNsightModel, c)`` steers through nnsight."""
+
+    def __init__(self, method: SteeringMethod | None):
+        self.method = method
+        self.name = getattr(method, "name", "base")
+        self.orientation = 1  # the wrapped method applies its own orientation
+
+    @contextmanager
+    def steer(self, model: NNsightModel, coeff: Coeff) -> Iterator[None]:
+        if not isinstance(model, NNsightModel):
+            raise ValueError(f"NNsightSteered steers an NNsightModel, got {type(model).__name__}")
+        previous = model.steering
+        model.steering = steering_from(self.method, coeff)
+        try:
+            yield
+        finally:
+            model.steering = previous
+
+    def messages(self, messages: Messages, coeff: float) -> Messages:
+        return self.method.messages(messages, coeff) if self.method is not None else messages
+
+    def config(self) -> dict:
+        return {**(self.method.config() if self.method is not None else {}), "backend": "nnsight"}
+
+
+def for_evaluate(nn_model, method: SteeringMethod | None, *, remote: Remote = False) -> tuple[NNsightModel, NNsightSteered]:
+    """``(model, method)`` to hand to evaluation code written for the bridge (DailyDilemmas scoring)."""
+    return NNsightModel(nn_model, remote=remote), NNsightSteered(method)
