@@ -7,7 +7,6 @@ compared at real (unpadded) positions only.
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import contextmanager
 
@@ -31,7 +30,7 @@ from interp.backends.nnsight import (
 )
 from interp.baselines import VectorSteering
 from interp.sites import LINEAR_MODULES, Site, linear_of
-from interp.steering import SteeringMethod, as_row_coeff
+from interp.steering import SteeringMethod
 from interp.store import bridge_runner, site_hook
 
 ATOL = 1e-5
