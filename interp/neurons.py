@@ -361,3 +361,48 @@ def max_abs_cosine(vectors: Float[Tensor, "n d"], directions: Float[Tensor, "d k
     d = directions.double()
     cos = (v / v.norm(dim=1, keepdim=True).clamp_min(1e-300)) @ (d / d.norm(dim=0, keepdim=True).clamp_min(1e-300))
     return cos.abs().max(1).values
+
+
+def overlap_with_baseline(
+    neurons: Float[Tensor, "n d"],
+    pool: Float[Tensor, "N d"],
+    directions: Float[Tensor, "d k"],
+    *,
+    draws: int = 20,
+    seed: int = 0,
+) -> dict[str, float]:
+    """How much ``neurons``' output directions lie in ``span(directions)``, against random neurons.
+
+    Returns the mean over ``neurons`` of the energy fraction (:func:`subspace_energy`) and of the
+    max |cosine| (:func:`max_abs_cosine`), plus the mean and std of the same statistics over
+    ``draws`` seeded samples of ``n`` neurons drawn without replacement from ``pool``, and
+    ``energy_z`` (how many baseline stds the neurons lie above the baseline mean). ``n = 0``
+    gives NaNs. The expected energy fraction of a random direction is ``k / d``.
+    """
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    n = neurons.shape[0]
+    nan = float("nan")
+    out = {"n_neurons": float(n), "energy": nan, "max_cos": nan, "energy_random_mean": nan,
+           "energy_random_std": nan, "max_cos_random_mean": nan, "max_cos_random_std": nan, "energy_z": nan}
+    if n == 0:
+        return out
+    if n > pool.shape[0]:
+        raise ValueError(f"cannot draw {n} random neurons from a pool of {pool.shape[0]}")
+    Q = orthonormal_basis(directions)
+    out["energy"] = float(subspace_energy(neurons, Q).mean())
+    out["max_cos"] = float(max_abs_cosine(neurons, Q).mean())
+    rng = np.random.default_rng(seed)
+    energies, cosines = [], []
+    for _ in range(draws):
+        pick = torch.as_tensor(rng.choice(pool.shape[0], size=n, replace=False))
+        sample = pool[pick]
+        energies.append(float(subspace_energy(sample, Q).mean()))
+        cosines.append(float(max_abs_cosine(sample, Q).mean()))
+    out["energy_random_mean"] = float(np.mean(energies))
+    out["energy_random_std"] = float(np.std(energies))
+    out["max_cos_random_mean"] = float(np.mean(cosines))
+    out["max_cos_random_std"] = float(np.std(cosines))
+    std = out["energy_random_std"]
+    out["energy_z"] = (out["energy"] - out["energy_random_mean"]) / std if std > 0 else nan
+    return out

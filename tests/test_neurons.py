@@ -187,3 +187,25 @@ def test_mean_activations_match_manual(tiny):
     assert torch.allclose(acts[0], manual, atol=1e-5)
     with pytest.raises(ValueError, match="differ in shape"):
         mean_neuron_activations(tiny, tokens, mask[:, :3], progress=False)
+
+
+def test_overlap_with_baseline_planted():
+    """Neurons writing inside the weight change's span score energy 1; random neurons ~ k/d."""
+    from interp.neurons import overlap_with_baseline
+
+    g = torch.Generator().manual_seed(0)
+    d, k = 64, 4
+    directions = torch.linalg.qr(torch.randn(d, k, generator=g)).Q
+    inside = torch.randn(6, k, generator=g) @ directions.T
+    pool = torch.randn(2000, d, generator=g)
+    res = overlap_with_baseline(inside, pool, directions, draws=30, seed=1)
+    assert res["energy"] == pytest.approx(1.0)
+    assert res["energy_random_mean"] == pytest.approx(k / d, abs=0.02)
+    assert res["energy_z"] > 10
+    assert res["max_cos"] > res["max_cos_random_mean"]
+    again = overlap_with_baseline(inside, pool, directions, draws=30, seed=1)
+    assert again == res  # seeded
+    empty = overlap_with_baseline(torch.zeros(0, d), pool, directions)
+    assert empty["n_neurons"] == 0 and np.isnan(empty["energy"])
+    with pytest.raises(ValueError, match="draws"):
+        overlap_with_baseline(inside, pool, directions, draws=0)
