@@ -1,0 +1,57 @@
+"""analyses.space_compare end to end on tiny-random: dataset dims, attrs, values in range, figure from stored data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from analyses import space_compare
+from interp.geometry import METRICS, SPACES
+from interp.provenance import read_json_attr
+
+
+def test_main_end_to_end_on_tiny(tmp_path):
+    out, figs = tmp_path / "res", tmp_path / "figs"
+    written = space_compare.main(["--model", "tiny-random", "--quick", "--rank", "8", "--n-pairs", "12",
+                                  "--out", str(out), "--figures", str(figs), "--no-progress"])
+    ds = space_compare.load_dataset(written["dataset"])
+    assert dict(ds.sizes) == {"layer": 4, "space": 3}
+    assert ds["space"].values.tolist() == list(SPACES)
+    assert set(METRICS) <= set(ds.data_vars)
+    assert ds.attrs["model_spec"] == "tiny-random" and ds.attrs["rank"] == 8 and ds.attrs["n_pairs"] == 12
+    assert ds.attrs["expected_random_energy"] == pytest.approx(8 / 64)
+    assert read_json_attr(ds.attrs, "config")["folds"] == 3  # --quick
+    assert read_json_attr(ds.attrs, "sites") == [f"blocks.{i}.mlp.out" for i in range(4)]
+    e = ds["energy_fraction"]
+    assert np.allclose(e.sel(space="dHS"), 1.0)
+    assert ((e.sel(space="dHS@U") > 0) & (e.sel(space="dHS@U") < 1)).all()
+    assert np.allclose(e.sel(space="random"), 8 / 64, atol=0.1)
+    auc = ds["probe_auroc"].values
+    assert np.all((auc >= 0) & (auc <= 1))
+    assert np.all((ds["pc1_explained"].values > 0) & (ds["pc1_explained"].values <= 1 + 1e-9))
+    html = (figs / "space_compare.html").read_text()
+    assert "probe AUROC (CV)" in html and "share of PC1" in html
+    fig = space_compare.figure(ds)
+    assert fig.layout.xaxis.title.text == "layer" and len(fig.data) == 4 * 3
+
+
+def test_last_token_states_match_a_plain_forward(tiny):
+    from interp.data import make_pairs, tokenize_pairs
+
+    batch = tokenize_pairs(tiny.tokenizer, make_pairs(n_pairs=3, seed=0), padding_side="left")
+    states = space_compare.last_token_states(tiny, batch, [1, 3], batch_size=2, progress=False)
+    assert states.shape == (2, 6, 64)
+    seen = []
+    with tiny.hooks(fwd_hooks=[("blocks.3.hook_resid_post", lambda x, hook: seen.append(x.detach()) or x)]):
+        tiny(batch.tokens[4:5], attention_mask=batch.attention_mask[4:5])
+    assert torch.allclose(states[1, 4], seen[0][0, batch.last[4]], atol=1e-4)
+
+
+def test_errors(tiny):
+    with pytest.raises(SystemExit, match="interp.evaluate"):
+        space_compare.main(["--model", "tiny-random", "--train"])
+    with pytest.raises(ValueError, match="rank must lie"):
+        space_compare.compare_dataset(tiny, [0], rank=64, progress=False)
+    with pytest.raises(SystemExit):
+        space_compare.parse_args(["--folds", "1"])
