@@ -58,6 +58,13 @@ OVERLAP_KINDS: tuple[str, ...] = ("suppression", "prediction")
 # --------------------------------------------------------------------------- atomic writes (shared by analyses)
 
 
+def _umask_mode() -> int:
+    # mkstemp creates 0600 files; results are shared, so give them the usual umask permissions.
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_netcdf(ds: xr.Dataset, path: str | Path) -> Path:
     """Write ``ds`` to ``path`` via a temporary sibling file and ``os.replace`` (no half-written file)."""
     path = Path(path)
@@ -66,6 +73,7 @@ def write_netcdf(ds: xr.Dataset, path: str | Path) -> Path:
     os.close(fd)
     try:
         ds.to_netcdf(tmp, engine=ENGINE)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -81,6 +89,7 @@ def write_html(fig, path: str | Path) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(fig.to_html(include_plotlyjs=True, full_html=True))
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
