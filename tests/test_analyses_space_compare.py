@@ -55,3 +55,19 @@ def test_errors(tiny):
         space_compare.compare_dataset(tiny, [0], rank=64, progress=False)
     with pytest.raises(SystemExit):
         space_compare.parse_args(["--folds", "1"])
+
+
+@pytest.mark.slow
+def test_default_model_known_geometry(smol):
+    """Measured on SmolLM2-135M (128 honesty pairs, r = 64): at layer 0 the differences put 0.48 of their
+    energy in span(U_64) of mlp.out vs 0.11 = r/d for random subspaces; at layer 15 a raw-space probe
+    separates chosen from rejected with AUROC 0.96."""
+    from interp.geometry import GeometryConfig
+
+    ds = space_compare.compare_dataset(smol, [0, 15], rank=64, n_pairs=48,
+                                       config=GeometryConfig(draws=5, folds=4, seed=0), progress=False)
+    e = ds["energy_fraction"]
+    assert float(e.sel(layer=0, space="dHS@U")) > 2.5 * float(e.sel(layer=0, space="random"))
+    assert float(e.sel(layer=0, space="random")) == pytest.approx(64 / 576, abs=0.02)
+    assert float(ds["probe_auroc"].sel(layer=15, space="dHS")) > 0.85
+    assert float(ds["probe_auroc"].sel(layer=15, space="dHS")) > float(ds["probe_auroc"].sel(layer=0, space="dHS"))
