@@ -1,0 +1,220 @@
+"""What every weight-space adapter shares: per-site delta layers and their manager.
+
+An adapter changes a linear layer ``y = x Wᵀ + b`` at a steering coefficient ``c`` to
+``y = x (W + ΔW(c))ᵀ + b`` with ``ΔW(0) = 0``. It is installed in the *delta form*: a
+torch forward hook on the raw Hugging Face ``nn.Linear`` (:func:`interp.sites.linear_of`)
+adds ``x ΔW(c)ᵀ`` to the layer's output.
+
+Why a forward hook on the raw Linear rather than replacing the module or using the
+bridge's ``hook_in``/``hook_out`` pair: the module tree (and so every hook name,
+``state_dict`` key and nnsight path) stays untouched; the hook sees the layer's input
+and output together, which a hook-point pair would have to smuggle between two
+callbacks; the base weight is never copied or re-parametrised, so ``c = 0`` skips the
+hook's arithmetic and is the base model bit for bit, and :meth:`AdapterSet.detach`
+restores the original by removing one handle.
+
+Subclasses provide the :class:`DeltaLayer` (``delta`` / ``delta_weight`` /
+``diagnostics``) and, for saving, ``options()`` / ``from_options()``
+(see :mod:`interp.adapters.io`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from interp.sites import Site, linear_of
+from interp.steering import Coeff, SteeringMethod, check_coeff
+
+# The attribute marking a Linear as adapted, so that two adapters never stack silently.
+_MARK = "_interp_adapter"
+
+
+def layer_key(site: Site) -> str:
+    """``nn.ModuleDict`` key of a site (dots are not allowed in module names)."""
+    return site.name.replace(".", "_")
+
+
+class DeltaLayer(nn.Module):
+    """One site's weight change ``ΔW(c)`` (``d_out × d_in``, Hugging Face layout)."""
+
+    site: Site
+
+    def delta(
+        self, x: Float[Tensor, "batch pos d_in"], coeff: float | Float[Tensor, "batch"]
+    ) -> Float[Tensor, "batch pos d_out"]:
+        """``x ΔW(c)ᵀ`` for a scalar ``c`` or one coefficient per batch row."""
+        raise NotImplementedError
+
+    def delta_weight(self, coeff: float) -> Float[Tensor, "d_out d_in"]:
+        """``ΔW(c)`` as a dense matrix (for merging and for the nnsight backend)."""
+        raise NotImplementedError
+
+    def diagnostics(self) -> dict[str, float]:
+        """Scalar summaries of the learned change (for logs and the rotation-norm analysis)."""
+        return {}
+
+
+def _is_zero(coeff: Coeff) -> bool:
+    if isinstance(coeff, Tensor):
+        return not bool(coeff.any())
+    return coeff == 0.0
+
+
+class AdapterSet(SteeringMethod):
+    """Delta layers attached at ``sites`` of one model, steered together by one ``c``.
+
+    Outside any :meth:`steer` block the coefficient is 0 and the hooks return the base
+    output untouched. ``orientation`` (set by training or sign calibration) multiplies
+    every coefficient, so ``+c`` can mean "more of the concept" without touching the
+    parameters.
+    """
+
+    name = "adapter"
+
+    def __init__(self, model, sites: Sequence[Site], layers: Sequence[DeltaLayer]):
+        if not sites:
+            raise ValueError("an adapter needs at least one site")
+        names = [s.name for s in sites]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate sites: {names}")
+        self.sites: list[Site] = list(sites)
+        self.layers = nn.ModuleDict({layer_key(s): layer for s, layer in zip(sites, layers, strict=True)})
+        self.model_spec: str = str(getattr(model, "spec", "") or "")
+        self.orientation = 1
+        self.metadata: dict[str, Any] = {}
+        self._model_id = id(model)
+        self._coeff: Coeff | None = None
+        self._merged: dict[str, Tensor] = {}
+        self._linears: dict[str, nn.Linear] = {}
+        self._handles = []
+        for site in self.sites:
+            linear = linear_of(model, site)
+            if getattr(linear, _MARK, None) is not None:
+                raise ValueError(f"{site.name} already carries an adapter; detach it first")
+            self._linears[site.name] = linear
+        # Only adapter parameters take gradients (as in PEFT); detach restores the flags.
+        self._trainable_base = [p for p in model.parameters() if p.requires_grad]
+        for p in self._trainable_base:
+            p.requires_grad_(False)
+        for site in self.sites:
+            linear = self._linears[site.name]
+            setattr(linear, _MARK, self)
+            self._handles.append(linear.register_forward_hook(self._hook(self.layers[layer_key(site)])))
+
+    # ------------------------------------------------------------------ hooks
+
+    def _hook(self, layer: DeltaLayer):
+        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor | None:
+            coeff = self._coeff
+            if coeff is None or self._merged:
+                return None  # c = 0 (or folded into the weights): the base output, untouched
+            x = inputs[0]
+            if isinstance(coeff, Tensor) and coeff.ndim == 1 and coeff.shape[0] != x.shape[0]:
+                raise ValueError(f"{coeff.shape[0]} coefficients for a batch of {x.shape[0]} rows at {layer.site.name}")
+            return output + layer.delta(x, coeff).to(output.dtype)
+
+        return hook
+
+    def _check_model(self, model) -> None:
+        if id(model) != self._model_id:
+            raise ValueError("this adapter is attached to another model instance; attach it to this one (or load it with interp.adapters.io.load_adapter)")
+        if not self._handles:
+            raise ValueError("this adapter has been detached")
+
+    # ------------------------------------------------------------------ steering
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """The adapter's trainable parameters (base weights are never among them)."""
+        return (p for p in self.layers.parameters() if p.requires_grad)
+
+    @contextmanager
+    def steer(self, model, coeff: Coeff) -> Iterator[None]:
+        """Run the block at coefficient ``coeff`` (scalar or ``[batch]``; orientation applied)."""
+        self._check_model(model)
+        if self._merged:
+            raise ValueError("the adapter is merged into the weights; unmerge() before steering")
+        eff = self.effective(coeff)
+        if isinstance(eff, Tensor) and eff.ndim == 0:
+            eff = float(eff)
+        previous = self._coeff
+        self._coeff = None if _is_zero(eff) else eff
+        try:
+            yield
+        finally:
+            self._coeff = previous
+
+    # ------------------------------------------------------------------ merge / detach
+
+    @torch.no_grad()
+    def merge(self, coeff: float) -> None:
+        """Fold ``ΔW(c)`` (orientation applied) into the weights: zero-overhead inference."""
+        if self._merged:
+            raise ValueError("already merged; unmerge() first")
+        if not self._handles:
+            raise ValueError("this adapter has been detached")
+        eff = float(self.effective(float(coeff)))
+        for site in self.sites:
+            w = self._linears[site.name].weight
+            self._merged[site.name] = w.data.clone()
+            w.data += self.layers[layer_key(site)].delta_weight(eff).to(w.dtype)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore the weights saved by :meth:`merge`, bit for bit."""
+        for name, original in self._merged.items():
+            self._linears[name].weight.data.copy_(original)
+        self._merged = {}
+
+    def detach(self) -> None:
+        """Remove the hooks (unmerging first): the model is the original again."""
+        self.unmerge()
+        for p in self._trainable_base:
+            p.requires_grad_(True)
+        self._trainable_base = []
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for linear in self._linears.values():
+            if getattr(linear, _MARK, None) is self:
+                delattr(linear, _MARK)
+
+    # ------------------------------------------------------------------ reports
+
+    def diagnostics(self) -> list[dict]:
+        """One dict per site: site name, layer, module and the layer's diagnostics."""
+        out = []
+        with torch.no_grad():
+            for site in self.sites:
+                d = self.layers[layer_key(site)].diagnostics()
+                out.append({"site": site.name, "layer": site.layer, "module": site.module, **d})
+        return out
+
+    def options(self) -> dict:
+        """JSON-able constructor options (saved with the adapter)."""
+        return {}
+
+    @classmethod
+    def from_options(cls, model, sites: Sequence[Site], options: dict) -> "AdapterSet":
+        """Rebuild an adapter of this class from :meth:`options` (used by loading)."""
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        out = {
+            **super().config(),
+            "model_spec": self.model_spec,
+            "sites": [s.name for s in self.sites],
+            "options": self.options(),
+        }
+        calibration = getattr(self, "calibration", None)
+        if calibration:
+            out["calibration"] = calibration
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sites={[s.name for s in self.sites]}, options={self.options()}, orientation={self.orientation})"

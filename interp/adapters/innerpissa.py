@@ -1,0 +1,214 @@
+"""InnerPiSSA: reversible steering in the singular-vector basis of a layer's own weight.
+
+For a linear layer ``W`` (``d_out × d_in``) with top-``r`` SVD ``W = U S Vᵀ + W_res``:
+
+    y(c) = x · V R_v(c) · diag(S ⊙ g(c)) · (U R_u(c))ᵀ + x · W_resᵀ + b
+
+with ``R(c) = cayley(c · A)``, ``A`` a learnable skew-symmetric ``r × r`` generator (one for
+``V``, one for ``U``; soft-clamped, see :func:`interp.cayley.soft_clamp`) and ``g`` the
+scaling of singular values: ``mult`` (``S · exp(c λ)``), ``add`` (``S + c · tanh λ``) or
+``none``. ``R(0) = I`` and ``g(0) = S``, so ``c = 0`` is the base layer; ``R(-c) = R(c)ᵀ``
+and (``mult``) ``exp(-cλ) = 1/exp(cλ)``, so ``-c`` undoes ``+c``.
+
+It is computed in the delta form of :mod:`interp.adapters.base`: the base layer runs
+untouched and the hook adds ``x V M(c) Uᵀ`` with the ``r × r`` middle
+
+    M(c) = R_v(c) diag(S ⊙ g(c)) R_u(c)ᵀ − diag(S),
+
+which is exactly zero at ``c = 0`` (no dense ``W_res`` is stored, and the cost is two thin
+matmuls of rank ``r``). Per-row coefficients get one ``M`` per distinct value.
+
+The SVD is taken once in float64 and stored in the model's dtype; the singular-vector
+signs are canonicalised (largest entry of each ``U`` column positive) so that learned
+generators mean the same thing on every machine. Parameters stay float32 whatever the
+model dtype: rotations near the identity need the precision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from interp.adapters.base import AdapterSet, DeltaLayer
+from interp.cayley import cayley, orthogonality_error, skew, soft_clamp
+from interp.sites import Site, linear_of
+
+SCALINGS: tuple[str, ...] = ("mult", "add", "none")
+
+
+@dataclass(frozen=True)
+class InnerPiSSAConfig:
+    """Adapter options: rank, which sides rotate, singular-value scaling, clamp, init, seed."""
+
+    rank: int = 64
+    rotate_v: bool = True
+    rotate_u: bool = False
+    scaling: Literal["mult", "add", "none"] = "add"
+    max_angle: float | None = 0.3
+    init_std: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"unknown scaling {self.scaling!r}; choose one of {list(SCALINGS)}")
+        if int(self.rank) != self.rank or self.rank < 1:
+            raise ValueError(f"rank must be a positive integer, got {self.rank}")
+        if self.max_angle is not None and not self.max_angle > 0:
+            raise ValueError(f"max_angle must be positive or None, got {self.max_angle}")
+        if not self.init_std > 0:
+            raise ValueError(f"init_std must be positive (a zero init makes +c and -c identical at the start), got {self.init_std}")
+        if not (self.rotate_v or self.rotate_u or self.scaling != "none"):
+            raise ValueError("nothing to learn: enable rotate_v, rotate_u or a scaling")
+
+
+def site_seed(seed: int, site: Site) -> int:
+    """A stable per-site seed (Python's ``hash`` of a str is salted per process)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{site.name}".encode()).digest()[:8], "little")
+
+
+def top_svd(weight: Float[Tensor, "d_out d_in"], rank: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Float64 top-``rank`` SVD ``(U [d_out, r], S [r], V [d_in, r])`` with canonical signs."""
+    d_out, d_in = weight.shape
+    if rank > min(d_out, d_in):
+        raise ValueError(f"rank {rank} is larger than min(d_out, d_in) = {min(d_out, d_in)} for a {d_out}x{d_in} weight")
+    u, s, vh = torch.linalg.svd(weight.detach().to("cpu", torch.float64), full_matrices=False)
+    u, s, v = u[:, :rank], s[:rank], vh[:rank].T
+    flip = torch.sign(u.gather(0, u.abs().argmax(0, keepdim=True)))
+    flip[flip == 0] = 1
+    return u * flip, s, v * flip
+
+
+class InnerPiSSALayer(DeltaLayer):
+    """One site: frozen ``U, S, V`` buffers, learnable ``theta_v``, ``theta_u``, ``lam``."""
+
+    def __init__(self, site: Site, linear: nn.Linear, config: InnerPiSSAConfig = InnerPiSSAConfig()):
+        super().__init__()
+        self.site = site
+        self.config = config
+        w = linear.weight
+        try:
+            u, s, v = top_svd(w, config.rank)
+        except ValueError as err:
+            raise ValueError(f"{site.name}: {err}") from None
+        self.register_buffer("U", u.to(w.device, w.dtype))
+        self.register_buffer("S", s.to(w.device, w.dtype))
+        self.register_buffer("V", v.to(w.device, w.dtype))
+        r = config.rank
+        gen = torch.Generator().manual_seed(site_seed(config.seed, site))
+        init = lambda *shape: nn.Parameter((torch.randn(*shape, generator=gen) * config.init_std).to(w.device))  # noqa: E731
+        # Drawn in a fixed order whatever the options, so ablations share their initial values.
+        theta_v, theta_u, lam = init(r, r), init(r, r), init(r)
+        self.theta_v = theta_v if config.rotate_v else None
+        self.theta_u = theta_u if config.rotate_u else None
+        self.lam = lam if config.scaling != "none" else None
+
+    # ------------------------------------------------------------------ pieces
+
+    def _rotation(self, theta: Tensor | None, coeff: Float[Tensor, "k"]) -> Float[Tensor, "k r r"] | None:
+        if theta is None:
+            return None
+        a = soft_clamp(skew(theta), self.config.max_angle)
+        return cayley(coeff.view(-1, 1, 1) * a)
+
+    def rotation_v(self, coeff: float) -> Float[Tensor, "r r"]:
+        """``R_v(c)`` (the identity when V does not rotate)."""
+        r = self._rotation(self.theta_v, torch.tensor([float(coeff)], device=self.S.device))
+        return torch.eye(self.config.rank, device=self.S.device) if r is None else r[0]
+
+    def rotation_u(self, coeff: float) -> Float[Tensor, "r r"]:
+        """``R_u(c)`` (the identity when U does not rotate)."""
+        r = self._rotation(self.theta_u, torch.tensor([float(coeff)], device=self.S.device))
+        return torch.eye(self.config.rank, device=self.S.device) if r is None else r[0]
+
+    def _scaled(self, coeff: Float[Tensor, "k"]) -> Float[Tensor, "k r"]:
+        s = self.S.float().expand(coeff.shape[0], -1)
+        if self.lam is None:
+            return s
+        c = coeff.view(-1, 1)
+        if self.config.scaling == "mult":
+            return s * torch.exp(c * self.lam)
+        return s + c * torch.tanh(self.lam)
+
+    def scale(self, coeff: float) -> Float[Tensor, "r"]:
+        """The scaled singular values ``S ⊙ g(c)``."""
+        return self._scaled(torch.tensor([float(coeff)], device=self.S.device))[0]
+
+    def middle(self, coeff: Float[Tensor, "k"]) -> Float[Tensor, "k r r"]:
+        """``M(c) = R_v diag(S g) R_uᵀ − diag(S)`` for each coefficient (zero at ``c = 0``)."""
+        coeff = coeff.to(self.S.device, torch.float32)
+        m = torch.diag_embed(self._scaled(coeff))
+        r_v, r_u = self._rotation(self.theta_v, coeff), self._rotation(self.theta_u, coeff)
+        if r_v is not None:
+            m = r_v @ m
+        if r_u is not None:
+            m = m @ r_u.transpose(-1, -2)
+        return m - torch.diag(self.S.float())
+
+    # ------------------------------------------------------------------ DeltaLayer
+
+    def delta(
+        self, x: Float[Tensor, "batch pos d_in"], coeff: float | Float[Tensor, "batch"]
+    ) -> Float[Tensor, "batch pos d_out"]:
+        h = (x @ self.V).float()
+        if isinstance(coeff, Tensor) and coeff.ndim == 1:
+            values, inverse = torch.unique(coeff.detach().float(), return_inverse=True)
+            m = self.middle(values)[inverse.to(self.S.device)]
+            h = torch.einsum("bpr,brs->bps", h, m)
+        else:
+            h = h @ self.middle(torch.tensor([float(coeff)]))[0]
+        return h.to(x.dtype) @ self.U.T
+
+    def delta_weight(self, coeff: float) -> Float[Tensor, "d_out d_in"]:
+        m = self.middle(torch.tensor([float(coeff)]))[0]
+        return (self.U.float() @ m.T @ self.V.float().T).to(self.U.dtype)
+
+    def diagnostics(self) -> dict[str, float]:
+        eye = torch.eye(self.config.rank, device=self.S.device)
+        r_v, r_u = self.rotation_v(1.0), self.rotation_u(1.0)
+        factor = self.scale(1.0) / self.S.float()
+
+        def max_angle(r: Tensor) -> float:
+            # Rotation angles are the phases of R's eigenvalues (pairs ±φ).
+            return float(torch.linalg.eigvals(r.double()).angle().abs().max())
+
+        return {
+            "rot_v_norm": float(torch.linalg.matrix_norm(r_v - eye)),
+            "rot_u_norm": float(torch.linalg.matrix_norm(r_u - eye)),
+            "angle_v_max": max_angle(r_v),
+            "angle_u_max": max_angle(r_u),
+            "orth_error": max(orthogonality_error(r_v), orthogonality_error(r_u)),
+            "scale_mean": float(factor.mean()),
+            "scale_min": float(factor.min()),
+            "scale_max": float(factor.max()),
+            "delta_norm": float(torch.linalg.matrix_norm(self.middle(torch.ones(1))[0])),
+        }
+
+
+class InnerPiSSA(AdapterSet):
+    """InnerPiSSA layers at several sites of one model (see the module docstring)."""
+
+    name = "innerpissa"
+
+    def __init__(self, model, sites: Sequence[Site | str], config: InnerPiSSAConfig = InnerPiSSAConfig()):
+        sites = [Site.parse(s) if isinstance(s, str) else s for s in sites]
+        self.adapter_config = config
+        layers = [InnerPiSSALayer(site, linear_of(model, site), config) for site in sites]
+        super().__init__(model, sites, layers)
+
+    def options(self) -> dict:
+        return asdict(self.adapter_config)
+
+    @classmethod
+    def from_options(cls, model, sites: Sequence[Site], options: dict) -> "InnerPiSSA":
+        return cls(model, sites, InnerPiSSAConfig(**options))
+
+
+def attach(model, sites: Sequence[Site | str], config: InnerPiSSAConfig = InnerPiSSAConfig()) -> InnerPiSSA:
+    """Attach an InnerPiSSA adapter to ``model`` at ``sites`` (c = 0 until steered)."""
+    return InnerPiSSA(model, sites, config)
