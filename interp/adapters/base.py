@@ -20,6 +20,7 @@ Subclasses provide the :class:`DeltaLayer` (``delta`` / ``delta_weight`` /
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -33,6 +34,11 @@ from interp.steering import Coeff, SteeringMethod, check_coeff
 
 # The attribute marking a Linear as adapted, so that two adapters never stack silently.
 _MARK = "_interp_adapter"
+
+
+def site_seed(seed: int, site: Site) -> int:
+    """A stable per-site seed (Python's ``hash`` of a str is salted per process)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{site.name}".encode()).digest()[:8], "little")
 
 
 def layer_key(site: Site) -> str:

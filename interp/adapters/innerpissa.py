@@ -26,7 +26,6 @@ model dtype: rotations near the identity need the precision.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -35,7 +34,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from interp.adapters.base import AdapterSet, DeltaLayer
+from interp.adapters.base import AdapterSet, DeltaLayer, site_seed
 from interp.cayley import cayley, orthogonality_error, skew, soft_clamp
 from interp.sites import Site, linear_of
 
@@ -65,11 +64,6 @@ class InnerPiSSAConfig:
             raise ValueError(f"init_std must be positive (a zero init makes +c and -c identical at the start), got {self.init_std}")
         if not (self.rotate_v or self.rotate_u or self.scaling != "none"):
             raise ValueError("nothing to learn: enable rotate_v, rotate_u or a scaling")
-
-
-def site_seed(seed: int, site: Site) -> int:
-    """A stable per-site seed (Python's ``hash`` of a str is salted per process)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{site.name}".encode()).digest()[:8], "little")
 
 
 def top_svd(weight: Float[Tensor, "d_out d_in"], rank: int) -> tuple[Tensor, Tensor, Tensor]:
