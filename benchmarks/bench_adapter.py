@@ -1,0 +1,78 @@
+"""Cost of an InnerPiSSA adapter in the forward pass, as ratios to the base model.
+
+Default model, batch 16 x 64 tokens, adapters at 3 sites (``mlp.out`` at depths 0.3,
+0.5, 0.7), rank 64, V rotated and U rotated (the costliest options). Prints the median
+time of the base forward, the steered forward (hooks, scalar c and per-row c) and the
+merged forward, and their ratios to the base (targets: unmerged <= 1.10, merged <= 1.02),
+measured in one run.
+
+    python benchmarks/bench_adapter.py [--model smollm2-135m] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from interp.adapters.innerpissa import InnerPiSSAConfig, attach
+from interp.models import load_model
+from interp.sites import select_sites
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv=None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--rank", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    model = load_model(args.model)
+    tokens = torch.randint(0, model.cfg.d_vocab if hasattr(model, "cfg") else 1000, (args.batch, args.tokens))
+    sites = select_sites(model, layers="0.3,0.5,0.7", modules=["mlp.out"])
+    forward = torch.no_grad()(lambda: model(tokens))
+
+    base = median_time(forward, args.repeats)
+    adapter = attach(model, sites, InnerPiSSAConfig(rank=args.rank, rotate_u=True, init_std=0.05))
+    rows = torch.tensor([1.0, -1.0] * (args.batch // 2) + [0.0] * (args.batch % 2))
+
+    def steered(c):
+        def run():
+            with adapter.steer(model, c):
+                forward()
+        return run
+
+    scalar = median_time(steered(1.0), args.repeats)
+    per_row = median_time(steered(rows), args.repeats)
+    adapter.merge(1.0)
+    merged = median_time(forward, args.repeats)
+    adapter.detach()
+    base_again = median_time(forward, args.repeats)
+    base = min(base, base_again)  # the machine is noisy: take the better of two base readings
+
+    result = {"base_s": base, "unmerged": scalar / base, "unmerged_per_row": per_row / base, "merged": merged / base}
+    print(f"{args.model}: batch {args.batch} x {args.tokens} tokens, {len(sites)} sites, rank {args.rank}")
+    print(f"base forward            {base * 1e3:8.1f} ms")
+    print(f"steered (scalar c)      {scalar * 1e3:8.1f} ms   ratio {result['unmerged']:.3f}  (target <= 1.10)")
+    print(f"steered (per-row c)     {per_row * 1e3:8.1f} ms   ratio {result['unmerged_per_row']:.3f}")
+    print(f"merged                  {merged * 1e3:8.1f} ms   ratio {result['merged']:.3f}  (target <= 1.02)")
+    return result
+
+
+if __name__ == "__main__":
+    main()
