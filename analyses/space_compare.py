@@ -34,7 +34,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from analyses.suppression import load_dataset, write_html, write_netcdf
+from analyses._io import load_dataset, write_html, write_netcdf
 from interp.geometry import METRICS, SPACES, GeometryConfig, left_singular_basis, space_metrics
 from interp.sites import Site, linear_of, parse_layers, resid_hook
 

@@ -25,9 +25,7 @@ the stored files only (:func:`figure_by_layer`, :func:`figure_overlap`).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -37,6 +35,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from analyses._io import load_dataset, write_html, write_netcdf
 from interp.neurons import (
     NEURON_CLASSES,
     NeuronConfig,
@@ -49,58 +48,9 @@ from interp.neurons import (
 )
 from interp.sites import Site, parse_layers
 
-ENGINE = "h5netcdf"
 DEFAULT_OUT = "results/suppression"
 DEFAULT_FIGURES = "figures"
 OVERLAP_KINDS: tuple[str, ...] = ("suppression", "prediction")
-
-
-# --------------------------------------------------------------------------- atomic writes (shared by analyses)
-
-
-def _umask_mode() -> int:
-    # mkstemp creates 0600 files; results are shared, so give them the usual umask permissions.
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def write_netcdf(ds: xr.Dataset, path: str | Path) -> Path:
-    """Write ``ds`` to ``path`` via a temporary sibling file and ``os.replace`` (no half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        ds.to_netcdf(tmp, engine=ENGINE)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_html(fig, path: str | Path) -> Path:
-    """Write a plotly figure as one self-contained HTML file (plotly.js inlined), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(fig.to_html(include_plotlyjs=True, full_html=True))
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_dataset(path: str | Path) -> xr.Dataset:
-    """Open a stored result fully into memory (and close the file, so it can be replaced later)."""
-    with xr.open_dataset(path, engine=ENGINE) as ds:
-        return ds.load()
 
 
 # --------------------------------------------------------------------------- part 1: neuron classes

@@ -30,7 +30,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from interp.sites import Site, linear_of
-from interp.steering import Coeff, SteeringMethod, check_coeff
+from interp.steering import Coeff, SteeringMethod
 
 # The attribute marking a Linear as adapted, so that two adapters never stack silently.
 _MARK = "_interp_adapter"

@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from interp.adapters.base import AdapterSet, layer_key
+from interp.adapters.base import AdapterSet
 from interp.models import weight_hash
 from interp.provenance import git_commit, package_version
 from interp.sites import Site, linear_of

@@ -1,0 +1,60 @@
+"""Atomic writes and reads shared by the analyses (results, tables, figures).
+
+Every file is written to a temporary sibling and moved into place with ``os.replace``,
+so a killed run never leaves a half-written result that a resumed run would trust.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import xarray as xr
+
+ENGINE = "h5netcdf"
+
+
+def _umask_mode() -> int:
+    # mkstemp creates 0600 files; results are shared, so give them the usual umask permissions.
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` then move the temporary file onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_netcdf(ds: xr.Dataset, path: str | Path) -> Path:
+    """Write ``ds`` as netCDF (h5netcdf), atomically."""
+    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine=ENGINE))
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a text file (tables, json), atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_html(fig, path: str | Path) -> Path:
+    """Write a plotly figure as one self-contained HTML file (plotly.js inlined), atomically."""
+    return write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
+
+
+def load_dataset(path: str | Path) -> xr.Dataset:
+    """Open a stored result fully into memory (and close the file, so it can be replaced later)."""
+    with xr.open_dataset(path, engine=ENGINE) as ds:
+        return ds.load()

@@ -1,0 +1,190 @@
+"""DailyDilemmas (Chiu, Jiang & Choi, ICLR 2025): moral choices labelled with the values they serve.
+
+Two files are read from a folder (never copied into the repo): ``dilemma_to_action_to_values_aggregated.csv``
+(2,720 rows = 1,360 dilemmas x to_do / not_to_do; ``values_aggregated`` a Python-literal list)
+and ``values.csv`` (301 values -> labels in five theories: WVS, MFT, Virtue, Emotion,
+Maslow; 37 labels written ``"Virtue/Truthfulness"``). The folder comes from the argument,
+else ``$INTERP_DILEMMAS_DIR``, else ``../shared/data/daily_dilemmas`` next to the repo;
+otherwise the Hugging Face dataset is tried (needs ``datasets`` and a reachable hub).
+
+Validation on load: columns present, exactly a to_do and a not_to_do row per dilemma,
+parsable value lists, every value in the taxonomy; errors name the row. Values repeated
+within a list (357 rows, see SOURCES.md) are de-duplicated.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from interp.calibrate import three_way_split
+
+ACTIONS_FILE = "dilemma_to_action_to_values_aggregated.csv"
+VALUES_FILE = "values.csv"
+THEORIES: tuple[str, ...] = ("WVS", "MFT", "Virtue", "Emotion", "Maslow")
+TARGET = "Virtue/Truthfulness"
+HF_DATASET = "kellycyy/daily_dilemmas"
+_REPO = Path(__file__).resolve().parents[1]
+_COLUMNS = ("dilemma_idx", "dilemma_situation", "action_type", "action", "values_aggregated")
+
+
+class DilemmasError(ValueError):
+    """DailyDilemmas files that are missing or malformed (the message names the row)."""
+
+
+@dataclass(frozen=True)
+class Dilemmas:
+    """One row per dilemma (``frame``) plus the value taxonomy (``taxonomy``: value -> labels).
+
+    ``frame`` columns: ``id``, ``situation``, ``action_to_do``, ``action_not_to_do``,
+    ``values_to_do``, ``values_not_to_do`` (tuples of value names).
+    """
+
+    frame: pd.DataFrame
+    taxonomy: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.frame["id"].to_numpy()
+
+    def subset(self, ids: Sequence[int] | np.ndarray) -> Dilemmas:
+        """The dilemmas with these ids, in the given order (unknown ids are an error)."""
+        index = pd.Index(self.frame["id"])
+        pos = index.get_indexer(np.asarray(ids))
+        if (pos < 0).any():
+            raise KeyError(f"unknown dilemma ids: {np.asarray(ids)[pos < 0][:5].tolist()}")
+        return Dilemmas(self.frame.iloc[pos].reset_index(drop=True), self.taxonomy)
+
+    def head(self, n: int) -> Dilemmas:
+        return Dilemmas(self.frame.iloc[:n].reset_index(drop=True), self.taxonomy)
+
+    @property
+    def labels(self) -> list[str]:
+        """All ``"Theory/Label"`` names, sorted."""
+        return sorted({f"{t}/{v}" for t in THEORIES for v in self.taxonomy[t].dropna().unique()})
+
+    def value_labels(self, value: str) -> set[str]:
+        row = self.taxonomy.loc[value]
+        return {f"{t}/{row[t]}" for t in THEORIES if isinstance(row[t], str) and row[t]}
+
+    def label_signs(self, labels: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
+        """``(labels, signs [dilemma, label])``: +1 if the label serves the to-do action only,
+        -1 if the not-to-do action only, 0 if both or neither."""
+        labels = list(labels) if labels is not None else self.labels
+        col = {lab: j for j, lab in enumerate(labels)}
+        signs = np.zeros((len(self), len(labels)), dtype=np.int8)
+        for i, (todo, nottodo) in enumerate(zip(self.frame["values_to_do"], self.frame["values_not_to_do"])):
+            a = set().union(*(self.value_labels(v) for v in todo)) if todo else set()
+            b = set().union(*(self.value_labels(v) for v in nottodo)) if nottodo else set()
+            for lab in a - b:
+                if lab in col:
+                    signs[i, col[lab]] = 1
+            for lab in b - a:
+                if lab in col:
+                    signs[i, col[lab]] = -1
+        return labels, signs
+
+
+def find_dilemmas_dir(path: str | Path | None = None) -> Path | None:
+    """The folder to read: argument, ``$INTERP_DILEMMAS_DIR``, ``../shared/data/daily_dilemmas``."""
+    if path is not None:
+        if not Path(path).is_dir():
+            raise DilemmasError(f"DailyDilemmas folder {path} does not exist")
+        return Path(path)
+    for candidate in (os.environ.get("INTERP_DILEMMAS_DIR"), _REPO.parent / "shared" / "data" / "daily_dilemmas"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+def _parse_values(text: str, row: int) -> tuple[str, ...]:
+    try:
+        values = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise DilemmasError(f"row {row}: values_aggregated is not a Python list literal: {str(text)[:80]!r}") from None
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise DilemmasError(f"row {row}: values_aggregated must be a list of strings, got {str(text)[:80]!r}")
+    return tuple(dict.fromkeys(v.strip().lower() for v in values))  # de-duplicate, keep order
+
+
+def parse_dilemmas(actions: pd.DataFrame, values: pd.DataFrame) -> Dilemmas:
+    """Validate the two tables and fold the action rows into one row per dilemma."""
+    missing = [c for c in _COLUMNS if c not in actions.columns]
+    if missing:
+        raise DilemmasError(f"{ACTIONS_FILE} lacks columns {missing}; found {list(actions.columns)}")
+    missing = [c for c in ("value", *THEORIES) if c not in values.columns]
+    if missing:
+        raise DilemmasError(f"{VALUES_FILE} lacks columns {missing}; found {list(values.columns)}")
+    taxonomy = values.assign(value=values["value"].str.strip().str.lower()).set_index("value")[list(THEORIES)]
+    taxonomy = taxonomy.replace("", np.nan)
+    rows = []
+    for i in range(0, len(actions), 2):
+        pair = actions.iloc[i : i + 2]
+        if len(pair) != 2 or list(pair["action_type"]) != ["to_do", "not_to_do"] or pair["dilemma_idx"].nunique() != 1:
+            raise DilemmasError(f"rows {i}-{i + 1}: expected a to_do then a not_to_do row of one dilemma, got "
+                                f"{list(pair['action_type'])} for ids {list(pair['dilemma_idx'])}")
+        todo, nottodo = (_parse_values(pair["values_aggregated"].iloc[k], i + k) for k in (0, 1))
+        unknown = [v for v in todo + nottodo if v not in taxonomy.index]
+        if unknown:
+            raise DilemmasError(f"rows {i}-{i + 1}: values not in {VALUES_FILE}: {unknown}")
+        situation = str(pair["dilemma_situation"].iloc[0]).strip()
+        if not situation:
+            raise DilemmasError(f"row {i}: empty dilemma_situation")
+        rows.append({"id": int(pair["dilemma_idx"].iloc[0]), "situation": situation,
+                     "action_to_do": str(pair["action"].iloc[0]).strip(), "action_not_to_do": str(pair["action"].iloc[1]).strip(),
+                     "values_to_do": todo, "values_not_to_do": nottodo})
+    frame = pd.DataFrame(rows)
+    if frame["id"].duplicated().any():
+        raise DilemmasError(f"duplicate dilemma ids: {frame['id'][frame['id'].duplicated()].tolist()[:5]}")
+    return Dilemmas(frame, taxonomy)
+
+
+def load_dilemmas(path: str | Path | None = None) -> Dilemmas:
+    """Load and validate DailyDilemmas from a folder (see the module docstring for where)."""
+    folder = find_dilemmas_dir(path)
+    if folder is None:
+        return _load_from_hub()
+    files = {name: folder / name for name in (ACTIONS_FILE, VALUES_FILE)}
+    for name, file in files.items():
+        if not file.is_file():
+            raise DilemmasError(f"{folder} lacks {name}")
+    try:
+        actions = pd.read_csv(files[ACTIONS_FILE], keep_default_na=False)
+        values = pd.read_csv(files[VALUES_FILE], keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DilemmasError(f"cannot parse DailyDilemmas in {folder}: {err}") from None
+    return parse_dilemmas(actions, values)
+
+
+def _load_from_hub() -> Dilemmas:
+    try:
+        from huggingface_hub import hf_hub_download
+        actions = pd.read_csv(hf_hub_download(HF_DATASET, ACTIONS_FILE, repo_type="dataset"), keep_default_na=False)
+        values = pd.read_csv(hf_hub_download("kellycyy/daily_dilemmas", VALUES_FILE, repo_type="dataset"), keep_default_na=False)
+    except Exception as err:  # offline, no hub, file absent: one clear message
+        raise DilemmasError(
+            "DailyDilemmas not found locally and the Hugging Face hub is unreachable "
+            f"({type(err).__name__}); pass --dilemmas PATH or set INTERP_DILEMMAS_DIR to a folder with "
+            f"{ACTIONS_FILE} and {VALUES_FILE}"
+        ) from None
+    return parse_dilemmas(actions, values)
+
+
+def split_dilemmas(dilemmas: Dilemmas, seed: int = 0, n_calibration: int = 64,
+                   validation_fraction: float = 0.3) -> dict[str, Dilemmas]:
+    """Disjoint ``calibration`` / ``validation`` / ``test`` subsets by dilemma id (seeded).
+
+    Each subset is in a seeded random order, so ``.head(n)`` is a random sample of it.
+    """
+    ids = three_way_split(dilemmas.ids, seed, n_calibration=n_calibration, validation_fraction=validation_fraction)
+    rng = np.random.default_rng(seed)
+    return {name: dilemmas.subset(rng.permutation(part)) for name, part in ids.items()}

@@ -1,0 +1,82 @@
+"""DailyDilemmas loading: validation errors name the row, signs per label, seeded disjoint splits."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from interp.dilemmas import ACTIONS_FILE, TARGET, VALUES_FILE, DilemmasError, load_dilemmas, split_dilemmas
+
+
+@pytest.fixture(scope="module")
+def data(dilemmas_dir):
+    return load_dilemmas(dilemmas_dir)
+
+
+def test_shape_and_taxonomy(data):
+    assert len(data) == 1360 and len(data.labels) == 37
+    assert data.value_labels("honesty") >= {TARGET}
+    labels, signs = data.label_signs([TARGET])
+    # 700 action rows carry a Truthfulness value (SOURCES.md); signs exclude dilemmas where both actions do
+    assert 0 < (signs != 0).sum() < 700
+    row = data.frame.iloc[0]
+    assert row["id"] == 55 and row["action_to_do"] == "Report the colleague" and "honesty" in row["values_to_do"]
+
+
+def test_signs_on_a_known_dilemma(data):
+    labels, signs = data.label_signs()
+    i = int(np.flatnonzero(data.ids == 55)[0])
+    todo = set().union(*(data.value_labels(v) for v in data.frame.iloc[i]["values_to_do"]))
+    notdo = set().union(*(data.value_labels(v) for v in data.frame.iloc[i]["values_not_to_do"]))
+    for j, lab in enumerate(labels):
+        expected = 1 if lab in todo - notdo else -1 if lab in notdo - todo else 0
+        assert signs[i, j] == expected, lab
+
+
+def test_duplicates_within_a_list_are_removed(data):
+    assert all(len(set(v)) == len(v) for v in data.frame["values_to_do"])
+
+
+def test_splits_disjoint_stable_and_shuffled(data):
+    a, b = split_dilemmas(data, seed=3), split_dilemmas(data, seed=3)
+    ids = {k: set(v.ids) for k, v in a.items()}
+    assert not (ids["calibration"] & ids["validation"]) and not (ids["validation"] & ids["test"])
+    assert sum(len(v) for v in ids.values()) == 1360 and len(ids["calibration"]) == 64
+    assert all(np.array_equal(a[k].ids, b[k].ids) for k in a)
+    assert not np.array_equal(a["test"].ids, np.sort(a["test"].ids))  # head(n) is a random sample
+    assert set(split_dilemmas(data, seed=4)["calibration"].ids) != ids["calibration"]
+
+
+def _copy(dilemmas_dir, tmp_path):
+    for name in (ACTIONS_FILE, VALUES_FILE):
+        shutil.copy(dilemmas_dir / name, tmp_path / name)
+    return pd.read_csv(tmp_path / ACTIONS_FILE, keep_default_na=False)
+
+
+def test_malformed_value_list_names_the_row(dilemmas_dir, tmp_path):
+    df = _copy(dilemmas_dir, tmp_path)
+    df.loc[7, "values_aggregated"] = "['honesty', "
+    df.to_csv(tmp_path / ACTIONS_FILE, index=False)
+    with pytest.raises(DilemmasError, match="row 7"):
+        load_dilemmas(tmp_path)
+
+
+def test_missing_action_row_and_columns(dilemmas_dir, tmp_path):
+    df = _copy(dilemmas_dir, tmp_path)
+    df.drop(index=3).to_csv(tmp_path / ACTIONS_FILE, index=False)
+    with pytest.raises(DilemmasError, match="to_do then a not_to_do"):
+        load_dilemmas(tmp_path)
+    df.drop(columns=["action"]).to_csv(tmp_path / ACTIONS_FILE, index=False)
+    with pytest.raises(DilemmasError, match="lacks columns"):
+        load_dilemmas(tmp_path)
+
+
+def test_unknown_value_and_missing_folder(dilemmas_dir, tmp_path):
+    df = _copy(dilemmas_dir, tmp_path)
+    df.loc[0, "values_aggregated"] = "['honesty', 'made-up value']"
+    df.to_csv(tmp_path / ACTIONS_FILE, index=False)
+    with pytest.raises(DilemmasError, match="made-up value"):
+        load_dilemmas(tmp_path)
+    with pytest.raises(DilemmasError, match="does not exist"):
+        load_dilemmas(tmp_path / "nope")
