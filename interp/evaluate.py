@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -251,7 +252,16 @@ def main_metric(t_stat: float, delta_nll: float) -> float:
 
 
 def method_metrics(ds: xr.Dataset, method: str, coeff: float, target: str = TARGET, seed: int = 0) -> dict:
-    """The metrics of ``method`` at ``coeff`` against its c = 0 rows (and ``-coeff`` if scored)."""
+    """The metrics of ``method`` at ``coeff`` against its c = 0 rows (and ``-coeff`` if scored).
+
+    All-NaN inputs (every row below ``min_pmass``) give NaN metrics, without warnings.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _method_metrics(ds, method, coeff, target, seed)
+
+
+def _method_metrics(ds: xr.Dataset, method: str, coeff: float, target: str, seed: int) -> dict:
     m = _pick(ds, "method", method)
     zero = _pick(m, "coeff", 0.0)
     at = _pick(m, "coeff", coeff)

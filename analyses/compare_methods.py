@@ -1,0 +1,331 @@
+"""Which steering method moves DailyDilemmas truthfulness most, at the same coherence cost?
+
+Every method is fitted on the same contrastive pairs at the same layer (InnerPiSSA and
+its ablations and LoRA trained with the same ReprPO loop; PCA, mean-difference and
+random vectors fitted on the training pairs; prompting written by hand), then goes
+through one protocol (:mod:`interp.protocol`): sign calibrated on the calibration split,
+strength calibrated to each coherence budget (next-token KL, nats/token, on calibration
+prompts), then scored once on the test split at ``-c, 0, +c`` for each budget.
+Prompting has no continuous dose; it is scored at its strong wording (``c = ±1``) with
+its measured cost, budget ``n/a``.
+
+    python -m analyses.compare_methods --quick                     # every method, short
+    python -m analyses.compare_methods --methods innerpissa,pca,prompt --seeds 3
+
+Each (method, seed) is a folder ``<out>/<method>/seed_<s>/`` with ``result.json`` (which
+marks it done; a re-run skips it), the scored ``eval_<budget>.nc`` datasets and, for
+trained methods, the run and saved adapter. The comparison is stored as
+``<out>/compare_methods.nc`` (dims method, seed, budget) with a markdown + CSV table
+(mean ± std over seeds when there are several; bootstrap intervals over dilemmas for
+one seed) and the figure ``<figures>/compare_methods.html``: Δ target against ΔNLL per
+method and budget (the effect-vs-coherence frontier) with the budget lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from tqdm.auto import tqdm
+
+from analyses._io import load_dataset, write_html, write_netcdf, write_text
+from interp.baselines import ablation_configs
+from interp.protocol import COLUMNS, ProtocolConfig
+from interp.provenance import provenance
+from interp.train import TrainConfig
+
+# InnerPiSSA ablations that differ from the full adapter (baselines.ablation_configs names
+# that equal the defaults are left out), plus the loss-space ablation.
+ABLATIONS: dict[str, dict] = {
+    name: cfg for name, cfg in ablation_configs().items()
+    if name not in ("full", "no_u_rotation", "additive_scaling", "rank_64")
+}
+TRAINED: tuple[str, ...] = ("innerpissa", *ABLATIONS, "loss_dHS@U", "lora")
+VECTORS: tuple[str, ...] = ("pca", "mean_diff", "random")
+METHODS: tuple[str, ...] = (*TRAINED, *VECTORS, "prompt")
+NO_BUDGET = "n/a"
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """One comparison: model, layer, methods, seeds, budgets and scoring caps."""
+
+    model: str = "smollm2-135m"
+    layers: str = "0.5"
+    methods: tuple[str, ...] = METHODS
+    seeds: int = 1
+    budgets: tuple[float, ...] = (0.1, 0.3, 1.0)
+    steps: int = TrainConfig.steps
+    n_pairs: int = TrainConfig.n_pairs
+    n_calibration: int = 64
+    n_test: int | None = 200
+    n_cost_texts: int = 16
+    c_max: float = 16.0
+    min_pmass: float = 0.1
+    dilemmas: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        if self.seeds < 1 or self.steps < 1:
+            raise ValueError("seeds and steps must be >= 1")
+        if not self.budgets or not all(b > 0 for b in self.budgets):
+            raise ValueError(f"budgets must be positive nats, got {self.budgets}")
+
+    def eval_config(self, seed: int):
+        from interp.evaluate import EvalConfig
+
+        return EvalConfig(min_pmass=self.min_pmass, seed=seed)
+
+    def train_config(self, method: str, seed: int) -> TrainConfig:
+        base = replace(TrainConfig(), model=self.model, layers=self.layers, steps=self.steps, n_pairs=self.n_pairs, seed=seed)
+        if method in ABLATIONS:
+            return replace(base, **ABLATIONS[method])
+        if method == "loss_dHS@U":
+            return replace(base, space="dHS@U")
+        return base
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def fit_method(model, method: str, config: CompareConfig, seed: int, folder: Path, calibration, *, progress: bool = True):
+    """A fitted, sign-calibrated steering method (trained ones are saved under ``folder``)."""
+    from interp import baselines
+    from interp.protocol import calibrate_method_sign, fit_innerpissa
+
+    train_config = config.train_config(method, seed)
+    if method == "prompt":
+        m = baselines.PromptSteering()
+    elif method == "lora":
+        m = _fit_lora(model, train_config, folder, progress=progress)
+    elif method in TRAINED:
+        return fit_innerpissa(model, train_config, folder, calibration, progress=progress, config=config.eval_config(seed))[0]
+    else:
+        m = _fit_vector(model, method, train_config, seed)
+    calibrate_method_sign(model, m, calibration, seed=seed, config=config.eval_config(seed))
+    return m
+
+
+def _fit_lora(model, train_config: TrainConfig, folder: Path, *, progress: bool):
+    from interp.adapters.io import load_adapter, save_adapter
+    from interp.adapters.lora import LoRAConfig, attach
+    from interp.sites import select_sites
+    from interp.train import CHECKPOINT, build_pairs, train
+
+    saved = folder / "adapter"
+    if (saved / "adapter.json").is_file():
+        return load_adapter(model, saved)
+    sites = select_sites(model, layers=train_config.layers, modules=list(train_config.modules))
+    adapter = attach(model, sites, LoRAConfig(rank=8, seed=train_config.seed))
+    try:
+        result = train(model, adapter, build_pairs(train_config), train_config, out=folder,
+                       resume=(folder / CHECKPOINT).is_file(), progress=progress)
+        save_adapter(adapter, saved, extra={"training": result.training_extra()})
+    except BaseException:
+        adapter.detach()
+        raise
+    return adapter
+
+
+def _fit_vector(model, method: str, train_config: TrainConfig, seed: int):
+    from interp import baselines
+    from interp.data import tokenize_pairs
+    from interp.sites import parse_layers
+    from interp.train import build_pairs
+
+    layers = parse_layers(train_config.layers, int(model.cfg.n_layers))
+    pairs = build_pairs(train_config).train[: max(train_config.n_calibration, 64)]
+    batch = tokenize_pairs(model.tokenizer, pairs, system=train_config.system, max_length=train_config.max_length)
+    cls = {"pca": baselines.PCASteering, "mean_diff": baselines.MeanDiff, "random": baselines.RandomDirection}[method]
+    kwargs = {"seed": seed} if method == "random" else {}
+    return cls.fit_pairs(model, batch, layers, **kwargs)
+
+
+# --------------------------------------------------------------------------- one method
+
+
+def run_method(model, method: str, config: CompareConfig, seed: int, splits: dict, out: Path, *, progress: bool = True,
+               base: xr.Dataset | None = None) -> dict:
+    """Fit, calibrate (sign, strength per budget) and score one method on the test split."""
+    from interp.protocol import calibrate_method_strength, score_method
+
+    folder = out / method / f"seed_{seed}"
+    done = folder / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    m = fit_method(model, method, config, seed, folder, splits["calibration"], progress=progress)
+    rows = []
+    try:
+        budgets = [NO_BUDGET] if method == "prompt" else list(config.budgets)
+        for budget in budgets:
+            if budget == NO_BUDGET:
+                coeff, reached = 1.0, True
+            else:
+                strength = calibrate_method_strength(model, m, splits["calibration"], float(budget),
+                                                     n_texts=config.n_cost_texts, c_max=config.c_max)
+                coeff, reached = float(strength), bool(strength.reached)
+            ds, row = score_method(model, m, splits["test"], coeff=coeff, progress=progress,
+                                   config=config.eval_config(seed), base=base)
+            write_netcdf(ds, folder / f"eval_{budget}.nc")
+            rows.append({"budget": str(budget), "coeff": coeff, "reached": reached, **row})
+    finally:
+        if hasattr(m, "detach"):
+            m.detach()
+    record = {"method": method, "seed": seed, "split": "test", "orientation": int(m.orientation),
+              "calibration": getattr(m, "calibration", None), "config": m.config(), "rows": rows}
+    write_text(done, json.dumps(record, indent=2, default=str))
+    return record
+
+
+# --------------------------------------------------------------------------- storing and reporting
+
+
+def compare_dataset(records: Sequence[dict], model, config: CompareConfig) -> xr.Dataset:
+    """Records -> Dataset with dims ``(method, seed, budget)`` and provenance attrs."""
+    methods = [m for m in config.methods if any(r["method"] == m for r in records)]
+    seeds = sorted({r["seed"] for r in records})
+    budgets = [str(b) for b in config.budgets] + ([NO_BUDGET] if "prompt" in methods else [])
+    keys = ["coeff", "reached", *COLUMNS.values()]
+    data = {k: np.full((len(methods), len(seeds), len(budgets)), np.nan) for k in keys}
+    for r in records:
+        i, j = methods.index(r["method"]), seeds.index(r["seed"])
+        for row in r["rows"]:
+            k = budgets.index(row["budget"])
+            for key in keys:
+                data[key][i, j, k] = float(row.get(key, np.nan))
+    ds = xr.Dataset({k: (("method", "seed", "budget"), v) for k, v in data.items()},
+                    coords={"method": methods, "seed": seeds, "budget": budgets})
+    ds["delta_nll"].attrs["units"] = "nats/token"
+    ds["delta_target"].attrs["units"] = "Δ P(choice serves Truthfulness)"
+    ds.attrs.update(provenance(model, config=asdict(config), seed=seeds[0] if seeds else None,
+                               split="test", target="Virtue/Truthfulness", budget_cost="next-token KL (nats/token)"))
+    return ds
+
+
+def results_table(ds: xr.Dataset) -> pd.DataFrame:
+    """One row per (method, budget): mean ± std over seeds, or mean [low, high] for one seed."""
+    rows = []
+    several = ds.sizes["seed"] > 1
+    for method in ds["method"].values:
+        for budget in ds["budget"].values:
+            r = ds.sel({"method": method, "budget": budget})  # dict form: sel(method=...) is the fill-method argument
+            if np.isnan(r["delta_target"].values).all():
+                continue
+
+            def fmt(key: str, spec: str = "+.4f") -> str:
+                v = r[key].values
+                if several:
+                    return f"{np.nanmean(v):{spec}} ± {np.nanstd(v, ddof=1):.4f}"
+                return f"{float(v[0]):{spec}}"
+
+            truth = fmt("delta_target")
+            if not several:
+                truth += f" [{float(r['delta_target_low'].values[0]):+.4f}, {float(r['delta_target_high'].values[0]):+.4f}]"
+            rows.append({
+                "Method": method, "Budget": budget if budget == NO_BUDGET else f"{float(budget):g} nats",
+                "Coeff": fmt("coeff", ".3g"), "Δ Truth": truth, "Δ Other": fmt("delta_other", ".4f"),
+                "p-value": fmt("p_value", ".3g"), "Δ NLL": fmt("delta_nll", ".4f"),
+                "Normalized Gain (%)": fmt("normalized_gain", ".3f"), "Main metric": fmt("main_metric", ".3f"),
+                "Budget reached": bool(np.all(r["reached"].values > 0)),
+            })
+    return pd.DataFrame(rows)
+
+
+def figure(ds: xr.Dataset):
+    """Δ target vs ΔNLL per method (points per budget, mean over seeds) with the budget lines."""
+    import plotly.graph_objects as go
+
+    mean = ds.mean("seed")
+    fig = go.Figure()
+    for method in mean["method"].values:
+        r = mean.sel({"method": method})
+        keep = ~np.isnan(r["delta_target"].values)
+        fig.add_scatter(x=r["delta_nll"].values[keep], y=r["delta_target"].values[keep], mode="lines+markers",
+                        name=str(method), text=[str(b) for b in r["budget"].values[keep]],
+                        hovertemplate="%{fullData.name} budget %{text}<br>ΔNLL %{x:.4f}<br>Δ truth %{y:+.4f}<extra></extra>")
+    for b in ds["budget"].values:
+        if b != NO_BUDGET:
+            fig.add_vline(x=float(b), line_dash="dot", line_color="grey", annotation_text=f"{float(b):g} nats KL budget")
+    fig.update_layout(title=f"Effect vs coherence cost: {ds.attrs.get('model_spec', '')} (test split)",
+                      xaxis_title="ΔNLL at +c (nats/token)", yaxis_title="Δ Truthfulness score at +c (probability)")
+    return fig
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[CompareConfig, argparse.Namespace]:
+    d = CompareConfig()
+    p = argparse.ArgumentParser(prog="python -m analyses.compare_methods", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=d.model)
+    p.add_argument("--layers", default=d.layers, help="layer index or depth fraction shared by every method")
+    p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    p.add_argument("--seeds", type=int, default=d.seeds, help="training / fitting seeds (mean ± std in the table)")
+    p.add_argument("--budgets", default=None, help="coherence budgets in nats of next-token KL (default 0.1,0.3,1.0; --quick: 0.3)")
+    p.add_argument("--steps", type=int, default=None, help=f"training steps (default {d.steps}; --quick: 6)")
+    p.add_argument("--n-test", type=int, default=None, help="test dilemmas scored (default 200; --quick: 16)")
+    p.add_argument("--n-calibration", type=int, default=None, help="calibration dilemmas (default 64; --quick: 16)")
+    p.add_argument("--dilemmas", default=None, help="DailyDilemmas folder")
+    p.add_argument("--min-pmass", type=float, default=d.min_pmass, help="rows with p(Yes)+p(No) below this are NaN")
+    p.add_argument("--quick", action="store_true", help="every method, short training, few dilemmas, one budget")
+    p.add_argument("--out", default=None, help="results folder (default results/compare_methods/<model>[-quick])")
+    p.add_argument("--figures", default="figures")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    q = args.quick
+    try:
+        config = CompareConfig(
+            model=args.model, layers=args.layers,
+            methods=tuple(m.strip() for m in args.methods.split(",")) if args.methods else d.methods,
+            seeds=args.seeds,
+            budgets=tuple(float(b) for b in args.budgets.split(",")) if args.budgets else ((0.3,) if q else d.budgets),
+            steps=args.steps or (6 if q else d.steps), n_pairs=200 if q else d.n_pairs,
+            n_test=args.n_test or (16 if q else d.n_test), n_calibration=args.n_calibration or (16 if q else d.n_calibration),
+            n_cost_texts=8 if q else d.n_cost_texts, min_pmass=args.min_pmass, dilemmas=args.dilemmas,
+        )
+    except ValueError as err:
+        p.error(str(err))
+    return config, args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
+    """Run (or resume) the comparison; returns the paths written."""
+    config, args = parse_args(argv)
+    from interp.models import load_model
+    from interp.protocol import base_scores, dilemma_splits
+
+    out = Path(args.out or f"results/compare_methods/{config.model.replace('/', '_')}{'-quick' if args.quick else ''}")
+    progress = not args.no_progress
+    model = load_model(config.model)
+    splits = dilemma_splits(ProtocolConfig(seed=0, n_calibration=config.n_calibration, n_test=config.n_test,
+                                           dilemmas=config.dilemmas))
+    base_path = out / "base_scores.nc"
+    if not base_path.is_file():
+        write_netcdf(base_scores(model, splits["test"], progress=progress, config=config.eval_config(0)), base_path)
+    base = load_dataset(base_path)
+    jobs = [(m, s) for s in range(config.seeds) for m in config.methods]
+    records = []
+    for method, seed in tqdm(jobs, desc="methods", disable=not progress):
+        records.append(run_method(model, method, config, seed, splits, out, progress=progress, base=base))
+    written = {"dataset": write_netcdf(compare_dataset(records, model, config), out / "compare_methods.nc")}
+    stored = load_dataset(written["dataset"])
+    table = results_table(stored)
+    written["csv"] = write_text(out / "compare_methods.csv", table.to_csv(index=False))
+    header = (f"Methods on {stored.attrs.get('model_spec', '')}, test split ({config.n_test or 'all'} dilemmas), "
+              f"layer {config.layers}, {config.seeds} seed(s); budgets are next-token KL on calibration prompts\n\n")
+    written["table"] = write_text(out / "compare_methods.md", header + table.to_markdown(index=False) + "\n")
+    written["figure"] = write_html(figure(stored), Path(args.figures) / "compare_methods.html")
+    print(header + table.to_markdown(index=False))
+    return written
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,255 @@
+"""At which depth does an InnerPiSSA adapter steer honesty best? (the README's main job)
+
+For each depth fraction (default 0.1, 0.2, ..., 0.9 of the layers) an adapter is trained
+with ReprPO at that one layer (``mlp.out`` by default, the loss read at the same layer),
+its sign calibrated on the *calibration* split of DailyDilemmas, and it is scored on
+the *validation* split at ``-c, 0, +c``: depth is a setting being chosen, so the test
+split stays untouched (:mod:`interp.protocol`). Per depth the stored metrics are
+Δ target (Virtue/Truthfulness), Δ other values, ΔNLL, the dose-response p-value, the
+main metric (t / (1 + ΔNLL)), the normalised gain and the training's validation
+separation. The method's write-up found effects peaking near 0.3-0.5 depth on Qwen3-4B;
+this asks whether that holds here.
+
+    python -m analyses.layer_sweep                 # embedded default model, ~9 depths
+    python -m analyses.layer_sweep --quick         # 2 depths, short training, few dilemmas
+    python -m analyses.layer_sweep --depths 0.3,0.5 --steps 20 --n-eval 64
+
+Every depth is a run folder ``<out>/depth_0.30/`` (training log and checkpoint, the
+saved adapter, ``eval.nc`` and ``eval.json``); a killed sweep resumes from what is on
+disk (finished depths are skipped, a half-trained one continues from its checkpoint).
+The sweep is stored as ``<out>/layer_sweep.nc`` (dim ``depth``, provenance attrs) and a
+markdown table; the figure ``<figures>/layer_sweep.html`` is drawn from the stored file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from analyses._io import load_dataset, write_html, write_netcdf, write_text
+from interp.provenance import provenance
+from interp.sites import LINEAR_MODULES, depth_to_layer
+from interp.train import TrainConfig
+
+DEFAULT_DEPTHS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+QUICK_DEPTHS: tuple[float, ...] = (0.3, 0.6)
+METRICS: tuple[str, ...] = (
+    "delta_target", "delta_target_low", "delta_target_high", "delta_other", "delta_nll", "p_value",
+    "main_metric", "normalized_gain", "val_separation", "layer", "orientation", "sign_flipped",
+)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What a sweep depends on (stored in the dataset's attrs)."""
+
+    model: str = "smollm2-135m"
+    depths: tuple[float, ...] = DEFAULT_DEPTHS
+    modules: tuple[str, ...] = ("mlp.out",)
+    steps: int = TrainConfig.steps
+    n_pairs: int = TrainConfig.n_pairs
+    coeff: float = 1.0
+    n_eval: int = 128
+    n_calibration: int = 64
+    seed: int = 0
+    min_pmass: float = 0.1
+    dilemmas: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.depths or not all(0.0 <= d <= 1.0 for d in self.depths):
+            raise ValueError(f"depths must be fractions in [0, 1], got {self.depths}")
+        bad = [m for m in self.modules if m not in LINEAR_MODULES]
+        if bad:
+            raise ValueError(f"unknown module(s) {bad}; valid modules: {list(LINEAR_MODULES)}")
+        for name in ("steps", "n_pairs", "n_eval", "n_calibration"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.coeff > 0:
+            raise ValueError(f"coeff must be positive, got {self.coeff}")
+
+    def train_config(self, depth: float) -> TrainConfig:
+        return replace(TrainConfig(), model=self.model, layers=f"{depth:g}", modules=self.modules,
+                       steps=self.steps, n_pairs=self.n_pairs, seed=self.seed)
+
+
+def run_dir(out: Path, depth: float) -> Path:
+    return out / f"depth_{depth:.2f}"
+
+
+def run_depth(model, depth: float, config: SweepConfig, splits: dict, out: Path, *, progress: bool = True,
+              base=None) -> dict:
+    """Train (or resume, or load), calibrate the sign, score one depth; returns its metrics.
+
+    The metrics are also written to ``<run>/eval.json``, which marks the depth as done.
+    """
+    from interp.evaluate import EvalConfig
+    from interp.protocol import fit_innerpissa, score_method
+
+    eval_config = EvalConfig(min_pmass=config.min_pmass, seed=config.seed)
+    folder = run_dir(out, depth)
+    done = folder / "eval.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    adapter, training = fit_innerpissa(model, config.train_config(depth), folder, splits["calibration"],
+                                       coeff=config.coeff, progress=progress, config=eval_config)
+    try:
+        ds, row = score_method(model, adapter, splits["validation"], coeff=config.coeff, progress=progress,
+                               config=eval_config, base=base)
+    finally:
+        adapter.detach()
+    write_netcdf(ds, folder / "eval.nc")
+    gaps = training.get("metrics", {})
+    record = {
+        "depth": depth,
+        "layer": depth_to_layer(depth, int(model.cfg.n_layers)),
+        **{k: row.get(k, float("nan")) for k in METRICS if k in row},
+        "val_separation": float(gaps.get("gap@+1", np.nan) - gaps.get("gap@-1", np.nan)),
+        "orientation": int(adapter.orientation),
+        "sign_flipped": bool(adapter.calibration.get("sign", {}).get("flipped", False)),
+        "train_seconds": float(training.get("seconds", np.nan)),
+        "split": "validation",
+        "n_dilemmas": int(ds.sizes.get("dilemma", 0)),
+    }
+    write_text(done, json.dumps(record, indent=2, default=float))
+    return record
+
+
+def _base_scores(model, validation, config: SweepConfig, out: Path, progress: bool):
+    """The c = 0 scores of the validation dilemmas, computed once and kept on disk."""
+    from interp.evaluate import EvalConfig
+    from interp.protocol import base_scores
+
+    path = out / "base_scores.nc"
+    if path.is_file():
+        return load_dataset(path)
+    ds = base_scores(model, validation, progress=progress, config=EvalConfig(min_pmass=config.min_pmass, seed=config.seed))
+    write_netcdf(ds, path)
+    return ds
+
+
+def sweep_dataset(records: Sequence[dict], model, config: SweepConfig) -> xr.Dataset:
+    """Per-depth metrics as a Dataset with dim ``depth`` and provenance attrs."""
+    records = sorted(records, key=lambda r: r["depth"])
+    depth = [r["depth"] for r in records]
+    data = {k: ("depth", np.array([float(r.get(k, np.nan)) for r in records])) for k in METRICS}
+    ds = xr.Dataset(data, coords={"depth": depth})
+    units = {"delta_target": "Δ P(choice serves Truthfulness)", "delta_nll": "nats/token",
+             "main_metric": "t / (1 + ΔNLL)", "normalized_gain": "%", "val_separation": "gap units"}
+    for k, u in units.items():
+        ds[k].attrs["units"] = u
+    ds.attrs.update(provenance(model, config=asdict(config), seed=config.seed,
+                               question="layer depth of an InnerPiSSA adapter vs DailyDilemmas truthfulness",
+                               split="validation", target="Virtue/Truthfulness"))
+    return ds
+
+
+def figure(ds: xr.Dataset):
+    """Main metric (bars) and ΔNLL (line, right axis) against depth, from the stored dataset."""
+    import plotly.graph_objects as go
+
+    depth = ds["depth"].values
+    layer = ds["layer"].values
+    fig = go.Figure()
+    fig.add_bar(x=depth, y=ds["main_metric"].values, name="main metric (t / (1 + ΔNLL))",
+                customdata=np.stack([layer, ds["delta_target"].values, ds["p_value"].values], -1),
+                hovertemplate="depth %{x:.2f} (layer %{customdata[0]:.0f})<br>main %{y:.2f}"
+                              "<br>Δ truth %{customdata[1]:+.4f}, p=%{customdata[2]:.3g}<extra></extra>")
+    fig.add_scatter(x=depth, y=ds["delta_nll"].values, name="ΔNLL at +c (nats/token)", yaxis="y2", mode="lines+markers")
+    fig.update_layout(
+        title=f"Layer-depth sweep: {ds.attrs.get('model_spec', '')} (validation split)",
+        xaxis_title="depth fraction (layer / (n_layers - 1))",
+        yaxis_title="main metric: t-statistic / (1 + ΔNLL)",
+        yaxis2=dict(title="ΔNLL (nats/token)", overlaying="y", side="right"),
+        legend=dict(orientation="h", y=-0.2),
+    )
+    return fig
+
+
+def markdown(ds: xr.Dataset) -> str:
+    import pandas as pd
+
+    df = pd.DataFrame({
+        "Depth": ds["depth"].values, "Layer": ds["layer"].values.astype(int),
+        "Δ Truth": [f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]" for m, lo, hi in
+                    zip(ds["delta_target"].values, ds["delta_target_low"].values, ds["delta_target_high"].values)],
+        "Δ Other": ds["delta_other"].values, "p-value": ds["p_value"].values, "Δ NLL": ds["delta_nll"].values,
+        "Normalized Gain (%)": ds["normalized_gain"].values, "Main metric": ds["main_metric"].values,
+        "Val. separation": ds["val_separation"].values, "Sign flipped": ds["sign_flipped"].values.astype(bool),
+    })
+    return f"Layer sweep on {ds.attrs.get('model_spec', '')}, validation split, c = ±{json.loads(ds.attrs['config'])['coeff']}\n\n" + df.to_markdown(index=False, floatfmt=".4g") + "\n"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[SweepConfig, argparse.Namespace]:
+    d = SweepConfig()
+    p = argparse.ArgumentParser(prog="python -m analyses.layer_sweep", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=d.model, help="model spec (see interp.models)")
+    p.add_argument("--depths", default=None, help=f"comma-separated depth fractions (default {','.join(map(str, d.depths))})")
+    p.add_argument("--modules", default=",".join(d.modules), help=f"comma-separated, from {list(LINEAR_MODULES)}")
+    p.add_argument("--steps", type=int, default=None, help=f"training steps per depth (default {d.steps}; --quick: 6)")
+    p.add_argument("--n-eval", type=int, default=None, help=f"validation dilemmas scored per depth (default {d.n_eval}; --quick: 16)")
+    p.add_argument("--n-calibration", type=int, default=None, help=f"calibration dilemmas for the sign (default {d.n_calibration}; --quick: 16)")
+    p.add_argument("--coeff", type=float, default=d.coeff)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--min-pmass", type=float, default=d.min_pmass, help="rows with p(Yes)+p(No) below this are NaN")
+    p.add_argument("--dilemmas", default=None, help="DailyDilemmas folder (default: $INTERP_DILEMMAS_DIR or ../shared/data/daily_dilemmas)")
+    p.add_argument("--quick", action="store_true", help="2 depths, 6 steps, 16 dilemmas: a smoke run")
+    p.add_argument("--out", default=None, help="results folder (default results/layer_sweep/<model>[-quick])")
+    p.add_argument("--figures", default="figures")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    quick = args.quick
+    try:
+        depths = tuple(float(x) for x in args.depths.split(",")) if args.depths else (QUICK_DEPTHS if quick else d.depths)
+        config = SweepConfig(
+            model=args.model, depths=depths, modules=tuple(m.strip() for m in args.modules.split(",") if m.strip()),
+            steps=args.steps or (6 if quick else d.steps), n_pairs=200 if quick else d.n_pairs, coeff=args.coeff,
+            n_eval=args.n_eval or (16 if quick else d.n_eval),
+            n_calibration=args.n_calibration or (16 if quick else d.n_calibration),
+            seed=args.seed, min_pmass=args.min_pmass, dilemmas=args.dilemmas,
+        )
+    except ValueError as err:
+        p.error(str(err))
+    return config, args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
+    """Run (or resume) the sweep; returns the paths written (``dataset``, ``table``, ``figure``)."""
+    config, args = parse_args(argv)
+    from interp.models import load_model
+    from interp.protocol import ProtocolConfig, dilemma_splits
+
+    out = Path(args.out or f"results/layer_sweep/{config.model.replace('/', '_')}{'-quick' if args.quick else ''}")
+    progress = not args.no_progress
+    model = load_model(config.model)
+    splits = dilemma_splits(ProtocolConfig(seed=config.seed, n_calibration=config.n_calibration,
+                                           n_validation=config.n_eval, dilemmas=config.dilemmas))
+    out.mkdir(parents=True, exist_ok=True)
+    base = _base_scores(model, splits["validation"], config, out, progress)
+    records = []
+    bar = tqdm(config.depths, desc="depths", disable=not progress)
+    for depth in bar:
+        bar.set_postfix(depth=f"{depth:.2f}")
+        record = run_depth(model, depth, config, splits, out, progress=progress, base=base)
+        records.append(record)
+        tqdm.write(f"depth {depth:.2f} (layer {record['layer']}): Δtruth {record.get('delta_target', float('nan')):+.4f} "
+                   f"p={record.get('p_value', float('nan')):.3g} ΔNLL {record.get('delta_nll', float('nan')):.4f} "
+                   f"main {record.get('main_metric', float('nan')):.3f}")
+    written = {"dataset": write_netcdf(sweep_dataset(records, model, config), out / "layer_sweep.nc")}
+    stored = load_dataset(written["dataset"])
+    written["table"] = write_text(out / "layer_sweep.md", markdown(stored))
+    written["figure"] = write_html(figure(stored), Path(args.figures) / "layer_sweep.html")
+    print(markdown(stored))
+    return written
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,143 @@
+"""The fair-comparison protocol (issue 10): every method is fitted, calibrated and scored alike.
+
+1. DailyDilemmas is split by dilemma id into calibration / validation / test
+   (:func:`dilemma_splits`, seeded; :func:`interp.calibrate.three_way_split`).
+2. Sign: each method is scored on the calibration split at ``-c`` and ``+c`` and its
+   orientation flipped if ``+c`` lowers the target score (:func:`calibrate_method_sign`);
+   representation orientation does not fix the behavioural sign.
+3. Strength (optional): the coefficient whose coherence cost on a fixed text set (the
+   calibration prompts) reaches a budget in nats (:func:`calibrate_method_strength`).
+4. Scoring on one named split at ``-c, 0, +c`` (:func:`score_method`); the test split is
+   touched once per final configuration, and every result says which split it is from.
+
+:func:`fit_innerpissa` wraps training for the analyses: it resumes or reloads what is
+on disk, calibrates the sign and saves the adapter with its training and calibration
+records, so a loaded adapter means "+c = more of the concept" without re-running.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from interp.calibrate import (
+    CalibratedStrength,
+    calibrate_sign,
+    calibrate_strength,
+    coherence_cost,
+    record_strength,
+)
+from interp.steering import SteeringMethod
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """Splits and scoring shared by every method of one comparison."""
+
+    seed: int = 0
+    n_calibration: int = 64
+    validation_fraction: float = 0.3
+    n_validation: int | None = None  # cap on validation dilemmas scored (None: all)
+    n_test: int | None = None  # cap on test dilemmas scored (None: all)
+    dilemmas: str | None = None  # folder; None: $INTERP_DILEMMAS_DIR or ../shared/data/daily_dilemmas
+
+
+def dilemma_splits(config: ProtocolConfig = ProtocolConfig()) -> dict:
+    """``{"calibration", "validation", "test"}`` -> disjoint DailyDilemmas subsets (capped)."""
+    from interp.dilemmas import load_dilemmas, split_dilemmas
+
+    splits = split_dilemmas(load_dilemmas(config.dilemmas), seed=config.seed, n_calibration=config.n_calibration,
+                            validation_fraction=config.validation_fraction)
+    caps = {"validation": config.n_validation, "test": config.n_test}
+    return {name: (part.head(caps[name]) if caps.get(name) else part) for name, part in splits.items()}
+
+
+def calibrate_method_sign(model, method: SteeringMethod, calibration, coeff: float = 1.0, *, seed: int = 0,
+                          config=None):
+    """Flip ``method.orientation`` so that ``+coeff`` raises the target score on ``calibration``."""
+    from interp.evaluate import EvalConfig, target_score
+
+    config = config or EvalConfig()
+    return calibrate_sign(method, lambda m, c: target_score(model, m, c, calibration, config), coeff, seed=seed)
+
+
+def calibrate_method_strength(
+    model, method: SteeringMethod, calibration, budget: float, *, kind: str = "kl", n_texts: int = 16, c_max: float = 16.0,
+) -> CalibratedStrength:
+    """The coefficient whose coherence cost (``kind``, nats) on calibration prompts reaches ``budget``."""
+    from interp.evaluate import prompt_tokens
+
+    tokens, mask = prompt_tokens(model, calibration.head(n_texts))
+    strength = calibrate_strength(coherence_cost(model, method, tokens, mask, kind=kind), budget, c_max=c_max, symmetric=True)
+    record_strength(method, strength)
+    return strength
+
+
+def score_method(model, method: SteeringMethod, dilemmas, *, coeff: float = 1.0, progress: bool = True,
+                 config=None, base: xr.Dataset | None = None) -> tuple[xr.Dataset, dict]:
+    """Score ``method`` at ``-coeff, 0, +coeff``; returns the dataset and the ``+coeff`` metrics row.
+
+    ``base``: these dilemmas already scored at c = 0 (reused: c = 0 is the same model for every method).
+    """
+    from interp.evaluate import EvalConfig, metrics_table, score_dilemmas
+
+    config = config or EvalConfig()
+    ds = score_dilemmas(model, method, (-coeff, 0.0, coeff), dilemmas, config, progress=progress, base=base)
+    table = metrics_table(ds, config)
+    row = table[np.isclose(table["Coeff"].astype(float), coeff)].iloc[0]
+    return ds, metrics_row(row)
+
+
+# Column names of interp.evaluate's table -> snake-case keys for datasets and json.
+COLUMNS: dict[str, str] = {
+    "Δ Truth": "delta_target",
+    "Δ Truth low": "delta_target_low",
+    "Δ Truth high": "delta_target_high",
+    "Δ Other": "delta_other",
+    "p-value": "p_value",
+    "Δ NLL": "delta_nll",
+    "Normalized Gain (%)": "normalized_gain",
+    "Main metric": "main_metric",
+}
+
+
+def metrics_row(row) -> dict[str, float]:
+    """One table row as ``{snake_case: float}`` (missing columns are NaN)."""
+    return {key: float(row[col]) if col in row and row[col] is not None else math.nan for col, key in COLUMNS.items()}
+
+
+def fit_innerpissa(model, train_config, folder: str | Path, calibration, *, coeff: float = 1.0, progress: bool = True,
+                   config=None):
+    """Train an InnerPiSSA adapter into ``folder`` (resuming), calibrate its sign, save it.
+
+    If ``folder/adapter`` already holds a saved adapter it is loaded instead. Returns
+    ``(adapter, training_record)`` with the adapter attached to ``model``.
+    """
+    from interp.adapters.io import load_adapter, read_adapter_config, save_adapter
+    from interp.train import CHECKPOINT, train_adapter
+
+    folder = Path(folder)
+    saved = folder / "adapter"
+    if (saved / "adapter.json").is_file():
+        return load_adapter(model, saved), read_adapter_config(saved).get("training", {})
+    adapter, result = train_adapter(model, None, train_config, out=folder, resume=(folder / CHECKPOINT).is_file(),
+                                    progress=progress)
+    try:
+        calibrate_method_sign(model, adapter, calibration, coeff, seed=train_config.seed, config=config)
+        training = result.training_extra()
+        save_adapter(adapter, saved, extra={"training": training})
+    except BaseException:
+        adapter.detach()
+        raise
+    return adapter, training
+
+
+def base_scores(model, dilemmas, *, progress: bool = True, config=None) -> xr.Dataset:
+    """The unsteered model's scores on ``dilemmas`` (pass as ``base=`` to :func:`score_method`)."""
+    from interp.evaluate import EvalConfig, score_dilemmas
+
+    return score_dilemmas(model, None, (0.0,), dilemmas, config or EvalConfig(), progress=progress)
