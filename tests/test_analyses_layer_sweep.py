@@ -1,0 +1,75 @@
+"""analyses.layer_sweep end to end on tiny-random: dataset, figure, saved adapters, resume."""
+
+import json
+
+import pytest
+
+from analyses import layer_sweep
+from analyses._io import load_dataset
+
+ARGS = ["--model", "tiny-random", "--quick", "--depths", "0.3,0.6", "--steps", "2", "--n-eval", "8",
+        "--n-calibration", "8", "--min-pmass", "0", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, dilemmas_dir):
+    out = tmp_path_factory.mktemp("sweep")
+    written = layer_sweep.main([*ARGS, "--out", str(out / "res"), "--figures", str(out / "fig"), "--dilemmas", str(dilemmas_dir)])
+    return out, written
+
+
+def test_dataset_dims_attrs_and_figure(sweep):
+    out, written = sweep
+    ds = load_dataset(written["dataset"])
+    assert list(ds["depth"].values) == [0.3, 0.6] and set(layer_sweep.METRICS) <= set(ds.data_vars)
+    assert list(ds["layer"].values) == [1, 2]  # round(depth * (4 - 1))
+    assert ds.attrs["model_spec"] == "tiny-random" and ds.attrs["weight_hash"] and ds.attrs["split"] == "validation"
+    assert json.loads(ds.attrs["config"])["depths"] == [0.3, 0.6]
+    assert ds["delta_nll"].attrs["units"] == "nats/token"
+    assert written["figure"].stat().st_size > 1000 and "Layer sweep" in written["table"].read_text()
+    for d in ("0.30", "0.60"):
+        record = json.loads((out / "res" / f"depth_{d}" / "eval.json").read_text())
+        assert record["n_dilemmas"] == 8 and record["split"] == "validation"
+
+
+def test_adapters_are_saved_with_training_and_sign(sweep):
+    out, _ = sweep
+    from interp.adapters.io import read_adapter_config
+
+    cfg = read_adapter_config(out / "res" / "depth_0.30" / "adapter")
+    assert cfg["sites"] == ["blocks.1.mlp.out"] and cfg["training"]["config"]["steps"] == 2
+    assert cfg["calibration"]["sign"]["flipped"] in (True, False)
+    assert cfg["orientation"] in (1, -1)
+
+
+def test_resume_skips_finished_depths_and_reuses_adapters(sweep, dilemmas_dir):
+    out, written = sweep
+    res = out / "res"
+    done = res / "depth_0.30" / "eval.json"
+    log = res / "depth_0.60" / "metrics.jsonl"
+    kept, log_time = done.stat().st_mtime_ns, log.stat().st_mtime_ns
+    (res / "depth_0.60" / "eval.json").unlink()  # as if killed while scoring depth 0.6
+    again = layer_sweep.main([*ARGS, "--out", str(res), "--figures", str(out / "fig"), "--dilemmas", str(dilemmas_dir)])
+    assert done.stat().st_mtime_ns == kept  # finished depth untouched
+    assert log.stat().st_mtime_ns == log_time  # saved adapter loaded, not retrained
+    a, b = load_dataset(written["dataset"]), load_dataset(again["dataset"])
+    assert a["delta_target"].values.tolist() == pytest.approx(b["delta_target"].values.tolist(), nan_ok=True)
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="depths"):
+        layer_sweep.SweepConfig(depths=(1.5,))
+    with pytest.raises(ValueError, match="unknown module"):
+        layer_sweep.SweepConfig(modules=("mlp.nope",))
+    with pytest.raises(SystemExit):
+        layer_sweep.parse_args(["--depths", "0.5,2"])
+
+
+@pytest.mark.slow
+def test_quick_first_depth_on_the_default_model(tmp_path, dilemmas_dir):
+    written = layer_sweep.main(["--quick", "--depths", "0.5", "--steps", "4", "--n-eval", "16", "--n-calibration", "16",
+                                "--no-progress", "--out", str(tmp_path / "res"), "--figures", str(tmp_path / "fig"),
+                                "--dilemmas", str(dilemmas_dir)])
+    ds = load_dataset(written["dataset"])
+    assert ds.sizes["depth"] == 1 and int(ds["layer"].values[0]) == 15
+    assert abs(float(ds["delta_nll"].values[0])) < 0.5  # a short run stays coherent
