@@ -1,0 +1,209 @@
+"""How far do trained InnerPiSSA adapters rotate, per site and depth, and does it track the effect?
+
+Reads run folders (each with ``metrics.jsonl`` from :mod:`interp.train` and a saved
+``adapter/``), e.g. the layer sweep's ``results/layer_sweep/<model>/depth_*``. From the
+saved parameters alone (no model needed) it computes per site: ``‖R_v(1) − I‖_F``,
+``‖R_u(1) − I‖_F``, the rotation-angle spectrum of ``R_v(1)`` (eigenvalue phases, radians,
+sorted) and the singular-value scale factors ``g(1)`` (``S ⊙ g / S``); from the training log,
+the same norms over training steps; from ``eval.json`` (if the run was scored), the
+DailyDilemmas effect, and from the adapter json the validation separation.
+
+    python -m analyses.rotation_norms --runs results/layer_sweep/smollm2-135m
+
+Stored as ``<out>/rotation_norms.nc`` (dims ``run``, ``site``, ``step``, ``angle_rank``, ``sv``;
+provenance attrs); figures ``<figures>/rotation_norms.html`` (norm and effect vs depth) and
+``<figures>/rotation_norms_steps.html`` (norm over training), from the stored file only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+from safetensors.torch import load_file
+
+from analyses._io import load_dataset, write_html, write_netcdf
+from interp.adapters.io import TENSORS, read_adapter_config
+from interp.cayley import cayley, skew, soft_clamp
+from interp.provenance import provenance
+
+
+def rotation_summary(theta: torch.Tensor | None, max_angle: float | None, rank: int) -> tuple[float, np.ndarray]:
+    """``(‖R(1) − I‖_F, sorted |angles| of R(1))`` for a generator parameter (identity if None)."""
+    if theta is None:
+        return 0.0, np.zeros(rank)
+    r = cayley(soft_clamp(skew(theta.double()), max_angle))
+    angles = torch.linalg.eigvals(r).angle().abs().sort(descending=True).values.numpy()
+    return float(torch.linalg.matrix_norm(r - torch.eye(rank, dtype=r.dtype))), angles
+
+
+def scale_factors(lam: torch.Tensor | None, s: torch.Tensor | None, scaling: str, rank: int) -> np.ndarray:
+    """``g(1)`` as a factor on each singular value."""
+    if lam is None or scaling == "none":
+        return np.ones(rank)
+    if scaling == "mult":
+        return torch.exp(lam.double()).numpy()
+    return ((s.double() + torch.tanh(lam.double())) / s.double()).numpy()
+
+
+def run_summary(folder: Path) -> dict:
+    """Per-site rotation norms, angle spectra and scale factors of one saved run."""
+    cfg = read_adapter_config(folder / "adapter")
+    if cfg["class"] != "innerpissa":
+        raise ValueError(f"{folder}: rotation norms need an InnerPiSSA adapter, got {cfg['class']!r}")
+    opts = cfg["options"]
+    rank = int(opts["rank"])
+    tensors = load_file(folder / "adapter" / TENSORS)
+    sites = []
+    for name in cfg["sites"]:
+        key = name.replace(".", "_")
+        nv, angles = rotation_summary(tensors.get(f"{key}.theta_v"), opts.get("max_angle"), rank)
+        nu, _ = rotation_summary(tensors.get(f"{key}.theta_u"), opts.get("max_angle"), rank)
+        g = scale_factors(tensors.get(f"{key}.lam"), tensors.get(f"{key}.S"), opts["scaling"], rank)
+        sites.append({"site": name, "rot_v_norm": nv, "rot_u_norm": nu, "angles_v": angles, "scale": g})
+    history = []
+    log = folder / "metrics.jsonl"
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            rec = json.loads(line)
+            if "diagnostics" in rec:
+                history.append((rec["step"], {d["site"]: d for d in rec["diagnostics"]}))
+    effect = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else {}
+    gaps = cfg.get("training", {}).get("metrics", {})
+    return {"name": folder.name, "sites": sites, "history": history, "effect": effect,
+            "depth": effect.get("depth", np.nan), "rank": rank,
+            "val_separation": float(gaps.get("gap@+1", np.nan) - gaps.get("gap@-1", np.nan))}
+
+
+def norms_dataset(runs: Sequence[dict]) -> xr.Dataset:
+    """Runs -> Dataset (dims run, site, step, angle_rank, sv). Sites are indexed by position."""
+    n_site = max(len(r["sites"]) for r in runs)
+    rank = max(r["rank"] for r in runs)
+    steps = sorted({s for r in runs for s, _ in r["history"]})
+    shape = (len(runs), n_site)
+    out = {k: np.full(shape, np.nan) for k in ("rot_v_norm", "rot_u_norm")}
+    angles, scale = np.full((*shape, rank), np.nan), np.full((*shape, rank), np.nan)
+    over_steps = np.full((len(runs), n_site, len(steps)), np.nan)
+    site_names = np.full(shape, "", dtype=object)
+    for i, r in enumerate(runs):
+        for j, s in enumerate(r["sites"]):
+            site_names[i, j] = s["site"]
+            out["rot_v_norm"][i, j], out["rot_u_norm"][i, j] = s["rot_v_norm"], s["rot_u_norm"]
+            angles[i, j, : len(s["angles_v"])], scale[i, j, : len(s["scale"])] = s["angles_v"], s["scale"]
+        for step, diag in r["history"]:
+            for j, s in enumerate(r["sites"]):
+                if s["site"] in diag:
+                    over_steps[i, j, steps.index(step)] = diag[s["site"]]["rot_v_norm"]
+    ds = xr.Dataset(
+        {
+            "rot_v_norm": (("run", "site"), out["rot_v_norm"]),
+            "rot_u_norm": (("run", "site"), out["rot_u_norm"]),
+            "angles_v": (("run", "site", "angle_rank"), angles),
+            "scale": (("run", "site", "sv"), scale),
+            "rot_v_norm_by_step": (("run", "site", "step"), over_steps),
+            "site_name": (("run", "site"), site_names.astype(str)),
+            "delta_target": ("run", np.array([float(r["effect"].get("delta_target", np.nan)) for r in runs])),
+            "main_metric": ("run", np.array([float(r["effect"].get("main_metric", np.nan)) for r in runs])),
+            "val_separation": ("run", np.array([r["val_separation"] for r in runs])),
+        },
+        coords={"run": [r["name"] for r in runs], "depth": ("run", np.array([float(r["depth"]) for r in runs])),
+                "site": np.arange(n_site), "step": np.array(steps, dtype=int), "angle_rank": np.arange(rank), "sv": np.arange(rank)},
+    )
+    for k in ("rot_v_norm", "rot_u_norm", "rot_v_norm_by_step"):
+        ds[k].attrs["units"] = "Frobenius norm of R(1) - I"
+    ds["angles_v"].attrs["units"] = "radians"
+    ds["scale"].attrs["units"] = "ratio g(1) = scaled / original singular value"
+    return ds
+
+
+def figure_depth(ds: xr.Dataset):
+    """‖R_v(1) − I‖ (mean over sites) and the effect against depth."""
+    import plotly.graph_objects as go
+
+    x = ds["depth"].values if np.isfinite(ds["depth"].values).all() else np.arange(ds.sizes["run"])
+    fig = go.Figure()
+    fig.add_scatter(x=x, y=ds["rot_v_norm"].mean("site").values, mode="lines+markers", name="‖R_v(1) − I‖_F")
+    fig.add_scatter(x=x, y=ds["delta_target"].values, mode="lines+markers", name="Δ truthfulness at +1", yaxis="y2")
+    fig.update_layout(title="Rotation norm and effect by depth", xaxis_title="depth fraction (or run index)",
+                      yaxis_title="‖R_v(1) − I‖_F (Frobenius norm)",
+                      yaxis2=dict(title="Δ truthfulness score (probability)", overlaying="y", side="right"))
+    return fig
+
+
+def figure_steps(ds: xr.Dataset):
+    """‖R_v(1) − I‖ over training steps, one line per run."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for run in ds["run"].values:
+        r = ds["rot_v_norm_by_step"].sel({"run": run}).mean("site")
+        fig.add_scatter(x=ds["step"].values, y=r.values, mode="lines+markers", name=str(run))
+    fig.update_layout(title="Rotation norm during training", xaxis_title="training step",
+                      yaxis_title="‖R_v(1) − I‖_F (Frobenius norm)")
+    return fig
+
+
+def _train_runs(model_spec: str, depths: Sequence[float], steps: int, out: Path, progress: bool) -> list[Path]:
+    """Small standalone runs (when no sweep output exists): one adapter per depth."""
+    from dataclasses import replace
+
+    from interp.adapters.io import save_adapter
+    from interp.models import load_model
+    from interp.train import TrainConfig, train_adapter
+
+    model = load_model(model_spec)
+    folders = []
+    for depth in depths:
+        folder = out / "runs" / f"depth_{depth:.2f}"
+        if not (folder / "adapter" / "adapter.json").is_file():
+            config = replace(TrainConfig(), model=model_spec, layers=f"{depth:g}", steps=steps, n_pairs=200,
+                             diagnostics_every=max(1, steps // 4))
+            adapter, result = train_adapter(model, None, config, out=folder, progress=progress)
+            save_adapter(adapter, folder / "adapter", extra={"training": result.training_extra()})
+            adapter.detach()
+            (folder / "eval.json").write_text(json.dumps({"depth": depth}))
+        folders.append(folder)
+    return folders
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
+    p = argparse.ArgumentParser(prog="python -m analyses.rotation_norms", description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", default=None, help="folder of run folders (default: the layer sweep's results, else --train)")
+    p.add_argument("--train", action="store_true", help="train small adapters here first (no sweep needed)")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--depths", default="0.3,0.6")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--out", default=None)
+    p.add_argument("--figures", default="figures")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    out = Path(args.out or f"results/rotation_norms/{args.model.replace('/', '_')}")
+    runs_dir = Path(args.runs or f"results/layer_sweep/{args.model.replace('/', '_')}")
+    if args.train or not runs_dir.is_dir():
+        folders = _train_runs(args.model, [float(d) for d in args.depths.split(",")], args.steps, out, not args.no_progress)
+    else:
+        folders = sorted(f for f in runs_dir.iterdir() if (f / "adapter" / "adapter.json").is_file())
+    if not folders:
+        p.error(f"no run folders with a saved adapter under {runs_dir}")
+    ds = norms_dataset([run_summary(f) for f in folders])
+    ds.attrs.update(provenance(None, config=vars(args), runs=[str(f) for f in folders],
+                               question="rotation norms of InnerPiSSA adapters by depth and training step"))
+    written = {"dataset": write_netcdf(ds, out / "rotation_norms.nc")}
+    stored = load_dataset(written["dataset"])
+    written["figure"] = write_html(figure_depth(stored), Path(args.figures) / "rotation_norms.html")
+    written["figure_steps"] = write_html(figure_steps(stored), Path(args.figures) / "rotation_norms_steps.html")
+    for run in stored["run"].values:
+        r = stored.sel({"run": run})
+        print(f"{run}: |R_v(1)-I| {float(r['rot_v_norm'].mean()):.4f}, max angle {float(r['angles_v'].max()):.4f} rad, "
+              f"scale [{float(r['scale'].min()):.3f}, {float(r['scale'].max()):.3f}], Δtruth {float(r['delta_target']):+.4f}")
+    return written
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
