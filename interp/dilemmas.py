@@ -9,7 +9,10 @@ otherwise the Hugging Face dataset is tried (needs ``datasets`` and a reachable 
 
 Validation on load: columns present, exactly a to_do and a not_to_do row per dilemma,
 parsable value lists, every value in the taxonomy; errors name the row. Values repeated
-within a list (357 rows, see SOURCES.md) are de-duplicated.
+within a list (357 rows, see SOURCES.md) are de-duplicated. Six situations lost their
+typographic apostrophes to U+FFFD characters; when ``dilemma.csv`` sits in the same
+folder, those situations are taken from it (same ids, intact text). Dilemma 23534's
+stray ``">`` after its closing question is dropped.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import ast
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +31,7 @@ from interp.calibrate import three_way_split
 
 ACTIONS_FILE = "dilemma_to_action_to_values_aggregated.csv"
 VALUES_FILE = "values.csv"
+INTACT_FILE = "dilemma.csv"  # optional: the same situations without the U+FFFD damage
 THEORIES: tuple[str, ...] = ("WVS", "MFT", "Virtue", "Emotion", "Maslow")
 TARGET = "Virtue/Truthfulness"
 HF_DATASET = "kellycyy/daily_dilemmas"
@@ -54,6 +59,7 @@ class Dilemmas:
 
     @property
     def ids(self) -> np.ndarray:
+        """Dilemma ids (``dilemma_idx``), in row order."""
         return self.frame["id"].to_numpy()
 
     def subset(self, ids: Sequence[int] | np.ndarray) -> Dilemmas:
@@ -65,6 +71,7 @@ class Dilemmas:
         return Dilemmas(self.frame.iloc[pos].reset_index(drop=True), self.taxonomy)
 
     def head(self, n: int) -> Dilemmas:
+        """The first ``n`` dilemmas (a split's order is seeded-random, so this is a sample)."""
         return Dilemmas(self.frame.iloc[:n].reset_index(drop=True), self.taxonomy)
 
     @property
@@ -72,9 +79,18 @@ class Dilemmas:
         """All ``"Theory/Label"`` names, sorted."""
         return sorted({f"{t}/{v}" for t in THEORIES for v in self.taxonomy[t].dropna().unique()})
 
+    @cached_property
+    def _value_labels(self) -> dict[str, frozenset[str]]:
+        # One pass over the 301 values; .loc per value per dilemma made label_signs take seconds.
+        return {value: frozenset(f"{t}/{row[t]}" for t in THEORIES if isinstance(row[t], str) and row[t])
+                for value, row in self.taxonomy.iterrows()}
+
     def value_labels(self, value: str) -> set[str]:
-        row = self.taxonomy.loc[value]
-        return {f"{t}/{row[t]}" for t in THEORIES if isinstance(row[t], str) and row[t]}
+        """The ``"Theory/Label"`` names of one value (empty for a value with no label)."""
+        try:
+            return set(self._value_labels[value])
+        except KeyError:
+            raise KeyError(f"value {value!r} is not in the taxonomy ({len(self.taxonomy)} values)") from None
 
     def label_signs(self, labels: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
         """``(labels, signs [dilemma, label])``: +1 if the label serves the to-do action only,
@@ -83,8 +99,8 @@ class Dilemmas:
         col = {lab: j for j, lab in enumerate(labels)}
         signs = np.zeros((len(self), len(labels)), dtype=np.int8)
         for i, (todo, nottodo) in enumerate(zip(self.frame["values_to_do"], self.frame["values_not_to_do"])):
-            a = set().union(*(self.value_labels(v) for v in todo)) if todo else set()
-            b = set().union(*(self.value_labels(v) for v in nottodo)) if nottodo else set()
+            a = set().union(*(self._value_labels[v] for v in todo))
+            b = set().union(*(self._value_labels[v] for v in nottodo))
             for lab in a - b:
                 if lab in col:
                     signs[i, col[lab]] = 1
@@ -126,21 +142,29 @@ def parse_dilemmas(actions: pd.DataFrame, values: pd.DataFrame) -> Dilemmas:
         raise DilemmasError(f"{VALUES_FILE} lacks columns {missing}; found {list(values.columns)}")
     taxonomy = values.assign(value=values["value"].str.strip().str.lower()).set_index("value")[list(THEORIES)]
     taxonomy = taxonomy.replace("", np.nan)
+    # Plain lists, not DataFrame slices per pair: 1,360 .iloc slices took ~2 s.
+    ids, types, acts, vals, sits = (actions[c].tolist() for c in ("dilemma_idx", "action_type", "action",
+                                                                  "values_aggregated", "dilemma_situation"))
     rows = []
     for i in range(0, len(actions), 2):
-        pair = actions.iloc[i : i + 2]
-        if len(pair) != 2 or list(pair["action_type"]) != ["to_do", "not_to_do"] or pair["dilemma_idx"].nunique() != 1:
+        if i + 1 >= len(actions) or types[i : i + 2] != ["to_do", "not_to_do"] or ids[i] != ids[i + 1]:
             raise DilemmasError(f"rows {i}-{i + 1}: expected a to_do then a not_to_do row of one dilemma, got "
-                                f"{list(pair['action_type'])} for ids {list(pair['dilemma_idx'])}")
-        todo, nottodo = (_parse_values(pair["values_aggregated"].iloc[k], i + k) for k in (0, 1))
+                                f"{types[i : i + 2]} for ids {ids[i : i + 2]}")
+        todo, nottodo = (_parse_values(vals[i + k], i + k) for k in (0, 1))
         unknown = [v for v in todo + nottodo if v not in taxonomy.index]
         if unknown:
             raise DilemmasError(f"rows {i}-{i + 1}: values not in {VALUES_FILE}: {unknown}")
-        situation = str(pair["dilemma_situation"].iloc[0]).strip()
+        situation = str(sits[i]).strip()
+        if situation.endswith('?">'):  # dilemma 23534
+            situation = situation[:-2]
         if not situation:
             raise DilemmasError(f"row {i}: empty dilemma_situation")
-        rows.append({"id": int(pair["dilemma_idx"].iloc[0]), "situation": situation,
-                     "action_to_do": str(pair["action"].iloc[0]).strip(), "action_not_to_do": str(pair["action"].iloc[1]).strip(),
+        try:
+            dilemma_id = int(ids[i])
+        except (TypeError, ValueError):
+            raise DilemmasError(f"row {i}: dilemma_idx {ids[i]!r} is not an integer") from None
+        rows.append({"id": dilemma_id, "situation": situation,
+                     "action_to_do": str(acts[i]).strip(), "action_not_to_do": str(acts[i + 1]).strip(),
                      "values_to_do": todo, "values_not_to_do": nottodo})
     frame = pd.DataFrame(rows)
     if frame["id"].duplicated().any():
@@ -162,7 +186,21 @@ def load_dilemmas(path: str | Path | None = None) -> Dilemmas:
         values = pd.read_csv(files[VALUES_FILE], keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DilemmasError(f"cannot parse DailyDilemmas in {folder}: {err}") from None
-    return parse_dilemmas(actions, values)
+    dilemmas = parse_dilemmas(actions, values)
+    if (folder / INTACT_FILE).is_file():
+        dilemmas = repair_situations(dilemmas, pd.read_csv(folder / INTACT_FILE, keep_default_na=False))
+    return dilemmas
+
+
+def repair_situations(dilemmas: Dilemmas, intact: pd.DataFrame) -> Dilemmas:
+    """Replace situations holding U+FFFD by ``intact``'s text for the same id (``idx``, ``dilemma_situation``)."""
+    if not {"idx", "dilemma_situation"} <= set(intact.columns):
+        raise DilemmasError(f"{INTACT_FILE} lacks columns idx / dilemma_situation; found {list(intact.columns)}")
+    good = dict(zip(intact["idx"].astype(int), intact["dilemma_situation"].astype(str).str.strip()))
+    frame = dilemmas.frame.copy()
+    damaged = frame["situation"].str.contains("\ufffd")
+    frame.loc[damaged, "situation"] = [good.get(i, s) for i, s in zip(frame.loc[damaged, "id"], frame.loc[damaged, "situation"])]
+    return Dilemmas(frame, dilemmas.taxonomy)
 
 
 def _load_from_hub() -> Dilemmas:

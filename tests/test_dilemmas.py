@@ -80,3 +80,28 @@ def test_unknown_value_and_missing_folder(dilemmas_dir, tmp_path):
         load_dilemmas(tmp_path)
     with pytest.raises(DilemmasError, match="does not exist"):
         load_dilemmas(tmp_path / "nope")
+
+
+def test_encoding_damage_is_repaired_from_the_intact_file(data, dilemmas_dir, tmp_path):
+    assert not data.frame["situation"].str.contains("\ufffd").any()
+    assert data.frame.set_index("id").loc[23534, "situation"].endswith("?")  # stray '">' dropped
+    _copy(dilemmas_dir, tmp_path)  # without dilemma.csv the damaged text is kept, not guessed at
+    assert load_dilemmas(tmp_path).frame["situation"].str.contains("\ufffd").sum() == 6
+
+
+def test_odd_row_count_and_mismatched_ids_name_the_rows(dilemmas_dir, tmp_path):
+    df = _copy(dilemmas_dir, tmp_path)
+    df.iloc[:-1].to_csv(tmp_path / ACTIONS_FILE, index=False)
+    with pytest.raises(DilemmasError, match="rows 2718-2719"):
+        load_dilemmas(tmp_path)
+    df.loc[11, "dilemma_idx"] = 999999
+    df.to_csv(tmp_path / ACTIONS_FILE, index=False)
+    with pytest.raises(DilemmasError, match="rows 10-11"):
+        load_dilemmas(tmp_path)
+
+
+def test_subset_keeps_order_and_rejects_unknown_ids(data):
+    ids = data.ids[[5, 2, 9]]
+    assert np.array_equal(data.subset(ids).ids, ids)
+    with pytest.raises(KeyError, match="unknown dilemma ids"):
+        data.subset([-1])
