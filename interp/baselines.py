@@ -38,6 +38,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.data import last_token_index
 from interp.sites import resid_hook
 from interp.steering import Coeff, Messages, SteeringMethod, as_row_coeff, check_coeff
 
@@ -100,16 +101,6 @@ def random_direction(dim: int, norm: float, seed: int) -> Float[Tensor, "dim"]:
 
 
 # --------------------------------------------------------------------------- I/O shell
-
-
-def last_token_index(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch"]:
-    """Index of the last real token per row; works for left and right padding."""
-    if attention_mask.ndim != 2:
-        raise ValueError(f"attention_mask must be [batch, pos], got shape {tuple(attention_mask.shape)}")
-    if (attention_mask.sum(1) == 0).any():
-        raise ValueError("a row of the attention mask is all zeros (empty sequence)")
-    pos = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (attention_mask.long() * (pos + 1)).argmax(1)
 
 
 @torch.no_grad()
