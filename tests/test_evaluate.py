@@ -8,19 +8,29 @@ import pytest
 import torch
 import xarray as xr
 
+from interp.calibrate import calibrate_sign, delta_nll
 from interp.dilemmas import TARGET, load_dilemmas
 from interp.evaluate import (
     EvalConfig,
     answer_token_ids,
+    chats,
+    delta_nll_rows,
     dose_response,
+    encode,
+    main,
     main_metric,
     metrics_table,
     normalized_gain,
     score_dilemmas,
+    target_score,
     value_scores,
+    value_scores_log_ratio,
+    write_results,
 )
-from interp.protocol import calibrate_method_sign
 from interp.steering import SteeringMethod
+
+# Short situations keep the tiny-model tests fast (vocab 49k logits per position).
+FAST = EvalConfig(batch_size=4, max_situation_chars=160)
 
 
 # --------------------------------------------------------------------------- pure metrics
@@ -31,6 +41,26 @@ def test_value_scores_probability_form():
     sign = xr.DataArray([[1], [-1], [0]], dims=("dilemma", "label"))
     # serves: 0.9 (to-do serves it), 1 - 0.2 (not-to-do serves it); unsigned excluded
     assert np.allclose(value_scores(p, sign).values, [[(0.9 + 0.8) / 2]])
+
+
+def test_value_scores_log_ratio_form():
+    lr = xr.DataArray([[2.0, -1.0, 5.0, np.nan]], dims=("coeff", "dilemma"))
+    sign = xr.DataArray([[1], [-1], [0], [1]], dims=("dilemma", "label"))
+    assert np.allclose(value_scores_log_ratio(lr, sign).values, [[(2.0 + 1.0) / 2]])  # NaN and unsigned left out
+
+
+def test_delta_nll_rows_is_token_weighted():
+    at, zero, n = np.array([2.0, 3.0, np.nan]), np.array([1.0, 1.0, 1.0]), np.array([1, 3, 5])
+    assert delta_nll_rows(at, zero, n) == pytest.approx((1 * 1 + 2 * 3) / 4)
+    assert delta_nll_rows(at, zero) == pytest.approx(1.5)
+    assert math.isnan(delta_nll_rows(np.array([np.nan]), np.array([1.0])))
+
+
+def test_eval_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="min_pmass"):
+        EvalConfig(min_pmass=1.5)
+    with pytest.raises(ValueError, match="batch_size"):
+        EvalConfig(batch_size=0)
 
 
 def test_dose_response_known_line():
@@ -107,14 +137,14 @@ class YesNoPush(SteeringMethod):
 def small(dilemmas_dir):
     data = load_dilemmas(dilemmas_dir)
     _, signs = data.label_signs([TARGET])
-    pos = data.subset(data.ids[signs[:, 0] > 0][:6])
-    neg = data.subset(data.ids[signs[:, 0] < 0][:6])
+    pos = data.subset(data.ids[signs[:, 0] > 0][:4])
+    neg = data.subset(data.ids[signs[:, 0] < 0][:4])
     return pos, neg
 
 
 def test_sign_convention_end_to_end(tiny, small):
     pos, neg = small
-    cfg = EvalConfig(batch_size=4)
+    cfg = FAST
     up = metrics_table(score_dilemmas(tiny, YesNoPush(), [-1.0, 0.0, 1.0], pos, cfg, progress=False)).set_index("Coeff")
     assert up.loc[1.0, "Δ Truth"] > 0.1 and up.loc[-1.0, "Δ Truth"] < -0.1
     assert up.loc[1.0, "p-value"] < 0.01 and up.loc[1.0, "NaN rows"] == 0
@@ -126,38 +156,136 @@ def test_flipped_orientation_is_calibrated_back(tiny, small):
     pos, _ = small
     method = YesNoPush()
     method.orientation = -1  # as if training had found the representation sign opposite
-    calib = calibrate_method_sign(tiny, method, pos)
-    assert calib.flipped and method.orientation == 1
-    again = calibrate_method_sign(tiny, method, pos)
-    assert not again.flipped and method.orientation == 1  # flipping twice would cancel: it does not
-    t = metrics_table(score_dilemmas(tiny, method, [0.0, 1.0], pos, EvalConfig(batch_size=4), progress=False))
-    assert float(t["Δ Truth"].iloc[0]) > 0.1
+    before = metrics_table(score_dilemmas(tiny, method, [0.0, 1.0], pos, FAST, progress=False))
+    assert float(before["Δ Truth"].iloc[0]) < -0.1
+
+    def score(m, c):
+        return target_score(tiny, m, c, pos, FAST)
+
+    calib = calibrate_sign(method, score)
+    assert calib.flipped and method.orientation == 1 and calib.score_pos < calib.score_neg  # evidence before the flip
+    # The trap: evaluation passes c unchanged and the method applies its orientation once;
+    # if evaluation multiplied by the orientation as well, this flip would cancel out.
+    again = calibrate_sign(method, score)
+    assert not again.flipped and method.orientation == 1
+    after = metrics_table(score_dilemmas(tiny, method, [0.0, 1.0], pos, FAST, progress=False))
+    assert float(after["Δ Truth"].iloc[0]) > 0.1
 
 
 def test_low_mass_rows_are_nan_and_counted(tiny, small):
     pos, _ = small
-    ds = score_dilemmas(tiny, None, [0.0], pos, EvalConfig(min_pmass=0.99), progress=False)
+    ds = score_dilemmas(tiny, None, [0.0], pos, EvalConfig(min_pmass=0.99, max_situation_chars=160), progress=False)
     assert np.isnan(ds["log_ratio"].values).all() and ds.attrs["nan_rows"] == len(pos)
 
 
 def test_batched_equals_one_at_a_time_and_base_reuse(tiny, small, dilemmas_dir):
     pos, neg = small
-    data = load_dilemmas(dilemmas_dir).subset(np.concatenate([pos.ids, neg.ids]))
-    batched = score_dilemmas(tiny, YesNoPush(), [0.0, 1.0], data, EvalConfig(batch_size=5), progress=False)
-    single = score_dilemmas(tiny, YesNoPush(), [0.0, 1.0], data, EvalConfig(batch_size=1), progress=False)
-    assert np.allclose(batched["log_ratio"], single["log_ratio"], atol=1e-4)
-    assert np.allclose(batched["nll"], single["nll"], atol=1e-4)
-    reused = score_dilemmas(tiny, YesNoPush(), [0.0, 1.0], data, EvalConfig(batch_size=5), progress=False, base=batched)
+    data = load_dilemmas(dilemmas_dir).subset(np.concatenate([pos.ids[:2], neg.ids[:2]]))
+    cfg = EvalConfig(batch_size=3, max_situation_chars=160)  # 3 + 1 rows: a short last batch, varied padding
+    batched = score_dilemmas(tiny, YesNoPush(), [0.0, 1.0], data, cfg, progress=False)
+    single = score_dilemmas(tiny, YesNoPush(), [1.0], data, EvalConfig(batch_size=1, max_situation_chars=160),
+                            progress=False)
+    at_one = batched.sel(coeff=[1.0])
+    assert np.allclose(at_one["log_ratio"], single["log_ratio"], atol=1e-4)
+    assert np.allclose(at_one["nll"], single["nll"], atol=1e-4)
+    assert np.array_equal(at_one["nll_tokens"], single["nll_tokens"])
+    reused = score_dilemmas(tiny, YesNoPush(), [0.0, 1.0], data, cfg, progress=False, base=batched)
     xr.testing.assert_allclose(reused["log_ratio"], batched["log_ratio"])
+    xr.testing.assert_equal(reused["nll_tokens"], batched["nll_tokens"])
+    with pytest.raises(ValueError, match="other dilemmas"):
+        score_dilemmas(tiny, None, [0.0], data.head(2), cfg, progress=False, base=batched)
+
+
+def test_prompts_match_tokenize_chats_and_prefill(tiny, small):
+    from interp.baselines import tokenize_chats
+
+    pos, _ = small
+    c = chats(pos.head(3), FAST)
+    tokens, mask, nll_mask = encode(tiny.tokenizer, c)
+    ref_tokens, ref_mask = tokenize_chats(tiny, c, continue_final=True)
+    assert torch.equal(tokens, ref_tokens) and torch.equal(mask, ref_mask)
+    assert tiny.tokenizer.decode(tokens[0, -4:]).endswith("My choice:")
+    # the span starts at the user message and ends at the pre-filled answer; padding never counts
+    first = int(nll_mask[0].float().argmax())
+    assert tiny.tokenizer.decode(tokens[0, first:]).startswith(c[0][0]["content"][:20])
+    assert not (nll_mask & ~mask.bool()).any() and bool(nll_mask[:, -1].all())
+
+
+def test_delta_nll_matches_calibrate_delta_nll(tiny, small):
+    """ΔNLL from the stored per-row values equals calibrate.delta_nll of the two passes' logits."""
+    pos, _ = small
+    data = pos.head(4)
+    ds = score_dilemmas(tiny, YesNoPush(), [0.0, 1.0], data, FAST, progress=False)
+    table = metrics_table(ds, FAST)
+    tokens, mask, nll_mask = encode(tiny.tokenizer, chats(data, FAST))
+    method = YesNoPush()
+    with torch.no_grad():
+        with method.steer(tiny, 0.0):  # (this test method is not the base model at c = 0)
+            base = tiny(tokens, attention_mask=mask)
+        with method.steer(tiny, 1.0):
+            steered = tiny(tokens, attention_mask=mask)
+    expected = float(delta_nll(base, steered, tokens, nll_mask.long()))
+    assert abs(expected) > 1e-3  # the push changes every position's normaliser
+    assert float(table["Δ NLL"].iloc[0]) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def test_system_prompt_and_prompting_do_not_change_the_nll_span(tiny, small):
+    pos, _ = small
+    data = pos.head(2)
+    plain = score_dilemmas(tiny, None, [0.0], data, FAST, progress=False)
+    system = EvalConfig(batch_size=4, max_situation_chars=160, system_prompt="Always be truthful.")
+    with_system = score_dilemmas(tiny, None, [0.0], data, system, progress=False)
+    assert np.array_equal(plain["nll_tokens"], with_system["nll_tokens"])
+    assert not np.allclose(plain["log_ratio"], with_system["log_ratio"])  # the system message is read
+
+
+def test_write_results_round_trip(tiny, small, tmp_path):
+    from analyses._io import load_dataset
+
+    pos, _ = small
+    ds = score_dilemmas(tiny, YesNoPush(), [-1.0, 0.0, 1.0], pos.head(4), FAST, progress=False)
+    table = metrics_table(ds, FAST)
+    paths = write_results(ds, table, tmp_path / "out")
+    back = load_dataset(paths["dataset"])
+    xr.testing.assert_allclose(back[["log_ratio", "p_yes", "pmass", "nll", "score"]], ds[["log_ratio", "p_yes", "pmass", "nll", "score"]])
+    assert back.attrs["model_spec"] == "tiny-random" and back.attrs["weight_hash"] and back.attrs["target"] == TARGET
+    assert set(back.dims) == {"method", "coeff", "dilemma", "label"}
+    text = paths["markdown"].read_text()
+    assert "Δ Truth" in text and "Main metric" in text
+    import pandas as pd
+
+    assert list(pd.read_csv(paths["csv"])["Coeff"]) == [-1.0, 1.0]
+    assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_cli_scores_a_saved_adapter(tiny, tmp_path, dilemmas_dir):
+    from interp.adapters.innerpissa import InnerPiSSAConfig, attach
+    from interp.adapters.io import save_adapter
+    from interp.models import load_model
+    from interp.sites import Site
+
+    model = load_model("tiny-random")  # its own copy: the CLI loads another and attaches there
+    adapter = attach(model, [Site(1, "mlp.out")], InnerPiSSAConfig(rank=4, init_std=0.3))
+    save_adapter(adapter, tmp_path / "adapter")
+    adapter.detach()
+    table = main(["--adapter", str(tmp_path / "adapter"), "--model", "tiny-random", "--limit", "3", "--coeffs=-1,1",
+                  "--dilemmas", str(dilemmas_dir), "--min-pmass", "0", "--out", str(tmp_path / "out")])
+    assert list(table["Coeff"]) == [-1.0, 1.0] and table["Method"].iloc[0] == "innerpissa"
+    assert (tmp_path / "out" / "scores.nc").is_file() and (tmp_path / "out" / "table.md").is_file()
+    with pytest.raises(SystemExit):
+        main(["--coeffs", "a,b"])
 
 
 def test_nnsight_path_agrees_with_the_bridge(tiny, small):
     from interp.backends.nnsight import for_evaluate, load_nnsight
 
-    pos, _ = small
+    pos, neg = small
+    data = load_dilemmas().subset(np.concatenate([pos.ids, neg.ids]))  # 8 dilemmas
     nn_model, nn_method = for_evaluate(load_nnsight("tiny-random"), None)
-    via_nn = score_dilemmas(nn_model, nn_method, [0.0], pos, EvalConfig(batch_size=3, min_pmass=0.0), progress=False)
-    via_bridge = score_dilemmas(tiny, None, [0.0], pos, EvalConfig(batch_size=3, min_pmass=0.0), progress=False)
+    cfg = EvalConfig(batch_size=3, min_pmass=0.0, max_situation_chars=160)
+    via_nn = score_dilemmas(nn_model, nn_method, [0.0], data, cfg, progress=False)
+    via_bridge = score_dilemmas(tiny, None, [0.0], data, cfg, progress=False)
+    assert len(data) == 8 and via_nn.attrs["weight_hash"] == via_bridge.attrs["weight_hash"]
     assert np.allclose(via_nn["log_ratio"], via_bridge["log_ratio"], atol=1e-4)
     assert np.allclose(via_nn["nll"], via_bridge["nll"], atol=1e-4)
 
@@ -170,5 +298,5 @@ def test_default_model_scores_are_finite_and_deterministic(smol, dilemmas_dir):
     a = score_dilemmas(smol, None, [0.0], data, progress=False)
     assert np.isfinite(a["log_ratio"].values).mean() >= 0.9
     assert float(a["pmass"].mean()) > 0.3
-    b = score_dilemmas(smol, None, [0.0], data.head(16), progress=False)
-    assert np.allclose(a["log_ratio"].values[..., :16], b["log_ratio"].values, equal_nan=True, atol=1e-5)
+    b = score_dilemmas(smol, None, [0.0], data.head(8), EvalConfig(batch_size=8), progress=False)
+    assert np.allclose(a["log_ratio"].values[..., :8], b["log_ratio"].values, equal_nan=True, atol=1e-5)
