@@ -10,8 +10,11 @@ DailyDilemmas effect, and from the adapter json the validation separation.
 
     python -m analyses.rotation_norms --runs results/layer_sweep/smollm2-135m
 
-Stored as ``<out>/rotation_norms.nc`` (dims ``run``, ``site``, ``step``, ``angle_rank``, ``sv``;
-provenance attrs); figures ``<figures>/rotation_norms.html`` (norm and effect vs depth) and
+Without ``--runs`` (and no sweep output) or with ``--train`` it first trains small adapters
+(``--model``, ``--depths``, ``--steps``) into ``<out>/runs/depth_*``, so it also works alone.
+
+Stored as ``<out>/rotation_norms.nc`` (dims ``run`` (with coord ``depth``), ``site``, ``step``,
+``angle_rank``, ``sv``; every variable has ``description`` and ``units`` attrs; provenance attrs); figures ``<figures>/rotation_norms.html`` (norm and effect vs depth) and
 ``<figures>/rotation_norms_steps.html`` (norm over training), from the stored file only.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,11 +31,43 @@ import numpy as np
 import torch
 import xarray as xr
 from safetensors.torch import load_file
+from tqdm.auto import tqdm
 
 from analyses._io import load_dataset, write_html, write_netcdf
 from interp.adapters.io import TENSORS, read_adapter_config
 from interp.cayley import cayley, skew, soft_clamp
 from interp.provenance import provenance
+
+# Per-step diagnostics (interp.train's "diagnostics" records) kept over training.
+STEP_KEYS = ("rot_v_norm", "rot_u_norm", "angle_v_max", "scale_min", "scale_max")
+# Effect measures copied from a scored run's eval.json (the layer sweep writes them).
+EFFECT_KEYS = ("delta_target", "delta_nll", "main_metric")
+VARIABLES = {
+    # All at layer coefficient +1 (before orientation); norms and angles are the same at -1 (R(-1) = R(1)ᵀ).
+    "rot_v_norm": "‖R_v(1) − I‖_F of the saved adapter (Frobenius norm)",
+    "rot_u_norm": "‖R_u(1) − I‖_F of the saved adapter (Frobenius norm; 0 when U is not rotated)",
+    "angles_v": "rotation angles of R_v(1): |phase| of its eigenvalues, sorted descending (radians; pairs repeat)",
+    "scale": "g(1): scaled / original singular value, per singular-value index (ratio)",
+    "delta_target": "DailyDilemmas Δ truthfulness at +1 from eval.json (probability; NaN when unscored)",
+    "delta_nll": "prompt-span ΔNLL at ±1 from eval.json (nats; NaN when unscored)",
+    "main_metric": "layer sweep main metric from eval.json (NaN when unscored)",
+    "val_separation": "training validation gap@+1 − gap@-1 from the adapter json (loss units)",
+    "orientation": "the adapter's calibrated orientation (+1/-1; steering +c applies layer coefficient orientation·c)",
+    "site_name": "hook-site name of each site slot (sites are indexed by position within a run)",
+    **{f"{k}_by_step": f"{k} of the training diagnostics at each logged step (NaN where not logged)" for k in STEP_KEYS},
+}
+UNITS = {"rot_v_norm": "Frobenius norm", "rot_u_norm": "Frobenius norm", "angles_v": "radians", "scale": "ratio",
+         "delta_target": "probability", "delta_nll": "nats", "val_separation": "loss units",
+         "rot_v_norm_by_step": "Frobenius norm", "rot_u_norm_by_step": "Frobenius norm",
+         "angle_v_max_by_step": "radians", "scale_min_by_step": "ratio", "scale_max_by_step": "ratio"}
+
+
+def depth_of(folder: Path, effect: dict) -> float:
+    """The run's depth fraction: ``eval.json``'s ``depth``, else parsed from a ``depth_0.30`` folder name, else NaN."""
+    if "depth" in effect:
+        return float(effect["depth"])
+    m = re.fullmatch(r"depth_([0-9.]+)", folder.name)
+    return float(m.group(1)) if m else float("nan")
 
 
 def rotation_summary(theta: torch.Tensor | None, max_angle: float | None, rank: int) -> tuple[float, np.ndarray]:
@@ -77,7 +113,8 @@ def run_summary(folder: Path) -> dict:
     effect = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else {}
     gaps = cfg.get("training", {}).get("metrics", {})
     return {"name": folder.name, "sites": sites, "history": history, "effect": effect,
-            "depth": effect.get("depth", np.nan), "rank": rank,
+            "depth": depth_of(folder, effect), "rank": rank, "orientation": int(cfg.get("orientation", 1)),
+            "model_spec": cfg.get("model_spec", ""), "weight_hash": cfg.get("weight_hash", ""),
             "val_separation": float(gaps.get("gap@+1", np.nan) - gaps.get("gap@-1", np.nan))}
 
 
@@ -89,7 +126,7 @@ def norms_dataset(runs: Sequence[dict]) -> xr.Dataset:
     shape = (len(runs), n_site)
     out = {k: np.full(shape, np.nan) for k in ("rot_v_norm", "rot_u_norm")}
     angles, scale = np.full((*shape, rank), np.nan), np.full((*shape, rank), np.nan)
-    over_steps = np.full((len(runs), n_site, len(steps)), np.nan)
+    over_steps = {k: np.full((len(runs), n_site, len(steps)), np.nan) for k in STEP_KEYS}
     site_names = np.full(shape, "", dtype=object)
     for i, r in enumerate(runs):
         for j, s in enumerate(r["sites"]):
@@ -98,27 +135,32 @@ def norms_dataset(runs: Sequence[dict]) -> xr.Dataset:
             angles[i, j, : len(s["angles_v"])], scale[i, j, : len(s["scale"])] = s["angles_v"], s["scale"]
         for step, diag in r["history"]:
             for j, s in enumerate(r["sites"]):
-                if s["site"] in diag:
-                    over_steps[i, j, steps.index(step)] = diag[s["site"]]["rot_v_norm"]
+                for k in STEP_KEYS:
+                    if k in diag.get(s["site"], {}):
+                        over_steps[k][i, j, steps.index(step)] = diag[s["site"]][k]
     ds = xr.Dataset(
         {
             "rot_v_norm": (("run", "site"), out["rot_v_norm"]),
             "rot_u_norm": (("run", "site"), out["rot_u_norm"]),
             "angles_v": (("run", "site", "angle_rank"), angles),
             "scale": (("run", "site", "sv"), scale),
-            "rot_v_norm_by_step": (("run", "site", "step"), over_steps),
+            **{f"{k}_by_step": (("run", "site", "step"), v) for k, v in over_steps.items()},
             "site_name": (("run", "site"), site_names.astype(str)),
-            "delta_target": ("run", np.array([float(r["effect"].get("delta_target", np.nan)) for r in runs])),
-            "main_metric": ("run", np.array([float(r["effect"].get("main_metric", np.nan)) for r in runs])),
+            **{k: ("run", np.array([float(r["effect"].get(k, np.nan)) for r in runs])) for k in EFFECT_KEYS},
             "val_separation": ("run", np.array([r["val_separation"] for r in runs])),
+            "orientation": ("run", np.array([r["orientation"] for r in runs], dtype=int)),
         },
         coords={"run": [r["name"] for r in runs], "depth": ("run", np.array([float(r["depth"]) for r in runs])),
                 "site": np.arange(n_site), "step": np.array(steps, dtype=int), "angle_rank": np.arange(rank), "sv": np.arange(rank)},
     )
-    for k in ("rot_v_norm", "rot_u_norm", "rot_v_norm_by_step"):
-        ds[k].attrs["units"] = "Frobenius norm of R(1) - I"
-    ds["angles_v"].attrs["units"] = "radians"
-    ds["scale"].attrs["units"] = "ratio g(1) = scaled / original singular value"
+    for k, text in VARIABLES.items():
+        ds[k].attrs["description"] = text
+        if k in UNITS:
+            ds[k].attrs["units"] = UNITS[k]
+    ds["depth"].attrs.update(description="adapted depth fraction of the run (NaN when unknown)", units="fraction of n_layers")
+    ds["step"].attrs["description"] = "training step of a diagnostics record"
+    ds["angle_rank"].attrs["description"] = "position in the descending angle spectrum"
+    ds["sv"].attrs["description"] = "singular-value index (0 = largest)"
     return ds
 
 
@@ -129,10 +171,14 @@ def figure_depth(ds: xr.Dataset):
     x = ds["depth"].values if np.isfinite(ds["depth"].values).all() else np.arange(ds.sizes["run"])
     fig = go.Figure()
     fig.add_scatter(x=x, y=ds["rot_v_norm"].mean("site").values, mode="lines+markers", name="‖R_v(1) − I‖_F")
-    fig.add_scatter(x=x, y=ds["delta_target"].values, mode="lines+markers", name="Δ truthfulness at +1", yaxis="y2")
-    fig.update_layout(title="Rotation norm and effect by depth", xaxis_title="depth fraction (or run index)",
+    if np.isfinite(ds["delta_target"].values).any():
+        effect, label = ds["delta_target"].values, "Δ truthfulness at +1 (probability)"
+    else:  # unscored runs: the training validation separation is the only effect measure
+        effect, label = ds["val_separation"].values, "validation separation gap@+1 − gap@-1 (loss units)"
+    fig.add_scatter(x=x, y=effect, mode="lines+markers", name=label.split(" (")[0], yaxis="y2", line=dict(dash="dot"))
+    fig.update_layout(title="Rotation norm and effect by depth", xaxis_title="depth (fraction of layers; run index if unknown)",
                       yaxis_title="‖R_v(1) − I‖_F (Frobenius norm)",
-                      yaxis2=dict(title="Δ truthfulness score (probability)", overlaying="y", side="right"))
+                      yaxis2=dict(title=label, overlaying="y", side="right"))
     return fig
 
 
@@ -159,15 +205,15 @@ def _train_runs(model_spec: str, depths: Sequence[float], steps: int, out: Path,
 
     model = load_model(model_spec)
     folders = []
-    for depth in depths:
+    for depth in tqdm(depths, desc="train depths", disable=not progress):
         folder = out / "runs" / f"depth_{depth:.2f}"
         if not (folder / "adapter" / "adapter.json").is_file():
+            # Small validation / calibration sets: their forward passes (full-vocab NLL) dominate short runs.
             config = replace(TrainConfig(), model=model_spec, layers=f"{depth:g}", steps=steps, n_pairs=200,
-                             diagnostics_every=max(1, steps // 4))
+                             n_validation=8, n_calibration=8, diagnostics_every=max(1, steps // 4))
             adapter, result = train_adapter(model, None, config, out=folder, progress=progress)
             save_adapter(adapter, folder / "adapter", extra={"training": result.training_extra()})
             adapter.detach()
-            (folder / "eval.json").write_text(json.dumps({"depth": depth}))
         folders.append(folder)
     return folders
 
@@ -184,16 +230,31 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.out or f"results/rotation_norms/{args.model.replace('/', '_')}")
+    if args.runs is not None and not Path(args.runs).is_dir():
+        p.error(f"--runs {args.runs}: not a folder (give the layer sweep's output folder, or use --train)")
     runs_dir = Path(args.runs or f"results/layer_sweep/{args.model.replace('/', '_')}")
     if args.train or not runs_dir.is_dir():
-        folders = _train_runs(args.model, [float(d) for d in args.depths.split(",")], args.steps, out, not args.no_progress)
+        if not args.train:
+            print(f"no run folders at {runs_dir}; training small adapters into {out / 'runs'}")
+        try:
+            depths = [float(d) for d in args.depths.split(",")]
+        except ValueError:
+            p.error(f"--depths {args.depths!r}: give comma-separated fractions in (0, 1], e.g. 0.3,0.6")
+        if not all(0 < d <= 1 for d in depths):
+            p.error(f"--depths {args.depths!r}: every depth must be a fraction in (0, 1]")
+        folders = _train_runs(args.model, depths, args.steps, out, not args.no_progress)
     else:
         folders = sorted(f for f in runs_dir.iterdir() if (f / "adapter" / "adapter.json").is_file())
     if not folders:
         p.error(f"no run folders with a saved adapter under {runs_dir}")
-    ds = norms_dataset([run_summary(f) for f in folders])
+    runs = [run_summary(f) for f in tqdm(folders, desc="runs", disable=args.no_progress)]
+    ds = norms_dataset(runs)
+    hashes = sorted({r["weight_hash"] for r in runs})
     ds.attrs.update(provenance(None, config=vars(args), runs=[str(f) for f in folders],
+                               sites=sorted({s["site"] for r in runs for s in r["sites"]}),
+                               weight_hash=",".join(hashes),
                                question="rotation norms of InnerPiSSA adapters by depth and training step"))
+    ds.attrs["model_spec"] = ",".join(sorted({r["model_spec"] for r in runs}))  # from the adapters (no model loaded)
     written = {"dataset": write_netcdf(ds, out / "rotation_norms.nc")}
     stored = load_dataset(written["dataset"])
     written["figure"] = write_html(figure_depth(stored), Path(args.figures) / "rotation_norms.html")

@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from analyses import rotation_norms
@@ -33,6 +34,27 @@ def test_scale_factors():
     assert np.allclose(rotation_norms.scale_factors(lam, s, "none", 2), 1.0)
 
 
+def test_summary_matches_the_live_adapter(tiny, tmp_path):
+    """What is read back from the saved tensors is what the attached layer computes at c = +1."""
+    site = Site(1, "mlp.out")
+    adapter = attach(tiny, [site], InnerPiSSAConfig(rank=8, rotate_u=True, scaling="add", max_angle=0.3, init_std=0.3))
+    try:
+        save_adapter(adapter, tmp_path / "run" / "adapter")
+        layer = adapter.layers[site.name.replace(".", "_")]
+        with torch.no_grad():
+            r_v, r_u, g = layer.rotation_v(1.0).double(), layer.rotation_u(1.0).double(), (layer.scale(1.0) / layer.S).double()
+    finally:
+        adapter.detach()
+    summary = rotation_norms.run_summary(tmp_path / "run")["sites"][0]
+    eye = torch.eye(8, dtype=torch.float64)
+    assert math.isclose(summary["rot_v_norm"], float(torch.linalg.matrix_norm(r_v - eye)), rel_tol=1e-4)
+    assert math.isclose(summary["rot_u_norm"], float(torch.linalg.matrix_norm(r_u - eye)), rel_tol=1e-4)
+    assert summary["rot_v_norm"] > 0.1  # a real rotation, not the identity
+    assert np.allclose(summary["scale"], g.numpy(), atol=1e-5)
+    want = np.sort(np.abs(torch.linalg.eigvals(r_v).angle().numpy()))[::-1]
+    assert np.allclose(summary["angles_v"], want, atol=1e-5)
+
+
 def test_dataset_from_saved_runs(tiny, tmp_path):
     for depth, site in ((0.3, Site(1, "mlp.out")), (0.6, Site(2, "mlp.out"))):
         folder = tmp_path / "runs" / f"depth_{depth:.2f}"
@@ -57,7 +79,32 @@ def test_dataset_from_saved_runs(tiny, tmp_path):
 
 
 def test_standalone_training_on_tiny(tmp_path):
-    written = rotation_norms.main(["--train", "--model", "tiny-random", "--depths", "0.5", "--steps", "2",
+    """--train: 2 depths x 3 steps on tiny-random, end to end, every variable documented."""
+    written = rotation_norms.main(["--train", "--model", "tiny-random", "--depths", "0.3,0.6", "--steps", "3",
                                    "--out", str(tmp_path / "out"), "--figures", str(tmp_path / "fig"), "--no-progress"])
     ds = load_dataset(written["dataset"])
-    assert ds.sizes["run"] == 1 and float(ds["rot_v_norm"].values[0, 0]) > 0
+    assert set(ds.dims) == {"run", "site", "step", "angle_rank", "sv"}
+    assert list(ds["run"].values) == ["depth_0.30", "depth_0.60"] and np.allclose(ds["depth"].values, [0.3, 0.6])
+    assert list(ds["site_name"].values[:, 0]) == ["blocks.1.mlp.out", "blocks.2.mlp.out"]
+    assert (ds["rot_v_norm"].values > 0).all() and (ds["rot_u_norm"].values == 0).all()  # defaults rotate V only
+    assert ds.sizes["angle_rank"] == ds.sizes["sv"] == 64 and ds.sizes["step"] >= 2
+    # the last logged training diagnostic is the saved adapter
+    last = ds["rot_v_norm_by_step"].isel(step=-1).values
+    assert np.allclose(last, ds["rot_v_norm"].values, rtol=1e-4)
+    assert np.isnan(ds["delta_target"].values).all() and np.isfinite(ds["val_separation"].values).all()
+    for name, var in ds.data_vars.items():
+        assert var.attrs.get("description"), name
+    assert ds["angles_v"].attrs["units"] == "radians" and ds["scale"].attrs["units"] == "ratio"
+    assert ds.attrs["model_spec"] == "tiny-random" and ds.attrs["git_commit"] and ds.attrs["weight_hash"]
+    assert "blocks.1.mlp.out" in ds.attrs["sites"]
+    assert written["figure"].is_file() and written["figure_steps"].is_file()
+
+
+def test_bad_input_is_rejected(tmp_path):
+    with pytest.raises(SystemExit):
+        rotation_norms.main(["--runs", str(tmp_path / "missing"), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        rotation_norms.main(["--train", "--depths", "0.3,1.5", "--model", "tiny-random", "--out", str(tmp_path)])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        rotation_norms.main(["--runs", str(tmp_path / "empty"), "--out", str(tmp_path)])
