@@ -171,13 +171,16 @@ def _score_coeff(model, method: SteeringMethod, coeff: float, dilemmas: Dilemmas
     """``[4, dilemma]``: log_ratio, pmass, nll, nll_tokens at one coefficient (raw, before the pmass rule)."""
     yes, no = answer_token_ids(model.tokenizer)
     base_chats = chats(dilemmas, config)
+    # Batches of similar length waste less compute on padding; results go back to row order.
+    order = np.argsort([len(c[-2]["content"]) for c in base_chats], kind="stable")
     out = np.zeros((4, len(dilemmas)))
     for i in range(0, len(dilemmas), config.batch_size):
-        batch = [method.messages(c, coeff) for c in base_chats[i : i + config.batch_size]]
+        rows = order[i : i + config.batch_size]
+        batch = [method.messages(base_chats[r], coeff) for r in rows]
         tokens, mask, nll_mask = encode(model.tokenizer, batch)
         with method.steer(model, coeff):
             logits = model(tokens, attention_mask=mask)
-        out[:, i : i + len(batch)] = read_choice(logits, tokens, nll_mask, yes, no)
+        out[:, rows] = read_choice(logits, tokens, nll_mask, yes, no)
         bar.update(len(batch))
     return out
 
