@@ -1,4 +1,4 @@
-"""Atomic writes and reads shared by the analyses (results, tables, figures).
+"""Atomic writes and reads shared by the analyses (results, tables, figures), and their common CLI bits.
 
 Every file is written to a temporary sibling and moved into place with ``os.replace``,
 so a killed run never leaves a half-written result that a resumed run would trust.
@@ -6,11 +6,13 @@ so a killed run never leaves a half-written result that a resumed run would trus
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
 ENGINE = "h5netcdf"
@@ -58,3 +60,28 @@ def load_dataset(path: str | Path) -> xr.Dataset:
     """Open a stored result fully into memory (and close the file, so it can be replaced later)."""
     with xr.open_dataset(path, engine=ENGINE) as ds:
         return ds.load()
+
+
+# --------------------------------------------------------------------------- CLI pieces
+
+
+def add_common_args(p: argparse.ArgumentParser, *, out: str, out_help: str, figures: str = "figures") -> None:
+    """The options every per-layer analysis takes: ``--model``, ``--out``, ``--figures``, ``--layers``."""
+    p.add_argument("--model", default="smollm2-135m", help="model spec (see interp.models)")
+    p.add_argument("--out", default=out, help=out_help)
+    p.add_argument("--figures", default=figures, help="folder for the HTML figures")
+    p.add_argument("--layers", default=None, help="layer indices / depth fractions (default: all layers)")
+
+
+def analysis_layers(spec: str | None, n_layers: int, *, quick: bool = False, most: int = 6) -> list[int]:
+    """The layers to analyse: ``spec`` parsed (indices / depth fractions), else all of them.
+
+    With ``quick``, at most ``most`` of them, evenly spaced and always keeping the first
+    and last (so a quick run still spans the depth).
+    """
+    from interp.sites import parse_layers
+
+    layers = parse_layers(spec, n_layers) if spec else list(range(n_layers))
+    if quick and len(layers) > most:
+        layers = sorted({layers[i] for i in np.linspace(0, len(layers) - 1, most).round().astype(int)})
+    return layers

@@ -34,7 +34,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from analyses._io import load_dataset, write_html, write_netcdf
+from analyses._io import add_common_args, analysis_layers, load_dataset, write_html, write_netcdf
 from interp.geometry import METRICS, SPACES, GeometryConfig, left_singular_basis, space_metrics
 from interp.sites import Site, linear_of, parse_layers, resid_hook
 
@@ -164,10 +164,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     d = GeometryConfig()
     p = argparse.ArgumentParser(prog="python -m analyses.space_compare", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m", help="model spec (see interp.models)")
-    p.add_argument("--out", default=DEFAULT_OUT, help="results folder (space_compare.nc)")
-    p.add_argument("--figures", default=DEFAULT_FIGURES, help="folder for the HTML figure")
-    p.add_argument("--layers", default=None, help="layer indices / depth fractions (default: all layers)")
+    add_common_args(p, out=DEFAULT_OUT, out_help="results folder (space_compare.nc)", figures=DEFAULT_FIGURES)
     p.add_argument("--rank", type=int, default=64, help="r: top-r left singular vectors of mlp.out (clipped to d_model // 2)")
     p.add_argument("--n-pairs", type=int, default=128)
     p.add_argument("--concept", default="honesty", help="shipped concept name or path to a concept .json")
@@ -195,12 +192,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
 
     model = load_model(args.model)
     n_layers, d_model = int(model.cfg.n_layers), int(model.cfg.d_model)
-    layers = parse_layers(args.layers, n_layers) if args.layers else list(range(n_layers))
+    layers = analysis_layers(args.layers, n_layers, quick=args.quick)
     n_pairs, draws, folds = args.n_pairs, args.draws, args.folds
     if args.quick:
         n_pairs, draws, folds = min(n_pairs, 32), min(draws, 5), min(folds, 3)
-        if len(layers) > 6:
-            layers = sorted({layers[i] for i in np.linspace(0, len(layers) - 1, 6).round().astype(int)})
     rank = min(args.rank, d_model // 2)
     if rank != args.rank:
         print(f"rank {args.rank} clipped to {rank} (d_model = {d_model}): a subspace near the whole space compares nothing")

@@ -35,7 +35,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from analyses._io import load_dataset, write_html, write_netcdf
+from analyses._io import add_common_args, analysis_layers, load_dataset, write_html, write_netcdf
 from interp.neurons import (
     NEURON_CLASSES,
     NeuronConfig,
@@ -256,11 +256,8 @@ def figure_overlap(ds: xr.Dataset):
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m analyses.suppression", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m", help="model spec (see interp.models)")
+    add_common_args(p, out=DEFAULT_OUT, out_help="results folder (neurons.nc, overlap.nc)", figures=DEFAULT_FIGURES)
     p.add_argument("--adapter", default=None, help="saved adapter folder (interp.adapters.io); without it only part 1 runs")
-    p.add_argument("--out", default=DEFAULT_OUT, help="results folder (neurons.nc, overlap.nc)")
-    p.add_argument("--figures", default=DEFAULT_FIGURES, help="folder for the HTML figures")
-    p.add_argument("--layers", default=None, help="layer indices / depth fractions (default: all layers)")
     p.add_argument("--quick", action="store_true", help="few prompts, 5 baseline draws, at most 6 evenly spaced layers")
     p.add_argument("--n-prompts", type=int, default=64, help="contrastive pairs for the mean activations (sign correction)")
     p.add_argument("--sign-correct", choices=("auto", "yes", "no"), default="auto", help="auto: only for gated MLPs")
@@ -284,12 +281,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     progress = not args.no_progress
     model = load_model(args.model)
     n_layers = int(model.cfg.n_layers)
-    layers = parse_layers(args.layers, n_layers) if args.layers else list(range(n_layers))
+    layers = analysis_layers(args.layers, n_layers, quick=args.quick)
     n_prompts, draws = args.n_prompts, args.draws
     if args.quick:
         n_prompts, draws = min(n_prompts, 8), min(draws, 5)
-        if len(layers) > 6:
-            layers = sorted({layers[i] for i in np.linspace(0, len(layers) - 1, 6).round().astype(int)})
     config = NeuronConfig(kurtosis_threshold=args.kurtosis_threshold, skew_threshold=args.skew_threshold)
     sign_correct = {"auto": None, "yes": True, "no": False}[args.sign_correct]
     out, figures = Path(args.out), Path(args.figures)

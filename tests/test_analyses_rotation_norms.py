@@ -108,3 +108,39 @@ def test_bad_input_is_rejected(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit):
         rotation_norms.main(["--runs", str(tmp_path / "empty"), "--out", str(tmp_path)])
+
+
+# --------------------------------------------------------------------------- analyses._io (shared by every analysis)
+
+
+def test_io_round_trip_is_atomic_and_replaceable(tmp_path):
+    import os
+
+    import plotly.graph_objects as go
+    import xarray as xr
+
+    from analyses._io import write_html, write_netcdf
+
+    ds = xr.Dataset({"x": ("a", np.arange(3.0))}, attrs={"note": "v1"})
+    path = write_netcdf(ds, tmp_path / "sub" / "r.nc")
+    loaded = load_dataset(path)
+    assert loaded.attrs["note"] == "v1" and np.array_equal(loaded["x"].values, [0, 1, 2])
+    write_netcdf(ds.assign_attrs(note="v2"), path)  # the loaded copy holds no handle: replacing works
+    assert load_dataset(path).attrs["note"] == "v2"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+    with pytest.raises(ValueError):
+        write_netcdf(xr.Dataset({"bad": ("a", np.array([object()]))}), tmp_path / "sub" / "bad.nc")
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["r.nc"]  # no temp file left behind
+    html = write_html(go.Figure(go.Scatter(x=[0, 1], y=[1, 2])), tmp_path / "f.html").read_text()
+    assert html.lstrip().lower().startswith("<!doctype html") and "plotly.js v" in html and len(html) > 1_000_000  # plotly.js inlined
+
+
+def test_io_analysis_layers():
+    from analyses._io import analysis_layers
+
+    assert analysis_layers(None, 30) == list(range(30))
+    assert analysis_layers(None, 30, quick=True) == [0, 6, 12, 17, 23, 29]  # evenly spaced, ends kept
+    assert analysis_layers("0,-1", 30, quick=True) == [0, 29]
+    assert analysis_layers("0.5", 30) == [14] and analysis_layers(None, 4, quick=True) == [0, 1, 2, 3]
