@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -224,3 +225,27 @@ class AdapterSet(SteeringMethod):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(sites={[s.name for s in self.sites]}, options={self.options()}, orientation={self.orientation})"
+
+
+class ConfiguredAdapter(AdapterSet):
+    """An adapter built from one frozen config dataclass: ``layer_class(site, linear, config)`` per site.
+
+    Subclasses set ``name``, ``layer_class`` and ``config_class``; saving and loading
+    go through :meth:`options` (the config as a dict) and :meth:`from_options`.
+    """
+
+    layer_class: type[DeltaLayer]
+    config_class: type
+
+    def __init__(self, model, sites: Sequence[Site | str], config=None):
+        sites = [Site.parse(s) if isinstance(s, str) else s for s in sites]
+        self.adapter_config = self.config_class() if config is None else config
+        layers = [self.layer_class(site, linear_of(model, site), self.adapter_config) for site in sites]
+        super().__init__(model, sites, layers)
+
+    def options(self) -> dict:
+        return asdict(self.adapter_config)
+
+    @classmethod
+    def from_options(cls, model, sites: Sequence[Site], options: dict) -> "ConfiguredAdapter":
+        return cls(model, sites, cls.config_class(**options))

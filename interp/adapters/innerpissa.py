@@ -27,16 +27,16 @@ model dtype: rotations near the identity need the precision.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from interp.adapters.base import AdapterSet, DeltaLayer, site_seed
+from interp.adapters.base import ConfiguredAdapter, DeltaLayer, site_seed
 from interp.cayley import cayley, orthogonality_error, skew, soft_clamp
-from interp.sites import Site, linear_of
+from interp.sites import Site
 
 SCALINGS: tuple[str, ...] = ("mult", "add", "none")
 
@@ -184,23 +184,12 @@ class InnerPiSSALayer(DeltaLayer):
         }
 
 
-class InnerPiSSA(AdapterSet):
+class InnerPiSSA(ConfiguredAdapter):
     """InnerPiSSA layers at several sites of one model (see the module docstring)."""
 
     name = "innerpissa"
-
-    def __init__(self, model, sites: Sequence[Site | str], config: InnerPiSSAConfig = InnerPiSSAConfig()):
-        sites = [Site.parse(s) if isinstance(s, str) else s for s in sites]
-        self.adapter_config = config
-        layers = [InnerPiSSALayer(site, linear_of(model, site), config) for site in sites]
-        super().__init__(model, sites, layers)
-
-    def options(self) -> dict:
-        return asdict(self.adapter_config)
-
-    @classmethod
-    def from_options(cls, model, sites: Sequence[Site], options: dict) -> "InnerPiSSA":
-        return cls(model, sites, InnerPiSSAConfig(**options))
+    layer_class = InnerPiSSALayer
+    config_class = InnerPiSSAConfig
 
 
 def attach(model, sites: Sequence[Site | str], config: InnerPiSSAConfig = InnerPiSSAConfig()) -> InnerPiSSA:

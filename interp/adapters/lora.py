@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from interp.adapters.base import AdapterSet, DeltaLayer, site_seed
-from interp.sites import Site, linear_of
+from interp.adapters.base import ConfiguredAdapter, DeltaLayer, site_seed
+from interp.sites import Site
 
 INITS: tuple[str, ...] = ("random", "zero_b")
 
@@ -88,23 +88,12 @@ class LoRALayer(DeltaLayer):
             }
 
 
-class LoRA(AdapterSet):
+class LoRA(ConfiguredAdapter):
     """LoRA layers at several sites, steered by ``c`` like every adapter."""
 
     name = "lora"
-
-    def __init__(self, model, sites: Sequence[Site | str], config: LoRAConfig = LoRAConfig()):
-        sites = [Site.parse(s) if isinstance(s, str) else s for s in sites]
-        self.adapter_config = config
-        layers = [LoRALayer(site, linear_of(model, site), config) for site in sites]
-        super().__init__(model, sites, layers)
-
-    def options(self) -> dict:
-        return asdict(self.adapter_config)
-
-    @classmethod
-    def from_options(cls, model, sites: Sequence[Site], options: dict) -> "LoRA":
-        return cls(model, sites, LoRAConfig(**options))
+    layer_class = LoRALayer
+    config_class = LoRAConfig
 
 
 def attach(model, sites: Sequence[Site | str], config: LoRAConfig = LoRAConfig()) -> LoRA:
