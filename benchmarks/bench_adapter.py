@@ -12,24 +12,13 @@ measured in one run.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from _timing import median_time  # benchmarks/ is on sys.path when run as a script
 
 from interp.adapters.innerpissa import InnerPiSSAConfig, attach
 from interp.models import load_model
 from interp.sites import select_sites
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv=None) -> dict[str, float]:

@@ -9,47 +9,22 @@ their ratio (target: <= 2.5).
 
     python benchmarks/bench_train.py [--model smollm2-135m] [--batch-size 4] [--repeats 3]
 
-Uses InnerPiSSA when ``interp.adapters.innerpissa`` exists, else the LoRA-like stand-in
-from the tests (the ratio is dominated by the model's forward/backward either way).
+The adapter is InnerPiSSA at the config's sites and rank.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
+from _timing import median_time  # benchmarks/ is on sys.path when run as a script
 
+from interp.adapters.innerpissa import InnerPiSSAConfig, attach
 from interp.data import tokenize_pairs
 from interp.losses import gap_scale, gaps, preference_direction, token_nll
 from interp.models import load_model
 from interp.sites import resid_hook, select_sites
 from interp.train import TrainConfig, _forward, _frozen_base, build_pairs, step_loss
-
-
-def make_adapter(model, sites, rank: int):
-    try:
-        from interp.adapters.innerpissa import InnerPiSSAConfig, attach
-
-        return attach(model, sites, InnerPiSSAConfig(rank=rank)), "innerpissa"
-    except ImportError:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from test_train import ToyAdapter
-
-        return ToyAdapter(model, sites, rank=rank), "toy (innerpissa not importable)"
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv=None) -> float:
@@ -63,10 +38,20 @@ def main(argv=None) -> float:
     model = load_model(args.model)
     config = TrainConfig(model=args.model, batch_size=args.batch_size, rank=args.rank)
     sites = select_sites(model, layers=config.layers, modules=list(config.modules))
-    adapter, kind = make_adapter(model, sites, args.rank)
     hook = resid_hook(sites[0].layer)
     pairs = build_pairs(config).train
     batch = tokenize_pairs(model.tokenizer, pairs[: args.batch_size], system=config.system, max_length=config.max_length)
+
+    def base_step():
+        model.zero_grad(set_to_none=True)
+        logits = model(batch.tokens, attention_mask=batch.attention_mask)
+        nll, _ = token_nll(logits.float(), batch.tokens, batch.attention_mask)
+        nll.mean().backward()
+
+    # Timed before attaching: an attached adapter freezes the base weights (PEFT-style).
+    t_base = median_time(base_step, args.repeats)
+    model.zero_grad(set_to_none=True)
+    adapter, kind = attach(model, sites, InnerPiSSAConfig(rank=args.rank)), "innerpissa"
     with torch.no_grad():
         h, _ = _forward(model, tokenize_pairs(model.tokenizer, pairs[:16], system=config.system), hook)
     direction = preference_direction(h[:16], h[16:])
@@ -80,15 +65,8 @@ def main(argv=None) -> float:
             loss.backward()
             opt.step()
 
-    def base_step():
-        model.zero_grad(set_to_none=True)
-        logits = model(batch.tokens, attention_mask=batch.attention_mask)
-        nll, _ = token_nll(logits.float(), batch.tokens, batch.attention_mask)
-        nll.mean().backward()
-
-    t_train = timed(train_step, args.repeats)
-    t_base = timed(base_step, args.repeats)
-    model.zero_grad(set_to_none=True)
+    t_train = median_time(train_step, args.repeats)
+    adapter.detach()
     ratio = t_train / t_base
     print(f"model {args.model}, adapter {kind}, {len(sites)} site(s), batch {args.batch_size} pairs "
           f"({batch.tokens.shape[0]} rows x {batch.tokens.shape[1]} tokens), torch threads {torch.get_num_threads()}")
