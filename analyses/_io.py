@@ -85,3 +85,11 @@ def analysis_layers(spec: str | None, n_layers: int, *, quick: bool = False, mos
     if quick and len(layers) > most:
         layers = sorted({layers[i] for i in np.linspace(0, len(layers) - 1, most).round().astype(int)})
     return layers
+
+
+def load_or_compute(path: str | Path, compute: Callable[[], xr.Dataset]) -> xr.Dataset:
+    """The dataset stored at ``path``, or ``compute()`` written there first (resumable runs)."""
+    path = Path(path)
+    if not path.is_file():
+        write_netcdf(compute(), path)
+    return load_dataset(path)

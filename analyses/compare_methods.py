@@ -35,7 +35,7 @@ import pandas as pd
 import xarray as xr
 from tqdm.auto import tqdm
 
-from analyses._io import load_dataset, write_html, write_netcdf, write_text
+from analyses._io import load_dataset, load_or_compute, write_html, write_netcdf, write_text
 from interp.baselines import ablation_configs
 from interp.protocol import COLUMNS, ProtocolConfig
 from interp.provenance import provenance
@@ -307,10 +307,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     model = load_model(config.model)
     splits = dilemma_splits(ProtocolConfig(seed=0, n_calibration=config.n_calibration, n_test=config.n_test,
                                            dilemmas=config.dilemmas))
-    base_path = out / "base_scores.nc"
-    if not base_path.is_file():
-        write_netcdf(base_scores(model, splits["test"], progress=progress, config=config.eval_config(0)), base_path)
-    base = load_dataset(base_path)
+    base = load_or_compute(out / "base_scores.nc",
+                           lambda: base_scores(model, splits["test"], progress=progress, config=config.eval_config(0)))
     jobs = [(m, s) for s in range(config.seeds) for m in config.methods]
     records = []
     for method, seed in tqdm(jobs, desc="methods", disable=not progress):

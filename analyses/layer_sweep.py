@@ -34,7 +34,7 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from analyses._io import load_dataset, write_html, write_netcdf, write_text
+from analyses._io import load_dataset, load_or_compute, write_html, write_netcdf, write_text
 from interp.provenance import provenance
 from interp.sites import LINEAR_MODULES, depth_to_layer
 from interp.train import TrainConfig
@@ -120,19 +120,6 @@ def run_depth(model, depth: float, config: SweepConfig, splits: dict, out: Path,
     }
     write_text(done, json.dumps(record, indent=2, default=float))
     return record
-
-
-def _base_scores(model, validation, config: SweepConfig, out: Path, progress: bool):
-    """The c = 0 scores of the validation dilemmas, computed once and kept on disk."""
-    from interp.evaluate import EvalConfig
-    from interp.protocol import base_scores
-
-    path = out / "base_scores.nc"
-    if path.is_file():
-        return load_dataset(path)
-    ds = base_scores(model, validation, progress=progress, config=EvalConfig(min_pmass=config.min_pmass, seed=config.seed))
-    write_netcdf(ds, path)
-    return ds
 
 
 def sweep_dataset(records: Sequence[dict], model, config: SweepConfig) -> xr.Dataset:
@@ -225,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run (or resume) the sweep; returns the paths written (``dataset``, ``table``, ``figure``)."""
     config, args = parse_args(argv)
     from interp.models import load_model
-    from interp.protocol import ProtocolConfig, dilemma_splits
+    from interp.evaluate import EvalConfig
+    from interp.protocol import ProtocolConfig, base_scores, dilemma_splits
 
     out = Path(args.out or f"results/layer_sweep/{config.model.replace('/', '_')}{'-quick' if args.quick else ''}")
     progress = not args.no_progress
@@ -233,7 +221,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     splits = dilemma_splits(ProtocolConfig(seed=config.seed, n_calibration=config.n_calibration,
                                            n_validation=config.n_eval, dilemmas=config.dilemmas))
     out.mkdir(parents=True, exist_ok=True)
-    base = _base_scores(model, splits["validation"], config, out, progress)
+    eval_config = EvalConfig(min_pmass=config.min_pmass, seed=config.seed)
+    base = load_or_compute(out / "base_scores.nc",
+                           lambda: base_scores(model, splits["validation"], progress=progress, config=eval_config))
     records = []
     bar = tqdm(config.depths, desc="depths", disable=not progress)
     for depth in bar:
