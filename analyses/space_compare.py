@@ -15,15 +15,17 @@ the spaces (:func:`interp.geometry.space_metrics`):
 
 The Dataset (dims ``layer``, ``space``; provenance attrs) goes to ``<out>/space_compare.nc``; the
 figure ``<figures>/space_compare.html`` is drawn from the stored file only (:func:`figure`).
-The downstream comparison (adapters trained with the loss in each space, scored by
-``interp.evaluate``) is not here yet: it needs ``interp.evaluate``.
+With ``--train`` it goes on to the downstream question: InnerPiSSA adapters trained with the
+loss in each space, calibrated and scored on DailyDilemmas by :mod:`analyses.compare_methods`
+(methods ``innerpissa`` and ``loss_dHS@U``; results under ``<out>/trained``).
+``--backend nnsight`` reads the hidden states through an nnsight trace instead of bridge hooks.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from tqdm.auto import tqdm
 from analyses._io import add_common_args, analysis_layers, load_dataset, write_html, write_netcdf
 from interp.geometry import METRICS, SPACES, GeometryConfig, left_singular_basis, space_metrics
 from interp.sites import Site, linear_of, parse_layers, resid_hook
+from interp.store import Runner
 
 DEFAULT_OUT = "results/space_compare"
 DEFAULT_FIGURES = "figures"
@@ -50,28 +53,44 @@ FIGURE_PANELS: tuple[tuple[str, str], ...] = (
 
 @torch.no_grad()
 def last_token_states(
-    model, batch, layers: Sequence[int], *, batch_size: int = 16, progress: bool = True
+    run: Runner, batch, layers: Sequence[int], *, d_model: int, batch_size: int = 16, progress: bool = True
 ) -> Float[Tensor, "layer rows d_model"]:
-    """Residual stream after each layer at each row's last real token (one pass per batch, all layers hooked)."""
+    """Residual stream after each layer at each row's last real token (one pass per batch, all layers read).
+
+    ``run`` is an :data:`interp.store.Runner` (bridge hooks or an nnsight trace) reading the
+    ``blocks.L.hook_resid_post`` sites.
+    """
     rows = batch.tokens.shape[0]
-    out = torch.zeros(len(layers), rows, int(model.cfg.d_model))
-    current: dict[str, Tensor] = {}
-
-    def grab(i: int):
-        def fn(x: Tensor, hook) -> Tensor:
-            idx = torch.arange(x.shape[0])
-            out[i, current["start"] : current["start"] + x.shape[0]] = x.detach()[idx, current["last"]].float()
-            return x
-
-        return fn
-
-    hooks = [(resid_hook(layer), grab(i)) for i, layer in enumerate(layers)]
+    out = torch.zeros(len(layers), rows, d_model)
     for start in tqdm(range(0, rows, batch_size), desc="hidden states", disable=not progress, leave=False):
         sl = slice(start, start + batch_size)
-        current.update(start=start, last=batch.last[sl])
-        with model.hooks(fwd_hooks=hooks):
-            model(batch.tokens[sl], attention_mask=batch.attention_mask[sl])
+        found = run(batch.tokens[sl], batch.attention_mask[sl], 0.0)
+        idx = torch.arange(batch.tokens[sl].shape[0])
+        for i, layer in enumerate(layers):
+            out[i, sl] = found[resid_hook(layer)][idx, batch.last[sl]].float()
     return out
+
+
+def _backend(model) -> tuple[int, int, Callable[[list[str]], Runner], Callable[[int], Tensor], str]:
+    """``(n_layers, d_model, hooks -> runner, layer -> raw mlp.out weight, backend name)`` for a
+    TransformerBridge or an nnsight model (which keeps its HF model as ``_module``)."""
+    if hasattr(model, "_module"):
+        from interp.backends.nnsight import RemoteUnavailable, module_of, nnsight_runner
+
+        def weight(layer: int) -> Tensor:
+            w = module_of(model, Site(layer, "mlp.out")).weight
+            if w.is_meta:
+                raise RemoteUnavailable("space_compare needs the mlp.out weights (for U) here; this nnsight model "
+                                        "holds none (built with remote=True): use a local one")
+            return w
+
+        config = model._module.config
+        return (int(config.num_hidden_layers), int(config.hidden_size), lambda hooks: nnsight_runner(model, hooks),
+                weight, "nnsight")
+    from interp.store import bridge_runner
+
+    return (int(model.cfg.n_layers), int(model.cfg.d_model), lambda hooks: bridge_runner(model, hooks),
+            lambda layer: linear_of(model, Site(layer, "mlp.out")).weight, "bridge")
 
 
 def compare_dataset(
@@ -89,7 +108,7 @@ def compare_dataset(
     from interp.data import make_pairs, tokenize_pairs
     from interp.provenance import provenance
 
-    n_layers, d_model = int(model.cfg.n_layers), int(model.cfg.d_model)
+    n_layers, d_model, runner, weight, backend = _backend(model)
     layers = list(range(n_layers)) if layers is None else parse_layers(list(layers), n_layers)
     if not 1 <= rank < d_model:
         raise ValueError(f"rank must lie in 1..{d_model - 1} (d_model = {d_model}; r = d makes every space the same), got {rank}")
@@ -98,10 +117,10 @@ def compare_dataset(
         raise ValueError(f"only {len(pairs)} pairs for concept {concept!r}: need at least folds={config.folds}")
     batch = tokenize_pairs(model.tokenizer, pairs, padding_side="left")
     n = batch.n_pairs
-    states = last_token_states(model, batch, layers, batch_size=batch_size, progress=progress)
+    states = last_token_states(runner([resid_hook(layer) for layer in layers]), batch, layers, d_model=d_model, batch_size=batch_size, progress=progress)
     values = np.full((len(layers), len(SPACES), len(METRICS)), np.nan)
     for i, layer in enumerate(tqdm(layers, desc="space metrics", disable=not progress)):
-        U_r = left_singular_basis(linear_of(model, Site(layer, "mlp.out")).weight, rank)
+        U_r = left_singular_basis(weight(layer), rank)
         metrics = space_metrics(states[i, :n], states[i, n:], U_r, config)
         for j, space in enumerate(SPACES):
             values[i, j] = [metrics[space][m] for m in METRICS]
@@ -119,6 +138,7 @@ def compare_dataset(
         config={**asdict(config), "rank": rank, "n_pairs": n, "concept": concept},
         seed=config.seed,
         analysis="space_compare",
+        backend=backend,
         rank=rank,
         d_model=d_model,
         expected_random_energy=rank / d_model,
@@ -173,7 +193,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--quick", action="store_true", help="32 pairs, 5 draws, 3 folds, at most 6 evenly spaced layers")
-    p.add_argument("--train", action="store_true", help="also train adapters with the loss in each space (needs interp.evaluate)")
+    p.add_argument("--train", action="store_true",
+                   help="then the downstream question: adapters trained with the loss in each space, scored on "
+                        "DailyDilemmas (analyses.compare_methods --methods innerpissa,loss_dHS@U)")
+    p.add_argument("--backend", choices=("bridge", "nnsight"), default="bridge",
+                   help="read hidden states through TransformerBridge hooks or an nnsight trace (same numbers)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.rank < 1 or args.n_pairs < 2 or args.draws < 1 or args.folds < 2 or args.batch_size < 1:
@@ -184,14 +208,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run the analysis; returns the paths written (``dataset``, ``figure``)."""
     args = parse_args(argv)
-    if args.train:
-        # The downstream comparison needs the evaluation module, which has not landed yet.
-        raise SystemExit("--train needs interp.evaluate (adapters trained per space, scored on DailyDilemmas); "
-                         "it is not available yet: run without --train")
-    from interp.models import load_model
+    if args.backend == "nnsight":
+        from interp.backends.nnsight import load_nnsight
 
-    model = load_model(args.model)
-    n_layers, d_model = int(model.cfg.n_layers), int(model.cfg.d_model)
+        model = load_nnsight(args.model)
+    else:
+        from interp.models import load_model
+
+        model = load_model(args.model)
+    n_layers, d_model, *_ = _backend(model)
     layers = analysis_layers(args.layers, n_layers, quick=args.quick)
     n_pairs, draws, folds = args.n_pairs, args.draws, args.folds
     if args.quick:
@@ -210,6 +235,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
           f"{float(e.sel(space='random').mean()):.3f} (r/d = {rank / d_model:.3f}); probe AUROC dHS "
           f"{float(stored['probe_auroc'].sel(space='dHS').mean()):.3f}, dHS@U {float(stored['probe_auroc'].sel(space='dHS@U').mean()):.3f}"
           f" -> {written['dataset']}")
+    if args.train:
+        # Training needs gradients through a bridge; the comparison keeps its own results folder.
+        from analyses import compare_methods
+
+        written.update({f"train_{k}": v for k, v in compare_methods.main(
+            ["--model", args.model, "--methods", "innerpissa,loss_dHS@U", "--figures", args.figures,
+             "--out", str(Path(args.out) / "trained"), *(["--quick"] if args.quick else []),
+             *(["--no-progress"] if args.no_progress else [])]).items()})
     return written
 
 

@@ -415,6 +415,10 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     p.add_argument("--min-pmass", type=float, default=EvalConfig.min_pmass, help="rows with p(Yes)+p(No) below are NaN")
     p.add_argument("--seed", type=int, default=0, help="split and bootstrap seed")
     p.add_argument("--out", default=None, help="folder for scores.nc / table.md / table.csv")
+    p.add_argument("--backend", choices=("bridge", "nnsight"), default="bridge",
+                   help="run the model as a TransformerBridge or through nnsight (same prompts, metrics and results)")
+    p.add_argument("--remote", action="store_true",
+                   help="run on NDIF through nnsight (implies --backend nnsight; needs a Hub model id NDIF serves and NDIF_API_KEY)")
     args = p.parse_args(argv)
     try:
         coeffs = sorted({0.0, *(float(c) for c in args.coeffs.split(","))})
@@ -423,12 +427,20 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     from interp.dilemmas import load_dilemmas, split_dilemmas
     from interp.models import load_model
 
-    model = load_model(args.model)
-    method = None
-    if args.adapter:
-        from interp.adapters.io import load_adapter
+    if args.remote or args.backend == "nnsight":
+        from interp.backends.nnsight import RemoteUnavailable, evaluation_pair
 
-        method = load_adapter(model, args.adapter)
+        try:
+            model, method = evaluation_pair(args.model, args.adapter, remote=args.remote)
+        except RemoteUnavailable as err:
+            p.exit(2, f"{p.prog}: cannot run remotely: {err}\n")
+    else:
+        model = load_model(args.model)
+        method = None
+        if args.adapter:
+            from interp.adapters.io import load_adapter
+
+            method = load_adapter(model, args.adapter)
     data = load_dilemmas(args.dilemmas)
     data = data if args.split == "all" else split_dilemmas(data, seed=args.seed)[args.split]
     if args.limit:

@@ -11,6 +11,15 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The unit tests use a hidden-64 model: thread start-up costs more than it saves, and
+    # two threads per process slow every test several-fold when anything else shares the
+    # cores. INTERP_TEST_THREADS overrides (e.g. for the slow default-model tests).
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("INTERP_TEST_THREADS", "1")))
+
 REPO = Path(__file__).resolve().parents[1]
 DILEMMAS_DIR = REPO.parent / "shared" / "data" / "daily_dilemmas"
 

@@ -38,9 +38,11 @@ def test_main_end_to_end_on_tiny(tmp_path):
 
 def test_last_token_states_match_a_plain_forward(tiny):
     from interp.data import make_pairs, tokenize_pairs
+    from interp.store import bridge_runner
 
     batch = tokenize_pairs(tiny.tokenizer, make_pairs(n_pairs=3, seed=0), padding_side="left")
-    states = space_compare.last_token_states(tiny, batch, [1, 3], batch_size=2, progress=False)
+    run = bridge_runner(tiny, ["blocks.1.hook_resid_post", "blocks.3.hook_resid_post"])
+    states = space_compare.last_token_states(run, batch, [1, 3], d_model=64, batch_size=2, progress=False)
     assert states.shape == (2, 6, 64)
     seen = []
     with tiny.hooks(fwd_hooks=[("blocks.3.hook_resid_post", lambda x, hook: seen.append(x.detach()) or x)]):
@@ -48,9 +50,32 @@ def test_last_token_states_match_a_plain_forward(tiny):
     assert torch.allclose(states[1, 4], seen[0][0, batch.last[4]], atol=1e-4)
 
 
+def test_nnsight_backend_gives_the_bridge_numbers(tiny):
+    from interp.backends.nnsight import load_nnsight
+
+    kwargs = dict(rank=8, n_pairs=12, config=space_compare.GeometryConfig(draws=3, folds=3), progress=False)
+    bridge = space_compare.compare_dataset(tiny, [0, 2], **kwargs)
+    nn = space_compare.compare_dataset(load_nnsight("tiny-random"), [0, 2], **kwargs)
+    assert nn.attrs["backend"] == "nnsight" and bridge.attrs["backend"] == "bridge"
+    assert nn.attrs["weight_hash"] == bridge.attrs["weight_hash"]
+    for var in space_compare.METRICS:
+        np.testing.assert_allclose(nn[var].values, bridge[var].values, atol=1e-4, err_msg=var)
+
+
+def test_train_hands_the_two_loss_spaces_to_compare_methods(tmp_path, monkeypatch):
+    from analyses import compare_methods
+
+    seen = {}
+    monkeypatch.setattr(compare_methods, "main", lambda argv: seen.setdefault("argv", argv) and {"table": tmp_path / "t.md"})
+    written = space_compare.main(["--model", "tiny-random", "--quick", "--rank", "8", "--n-pairs", "12", "--train",
+                                  "--out", str(tmp_path / "res"), "--figures", str(tmp_path / "figs"), "--no-progress"])
+    argv = seen["argv"]
+    assert argv[argv.index("--methods") + 1] == "innerpissa,loss_dHS@U"
+    assert argv[argv.index("--out") + 1] == str(tmp_path / "res" / "trained") and "--quick" in argv
+    assert written["train_table"] == tmp_path / "t.md" and written["dataset"].is_file()
+
+
 def test_errors(tiny):
-    with pytest.raises(SystemExit, match="interp.evaluate"):
-        space_compare.main(["--model", "tiny-random", "--train"])
     with pytest.raises(ValueError, match="rank must lie"):
         space_compare.compare_dataset(tiny, [0], rank=64, progress=False)
     with pytest.raises(SystemExit):

@@ -274,6 +274,46 @@ def test_cli_scores_a_saved_adapter(tiny, tmp_path, dilemmas_dir):
     assert (tmp_path / "out" / "scores.nc").is_file() and (tmp_path / "out" / "table.md").is_file()
     with pytest.raises(SystemExit):
         main(["--coeffs", "a,b"])
+    # The same adapter through nnsight: same table (rebuilt on nnsight's own copy of the weights).
+    via_nn = main(["--adapter", str(tmp_path / "adapter"), "--model", "tiny-random", "--limit", "3", "--coeffs=-1,1",
+                   "--dilemmas", str(dilemmas_dir), "--min-pmass", "0", "--backend", "nnsight"])
+    numeric = table.select_dtypes("number").columns
+    assert np.allclose(via_nn[numeric].to_numpy(float), table[numeric].to_numpy(float), atol=1e-4, equal_nan=True)
+
+
+def test_cli_remote_fails_fast_with_the_reason(tmp_path, dilemmas_dir, capsys):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) as err:
+        main(["--model", "tiny-random", "--remote", "--limit", "2", "--dilemmas", str(dilemmas_dir)])
+    assert err.value.code == 2 and time.perf_counter() - start < 30
+    assert "NDIF only runs Hub models" in capsys.readouterr().err
+
+
+def test_adapter_for_nnsight_needs_local_site_weights(tmp_path):
+    from interp.adapters.innerpissa import InnerPiSSAConfig, attach
+    from interp.adapters.io import AdapterLoadError, save_adapter
+    from interp.backends.nnsight import RemoteUnavailable, load_adapter_nnsight, load_nnsight, module_of
+    from interp.models import load_model
+    from interp.sites import Site
+
+    model = load_model("tiny-random")
+    adapter = attach(model, [Site(1, "mlp.out")], InnerPiSSAConfig(rank=4, init_std=0.3))
+    save_adapter(adapter, tmp_path / "adapter")
+    nn_model = load_nnsight("tiny-random")
+    loaded = load_adapter_nnsight(nn_model, tmp_path / "adapter")
+    assert torch.equal(loaded.layers["blocks_1_mlp_out"].delta_weight(1.0), adapter.layers["blocks_1_mlp_out"].delta_weight(1.0))
+    linear = module_of(nn_model, "blocks.1.mlp.out")
+    assert not linear._forward_hooks  # detached again: acts only through ΔW(c) inside traces
+    adapter.detach()
+    with torch.no_grad():
+        linear.weight.add_(1.0)  # other weights at the site: refused like on the bridge
+    with pytest.raises(AdapterLoadError, match="weight hash"):
+        load_adapter_nnsight(nn_model, tmp_path / "adapter")
+    linear.weight = torch.nn.Parameter(torch.empty_like(linear.weight, device="meta"))  # as a remote=True model holds it
+    with pytest.raises(RemoteUnavailable, match="remote=False"):
+        load_adapter_nnsight(nn_model, tmp_path / "adapter")
 
 
 def test_nnsight_path_agrees_with_the_bridge(tiny, small):

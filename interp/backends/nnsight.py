@@ -36,6 +36,7 @@ import socket
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Literal
 from urllib.parse import urlparse
 
@@ -179,6 +180,47 @@ def module_of(nn_model, name: Site | str) -> torch.nn.Module:
 
 def _n_layers(nn_model) -> int:
     return int(nn_model._module.config.num_hidden_layers)
+
+
+class _SiteWeights:
+    """The part of a bridge that :func:`interp.adapters.io.load_adapter` reads, over an nnsight
+    model's own HF modules: layer count, a site's ``nn.Linear``, parameters and spec."""
+
+    def __init__(self, nn_model):
+        self._nn_model = nn_model
+        self.cfg = SimpleNamespace(n_layers=_n_layers(nn_model))
+        self.spec = getattr(nn_model, "spec", "")
+
+    def get_submodule(self, name: str) -> torch.nn.Module:
+        return module_of(self._nn_model, name)
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        return self._nn_model._module.parameters()
+
+
+def load_adapter_nnsight(nn_model, path):
+    """A saved adapter (``interp.adapters.io`` folder) ready for :func:`steering_from` on ``nn_model``.
+
+    It is checked and rebuilt against the nnsight model's own weights (the same refusals as
+    on the bridge: other model, shape, rank, damaged file), then detached again: inside a
+    trace it acts through its precomputed ``ΔW(c)``, never through hooks. The adapted
+    sites' weights must be here, so a model built with ``remote=True`` (weights on NDIF
+    only) is refused with a message saying so.
+    """
+    from interp.adapters.io import load_adapter, read_adapter_config
+
+    sites = read_adapter_config(path)["sites"]
+    for name in sites:
+        weight = module_of(nn_model, name).weight
+        if weight.is_meta:
+            raise RemoteUnavailable(
+                f"the adapter at {path} needs the weights of its sites ({', '.join(sites)}) to rebuild U, S, V, "
+                "but this model was built with remote=True and holds none here; load it with remote=False "
+                "(or apply a steering vector remotely)"
+            )
+    adapter = load_adapter(_SiteWeights(nn_model), path)
+    adapter.detach()
+    return adapter
 
 
 # --------------------------------------------------------------------------- steering
@@ -458,3 +500,14 @@ class NNsightSteered(SteeringMethod):
 def for_evaluate(nn_model, method: SteeringMethod | None, *, remote: Remote = False) -> tuple[NNsightModel, NNsightSteered]:
     """``(model, method)`` to hand to evaluation code written for the bridge (DailyDilemmas scoring)."""
     return NNsightModel(nn_model, remote=remote), NNsightSteered(method)
+
+
+def evaluation_pair(spec: str, adapter_path=None, *, remote: bool = False) -> tuple[NNsightModel, NNsightSteered]:
+    """``(model, method)`` for :func:`interp.evaluate.score_dilemmas` through nnsight, from a
+    model spec and an optional saved adapter; ``remote=True`` checks NDIF before any work."""
+    nn_model = load_nnsight(spec, remote=remote)
+    if remote:
+        check_remote(nn_model)
+    method = load_adapter_nnsight(nn_model, adapter_path) if adapter_path else None
+    return for_evaluate(nn_model, method, remote=remote)
+
