@@ -1,65 +1,22 @@
-"""Atomic writes and reads shared by the analyses (results, tables, figures), and their common CLI bits.
-
-Every file is written to a temporary sibling and moved into place with ``os.replace``,
-so a killed run never leaves a half-written result that a resumed run would trust.
-"""
+"""What the analyses share: the atomic result writers of :mod:`interp.store` (re-exported),
+figures written the same way, and their common CLI bits."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
 
-ENGINE = "h5netcdf"
+from interp.store import atomic_write, load_dataset, load_or_compute, write_netcdf, write_text
 
-
-def _umask_mode() -> int:
-    # mkstemp creates 0600 files; results are shared, so give them the usual umask permissions.
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then move the temporary file onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_netcdf(ds: xr.Dataset, path: str | Path) -> Path:
-    """Write ``ds`` as netCDF (h5netcdf), atomically."""
-    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine=ENGINE))
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Write a text file (tables, json), atomically."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+__all__ = ["atomic_write", "load_dataset", "load_or_compute", "write_netcdf", "write_text", "write_html",
+           "add_common_args", "analysis_layers"]
 
 
 def write_html(fig, path: str | Path) -> Path:
     """Write a plotly figure as one self-contained HTML file (plotly.js inlined), atomically."""
     return write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
-
-
-def load_dataset(path: str | Path) -> xr.Dataset:
-    """Open a stored result fully into memory (and close the file, so it can be replaced later)."""
-    with xr.open_dataset(path, engine=ENGINE) as ds:
-        return ds.load()
 
 
 # --------------------------------------------------------------------------- CLI pieces
@@ -85,11 +42,3 @@ def analysis_layers(spec: str | None, n_layers: int, *, quick: bool = False, mos
     if quick and len(layers) > most:
         layers = sorted({layers[i] for i in np.linspace(0, len(layers) - 1, most).round().astype(int)})
     return layers
-
-
-def load_or_compute(path: str | Path, compute: Callable[[], xr.Dataset]) -> xr.Dataset:
-    """The dataset stored at ``path``, or ``compute()`` written there first (resumable runs)."""
-    path = Path(path)
-    if not path.is_file():
-        write_netcdf(compute(), path)
-    return load_dataset(path)

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from interp.data import last_token_index
 from interp.sites import resid_hook
-from interp.steering import Coeff, Messages, SteeringMethod, as_row_coeff, check_coeff
+from interp.steering import Coeff, Messages, SteeringMethod, as_row_coeff
 
 # --------------------------------------------------------------------------- pure maths
 

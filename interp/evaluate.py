@@ -394,7 +394,7 @@ def metrics_table(ds: xr.Dataset, config: EvalConfig = EvalConfig()) -> pd.DataF
 
 def write_results(ds: xr.Dataset, table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     """``scores.nc``, ``table.md`` and ``table.csv`` in ``out_dir`` (atomic writes)."""
-    from analyses._io import write_netcdf, write_text
+    from interp.store import write_netcdf, write_text
 
     out = Path(out_dir)
     return {"dataset": write_netcdf(ds, out / "scores.nc"),

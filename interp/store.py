@@ -67,6 +67,58 @@ STORE_FILE = "store.nc"
 MANIFEST = "manifest.json"
 PARTS = "parts"
 ENGINE = "h5netcdf"
+
+
+# --------------------------------------------------------------------------- atomic files
+# Every result file goes through a temporary sibling and ``os.replace``, so a killed run
+# never leaves a half-written file that a resumed run would trust.
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` then move the temporary file onto ``path`` (parents created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; results are shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_netcdf(ds: xr.Dataset, path: str | Path) -> Path:
+    """Write ``ds`` as netCDF (h5netcdf), atomically."""
+    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine=ENGINE))
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a text file (tables, json), atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def load_dataset(path: str | Path) -> xr.Dataset:
+    """Open a stored result fully into memory (and close the file, so it can be replaced later)."""
+    with xr.open_dataset(path, engine=ENGINE) as ds:
+        return ds.load()
+
+
+def load_or_compute(path: str | Path, compute: Callable[[], xr.Dataset]) -> xr.Dataset:
+    """The dataset stored at ``path``, or ``compute()`` written there first (resumable runs)."""
+    path = Path(path)
+    if not path.is_file():
+        write_netcdf(compute(), path)
+    return load_dataset(path)
 POSITIONS = ("last", "all")
 DTYPES = ("float32", "float16")
 META_KEYS = ("prompt_id", "text", "pair_id", "label", "concept")
@@ -284,7 +336,7 @@ def collect_with(
             ds = _collect_chunk(runner, tokens[start:stop], attention_mask[start:stop], config, d_model)
         ds = ds.assign_coords(sample=np.arange(start, stop, dtype=np.int64))
         ds = ds.assign_coords({k: ("sample", v[start:stop]) for k, v in meta_arrays.items()})
-        _atomic_netcdf(ds, _part_path(parts, index))
+        write_netcdf(ds, _part_path(parts, index))
     _consolidate(root, n_chunks, n, attrs, config.chunk_size)
     return root
 
@@ -363,33 +415,11 @@ def _claim(root: Path, fingerprint: str, attrs: Mapping, n: int) -> None:
     if root.exists() and any(root.iterdir()):
         raise StoreError(f"{root} exists and is not an activation store; pick another path")
     root.mkdir(parents=True, exist_ok=True)
-    _atomic_text(manifest, json.dumps({"fingerprint": fingerprint, "n_samples": n, "attrs": dict(attrs)}, indent=1, default=str))
+    write_text(manifest, json.dumps({"fingerprint": fingerprint, "n_samples": n, "attrs": dict(attrs)}, indent=1, default=str))
 
 
 def _part_path(parts: Path, index: int) -> Path:
     return parts / f"part-{index:06d}.nc"
-
-
-def _atomic_text(target: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_netcdf(ds: xr.Dataset, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        ds.to_netcdf(tmp, engine=ENGINE)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _consolidate(root: Path, n_chunks: int, n: int, attrs: Mapping, chunk_size: int) -> None:

@@ -33,14 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +71,7 @@ from interp.losses import (
 )
 from interp.models import DEFAULT_MODEL, weight_hash
 from interp.sites import LINEAR_MODULES, Site, linear_of, parse_layers, resid_hook, select_sites
+from interp.store import atomic_write, write_text
 
 SCALINGS = ("mult", "add", "none")
 CHECKPOINT = "checkpoint.pt"
@@ -180,19 +179,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- small shells
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary sibling, then ``os.replace`` (a killed run leaves the old file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def lr_factor(step: int, steps: int, warmup_fraction: float) -> float:
@@ -475,7 +461,7 @@ def train(
     log_path = out / LOG if out else None
     if log_path:
         kept = [json.dumps(r) for r in history]
-        _atomic_write(log_path, lambda p: p.write_text("".join(line + "\n" for line in kept)))
+        write_text(log_path, "".join(line + "\n" for line in kept))
 
     n_train = len(split.train)
     bar = tqdm(range(start, config.steps), desc="train", disable=not progress, initial=start, total=config.steps)
@@ -502,7 +488,7 @@ def train(
                     fh.write(json.dumps(record, default=str) + "\n")
             if ckpt_path and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
                 state = _checkpoint_state(adapter, opt, sched, step + 1, direction, scale, history)
-                _atomic_write(ckpt_path, lambda p: torch.save(state, p))
+                atomic_write(ckpt_path, lambda p: torch.save(state, p))
             if callback is not None:
                 callback(record)
 

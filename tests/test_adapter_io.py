@@ -72,6 +72,9 @@ def test_save_is_atomic_and_overwrites(tiny, saved):
     finally:
         adapter.detach()
     assert sorted(p.name for p in saved.iterdir()) == ["adapter.json", "adapter.safetensors"]
+    from interp.store import current_umask
+
+    assert saved.stat().st_mode & 0o777 == 0o777 & ~current_umask()  # not mkdtemp's 0700
     assert [p.name for p in saved.parent.iterdir() if p.name.startswith(".")] == []
     cfg = read_adapter_config(saved)
     assert cfg["sites"] == [s.name for s in SITES] and cfg["options"]["rank"] == 8 and cfg["package_version"]

@@ -109,7 +109,7 @@ def test_same_seed_same_data_other_seed_differs(tiny, batch, tmp_path):
 def test_chunks_written_and_resume_after_kill(tiny, batch, tmp_path, monkeypatch):
     _, tokens, mask = batch
     written = []
-    real_write = store_mod._atomic_netcdf
+    real_write = store_mod.write_netcdf
 
     def counting(ds, target):
         written.append((target.name, ds.sizes["sample"]))
@@ -118,7 +118,7 @@ def test_chunks_written_and_resume_after_kill(tiny, batch, tmp_path, monkeypatch
         real_write(ds, target)
 
     killed = {"on": True}
-    monkeypatch.setattr(store_mod, "_atomic_netcdf", counting)
+    monkeypatch.setattr(store_mod, "write_netcdf", counting)
     with pytest.raises(KeyboardInterrupt):
         collect(tiny, tmp_path / "s", tokens, mask, ["blocks.1.hook_resid_post"], chunk_size=4, progress=False)
     parts = sorted(p.name for p in (tmp_path / "s" / "parts").iterdir())
@@ -131,13 +131,13 @@ def test_chunks_written_and_resume_after_kill(tiny, batch, tmp_path, monkeypatch
     # resumed: chunk 0 skipped; 10 samples in chunks of 4 -> parts 1 and 2 (4 and 2 samples)
     assert written == [("part-000001.nc", 4), ("part-000002.nc", 2)]
     resumed = open_store(tmp_path / "s")
-    monkeypatch.setattr(store_mod, "_atomic_netcdf", real_write)
+    monkeypatch.setattr(store_mod, "write_netcdf", real_write)
     fresh = open_store(collect(tiny, tmp_path / "f", tokens, mask, ["blocks.1.hook_resid_post"], chunk_size=4, progress=False))
     np.testing.assert_array_equal(resumed["acts"].values, fresh["acts"].values)
     assert not (tmp_path / "s" / "parts").exists()
     # complete: a rerun writes nothing
     written.clear()
-    monkeypatch.setattr(store_mod, "_atomic_netcdf", counting)
+    monkeypatch.setattr(store_mod, "write_netcdf", counting)
     collect(tiny, tmp_path / "s", tokens, mask, ["blocks.1.hook_resid_post"], chunk_size=4, progress=False)
     assert written == []
 

@@ -27,6 +27,7 @@ from interp.adapters.base import AdapterSet
 from interp.models import weight_hash
 from interp.provenance import git_commit, package_version
 from interp.sites import Site, linear_of
+from interp.store import current_umask
 
 FORMAT = "innerpissa-lab-adapter"
 FORMAT_VERSION = 1
@@ -91,6 +92,7 @@ def save_adapter(adapter: AdapterSet, path: str | Path, *, extra: dict | None = 
     try:
         save_file(_tensors(adapter), tmp / TENSORS, metadata={"format": FORMAT})
         (tmp / CONFIG).write_text(text)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; saved adapters are shared like other results
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
