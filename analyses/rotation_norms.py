@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 
 from analyses._io import load_dataset, write_html, write_netcdf
 from interp.adapters.io import TENSORS, read_adapter_config
-from interp.cayley import cayley, skew, soft_clamp
+from interp.adapters.innerpissa import InnerPiSSAConfig, config_from_options, generator, scaled_values
+from interp.cayley import cayley
 from interp.provenance import provenance
 
 # Per-step diagnostics (interp.train's "diagnostics" records) kept over training.
@@ -70,22 +71,21 @@ def depth_of(folder: Path, effect: dict) -> float:
     return float(m.group(1)) if m else float("nan")
 
 
-def rotation_summary(theta: torch.Tensor | None, max_angle: float | None, rank: int) -> tuple[float, np.ndarray]:
+def rotation_summary(theta: torch.Tensor | None, config: InnerPiSSAConfig) -> tuple[float, np.ndarray]:
     """``(‖R(1) − I‖_F, sorted |angles| of R(1))`` for a generator parameter (identity if None)."""
     if theta is None:
-        return 0.0, np.zeros(rank)
-    r = cayley(soft_clamp(skew(theta.double()), max_angle))
+        return 0.0, np.zeros(config.rank)
+    r = cayley(generator(theta.double(), config))
     angles = torch.linalg.eigvals(r).angle().abs().sort(descending=True).values.numpy()
-    return float(torch.linalg.matrix_norm(r - torch.eye(rank, dtype=r.dtype))), angles
+    return float(torch.linalg.matrix_norm(r - torch.eye(config.rank, dtype=r.dtype))), angles
 
 
-def scale_factors(lam: torch.Tensor | None, s: torch.Tensor | None, scaling: str, rank: int) -> np.ndarray:
+def scale_factors(lam: torch.Tensor | None, s: torch.Tensor | None, config: InnerPiSSAConfig) -> np.ndarray:
     """``g(1)`` as a factor on each singular value."""
-    if lam is None or scaling == "none":
-        return np.ones(rank)
-    if scaling == "mult":
-        return torch.exp(lam.double()).numpy()
-    return ((s.double() + torch.tanh(lam.double())) / s.double()).numpy()
+    if lam is None or s is None or config.scaling == "none":
+        return np.ones(config.rank)
+    s = s.double()
+    return (scaled_values(s, lam.double(), config.scaling, torch.ones(1, dtype=s.dtype))[0] / s).numpy()
 
 
 def run_summary(folder: Path) -> dict:
@@ -93,15 +93,14 @@ def run_summary(folder: Path) -> dict:
     cfg = read_adapter_config(folder / "adapter")
     if cfg["class"] != "innerpissa":
         raise ValueError(f"{folder}: rotation norms need an InnerPiSSA adapter, got {cfg['class']!r}")
-    opts = cfg["options"]
-    rank = int(opts["rank"])
+    config = config_from_options(cfg["options"])
     tensors = load_file(folder / "adapter" / TENSORS)
     sites = []
     for name in cfg["sites"]:
         key = name.replace(".", "_")
-        nv, angles = rotation_summary(tensors.get(f"{key}.theta_v"), opts.get("max_angle"), rank)
-        nu, _ = rotation_summary(tensors.get(f"{key}.theta_u"), opts.get("max_angle"), rank)
-        g = scale_factors(tensors.get(f"{key}.lam"), tensors.get(f"{key}.S"), opts["scaling"], rank)
+        nv, angles = rotation_summary(tensors.get(f"{key}.theta_v"), config)
+        nu, _ = rotation_summary(tensors.get(f"{key}.theta_u"), config)
+        g = scale_factors(tensors.get(f"{key}.lam"), tensors.get(f"{key}.S"), config)
         sites.append({"site": name, "rot_v_norm": nv, "rot_u_norm": nu, "angles_v": angles, "scale": g})
     history = []
     log = folder / "metrics.jsonl"
@@ -113,7 +112,7 @@ def run_summary(folder: Path) -> dict:
     effect = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else {}
     gaps = cfg.get("training", {}).get("metrics", {})
     return {"name": folder.name, "sites": sites, "history": history, "effect": effect,
-            "depth": depth_of(folder, effect), "rank": rank, "orientation": int(cfg.get("orientation", 1)),
+            "depth": depth_of(folder, effect), "rank": config.rank, "orientation": int(cfg.get("orientation", 1)),
             "model_spec": cfg.get("model_spec", ""), "weight_hash": cfg.get("weight_hash", ""),
             "val_separation": float(gaps.get("gap@+1", np.nan) - gaps.get("gap@-1", np.nan))}
 

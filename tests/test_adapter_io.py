@@ -7,6 +7,7 @@ import torch
 
 from interp.adapters import innerpissa, lora
 from interp.adapters.io import AdapterLoadError, load_adapter, read_adapter_config, save_adapter
+from interp.cayley import cayley, skew, soft_clamp
 from interp.models import load_model
 from interp.sites import Site
 
@@ -101,6 +102,24 @@ def test_wrong_rank_is_refused_and_nothing_stays_attached(saved, tiny):
     with pytest.raises(AdapterLoadError, match="shape"):
         load_adapter(tiny, saved)
     innerpissa.attach(tiny, SITES, innerpissa.InnerPiSSAConfig(rank=4)).detach()  # sites are free again
+
+
+def test_adapter_saved_before_the_angle_clamp_keeps_its_entry_clamp(saved, tiny):
+    """Options without ``clamp`` come from adapters trained with the per-entry clamp: they must load with it."""
+    cfg = json.loads((saved / "adapter.json").read_text())
+    assert cfg["options"]["clamp"] == "angle"
+    del cfg["options"]["clamp"]
+    (saved / "adapter.json").write_text(json.dumps(cfg))
+    old = load_adapter(tiny, saved)
+    try:
+        layer = next(iter(old.layers.values()))
+        assert layer.config.clamp == "entry"
+        entry = cayley(soft_clamp(skew(layer.theta_v), layer.config.max_angle))
+        torch.testing.assert_close(layer.rotation_v(1.0), entry)
+    finally:
+        old.detach()
+    with pytest.raises(ValueError, match="unknown clamp"):
+        innerpissa.InnerPiSSAConfig(clamp="spectral")
 
 
 def test_truncated_tensors_are_refused(saved, tiny):

@@ -18,20 +18,24 @@ def test_planted_rotation_gives_known_angle_and_norm():
     w = 0.8
     theta = torch.zeros(4, 4)
     theta[1, 0] = w  # skew(theta) = [[0, -w], [w, 0]] in the first 2x2 block
-    norm, angles = rotation_norms.rotation_summary(theta, None, 4)
+    norm, angles = rotation_norms.rotation_summary(theta, InnerPiSSAConfig(rank=4, max_angle=None))
     phi = 2 * math.atan(w / 2)
     assert math.isclose(angles[0], phi, rel_tol=1e-6) and math.isclose(angles[1], phi, rel_tol=1e-6)
     assert np.allclose(angles[2:], 0, atol=1e-12)
     # R - I has the 2x2 block [[cos-1, -sin], [sin, cos-1]]: Frobenius norm 2*sqrt(2 - 2cos)
     assert math.isclose(norm, math.sqrt(2 * ((math.cos(phi) - 1) ** 2 + math.sin(phi) ** 2)), rel_tol=1e-6)
+    # with the angle clamp the same generator turns by m·tanh(w/m) in Cayley units, m = 2 tan(0.15)
+    _, bounded = rotation_norms.rotation_summary(theta, InnerPiSSAConfig(rank=4, max_angle=0.3))
+    m = 2 * math.tan(0.15)
+    assert math.isclose(bounded[0], 2 * math.atan(m * math.tanh(w / m) / 2), rel_tol=1e-6) and bounded[0] < 0.3
 
 
 def test_scale_factors():
-    lam = torch.tensor([0.5, -0.2])
-    assert np.allclose(rotation_norms.scale_factors(lam, None, "mult", 2), np.exp([0.5, -0.2]))
-    s = torch.tensor([2.0, 4.0])
-    assert np.allclose(rotation_norms.scale_factors(lam, s, "add", 2), (s + torch.tanh(lam)).numpy() / s.numpy())
-    assert np.allclose(rotation_norms.scale_factors(lam, s, "none", 2), 1.0)
+    lam, s = torch.tensor([0.5, -0.2]), torch.tensor([2.0, 4.0])
+    config = lambda scaling: InnerPiSSAConfig(rank=2, scaling=scaling)  # noqa: E731
+    assert np.allclose(rotation_norms.scale_factors(lam, s, config("mult")), np.exp([0.5, -0.2]))
+    assert np.allclose(rotation_norms.scale_factors(lam, s, config("add")), (s + torch.tanh(lam)).numpy() / s.numpy())
+    assert np.allclose(rotation_norms.scale_factors(lam, s, config("none")), 1.0)
 
 
 def test_summary_matches_the_live_adapter(tiny, tmp_path):

@@ -1,10 +1,11 @@
 """Cayley map: orthogonal, identity at 0, R(-c) = R(c)ᵀ, clamp keeps skew symmetry."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from interp.cayley import cayley, orthogonality_error, skew, soft_clamp
+from interp.cayley import cayley, orthogonality_error, skew, soft_clamp, soft_clamp_angle
 
 
 def _theta(r: int, seed: int, scale: float) -> torch.Tensor:
@@ -51,6 +52,32 @@ def test_soft_clamp_bounds_and_stays_skew():
     assert soft_clamp(a, None) is a
     small = skew(_theta(6, 3, 1e-4))
     assert torch.allclose(soft_clamp(small, 0.3), small, rtol=1e-6)
+
+
+def _max_angle(r: torch.Tensor) -> float:
+    return float(torch.linalg.eigvals(r.double()).angle().abs().max())
+
+
+@pytest.mark.parametrize("n,bound", [(4, 0.3), (64, 0.3), (64, 1.0)])
+def test_angle_clamp_bounds_the_rotation_itself(n, bound):
+    big = skew(_theta(n, 7, 10.0))
+    assert _max_angle(cayley(soft_clamp(big, bound))) > 2 * bound  # the entry clamp does not bound the angle
+    clamped = soft_clamp_angle(big, bound)
+    assert torch.allclose(clamped, -clamped.transpose(-1, -2))
+    assert bound * 0.95 < _max_angle(cayley(clamped)) <= bound + 1e-12  # saturates at the bound, never past it
+    small = skew(_theta(n, 3, 1e-5))
+    assert torch.allclose(soft_clamp_angle(small, bound), small, rtol=1e-4)  # identity near 0
+    assert soft_clamp_angle(big, None) is big and torch.equal(soft_clamp_angle(torch.zeros(3, 3), bound), torch.zeros(3, 3))
+    batched = soft_clamp_angle(torch.stack([big, small]), bound)
+    assert torch.allclose(batched[0], clamped) and torch.allclose(batched[1], soft_clamp_angle(small, bound))
+
+
+def test_angle_clamp_has_finite_gradients():
+    theta = _theta(8, 5, 1.0).requires_grad_(True)
+    soft_clamp_angle(skew(theta), 0.3).sum().backward()
+    assert torch.isfinite(theta.grad).all() and theta.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="below pi"):
+        soft_clamp_angle(skew(theta), 4.0)
 
 
 def test_orthogonality_error_detects_non_rotation():

@@ -5,7 +5,8 @@ For a linear layer ``W`` (``d_out × d_in``) with top-``r`` SVD ``W = U S Vᵀ +
     y(c) = x · V R_v(c) · diag(S ⊙ g(c)) · (U R_u(c))ᵀ + x · W_resᵀ + b
 
 with ``R(c) = cayley(c · A)``, ``A`` a learnable skew-symmetric ``r × r`` generator (one for
-``V``, one for ``U``; soft-clamped, see :func:`interp.cayley.soft_clamp`) and ``g`` the
+``V``, one for ``U``; softly bounded so that no angle of ``R(1)`` exceeds ``max_angle``, see
+:func:`interp.cayley.soft_clamp_angle`) and ``g`` the
 scaling of singular values: ``mult`` (``S · exp(c λ)``), ``add`` (``S + c · tanh λ``) or
 ``none``. ``R(0) = I`` and ``g(0) = S``, so ``c = 0`` is the base layer; ``R(-c) = R(c)ᵀ``
 and (``mult``) ``exp(-cλ) = 1/exp(cλ)``, so ``-c`` undoes ``+c``.
@@ -35,10 +36,11 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from interp.adapters.base import ConfiguredAdapter, DeltaLayer, site_seed
-from interp.cayley import cayley, orthogonality_error, skew, soft_clamp
+from interp.cayley import cayley, orthogonality_error, skew, soft_clamp, soft_clamp_angle
 from interp.sites import Site
 
 SCALINGS: tuple[str, ...] = ("mult", "add", "none")
+CLAMPS = {"angle": soft_clamp_angle, "entry": soft_clamp}
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ class InnerPiSSAConfig:
     rotate_u: bool = False
     scaling: Literal["mult", "add", "none"] = "add"
     max_angle: float | None = 0.3
+    # "angle": the largest rotation angle of R(1) stays below max_angle (radians);
+    # "entry": each generator entry below max_angle (adapters saved before this option).
+    clamp: Literal["angle", "entry"] = "angle"
     init_std: float = 1e-3
     seed: int = 0
 
@@ -60,10 +65,35 @@ class InnerPiSSAConfig:
             raise ValueError(f"rank must be a positive integer, got {self.rank}")
         if self.max_angle is not None and not self.max_angle > 0:
             raise ValueError(f"max_angle must be positive or None, got {self.max_angle}")
+        if self.clamp not in CLAMPS:
+            raise ValueError(f"unknown clamp {self.clamp!r}; choose one of {list(CLAMPS)}")
         if not self.init_std > 0:
             raise ValueError(f"init_std must be positive (a zero init makes +c and -c identical at the start), got {self.init_std}")
         if not (self.rotate_v or self.rotate_u or self.scaling != "none"):
             raise ValueError("nothing to learn: enable rotate_v, rotate_u or a scaling")
+
+
+def config_from_options(options: dict) -> InnerPiSSAConfig:
+    """The config of a saved adapter; one saved before ``clamp`` existed was trained with the entry clamp."""
+    return InnerPiSSAConfig(**{"clamp": "entry", **options})
+
+
+def generator(theta: Float[Tensor, "*b r r"], config: InnerPiSSAConfig) -> Float[Tensor, "*b r r"]:
+    """The clamped skew-symmetric generator ``A`` of a rotation parameter (``R(c) = cayley(c·A)``)."""
+    return CLAMPS[config.clamp](skew(theta), config.max_angle)
+
+
+def scaled_values(
+    s: Float[Tensor, "r"], lam: Float[Tensor, "r"] | None, scaling: str, coeff: Float[Tensor, "k"]
+) -> Float[Tensor, "k r"]:
+    """``S ⊙ g(c)`` per coefficient: ``S·exp(cλ)`` (mult), ``S + c·tanh λ`` (add), ``S`` (none)."""
+    s = s.expand(coeff.shape[0], -1)
+    if lam is None or scaling == "none":
+        return s
+    c = coeff.view(-1, 1).to(s.dtype)
+    if scaling == "mult":
+        return s * torch.exp(c * lam)
+    return s + c * torch.tanh(lam)
 
 
 def top_svd(weight: Float[Tensor, "d_out d_in"], rank: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -107,7 +137,7 @@ class InnerPiSSALayer(DeltaLayer):
     def _rotation(self, theta: Tensor | None, coeff: Float[Tensor, "k"]) -> Float[Tensor, "k r r"] | None:
         if theta is None:
             return None
-        a = soft_clamp(skew(theta), self.config.max_angle)
+        a = generator(theta, self.config)
         return cayley(coeff.view(-1, 1, 1) * a)
 
     def rotation_v(self, coeff: float) -> Float[Tensor, "r r"]:
@@ -121,13 +151,7 @@ class InnerPiSSALayer(DeltaLayer):
         return torch.eye(self.config.rank, device=self.S.device) if r is None else r[0]
 
     def _scaled(self, coeff: Float[Tensor, "k"]) -> Float[Tensor, "k r"]:
-        s = self.S.float().expand(coeff.shape[0], -1)
-        if self.lam is None:
-            return s
-        c = coeff.view(-1, 1)
-        if self.config.scaling == "mult":
-            return s * torch.exp(c * self.lam)
-        return s + c * torch.tanh(self.lam)
+        return scaled_values(self.S.float(), self.lam, self.config.scaling, coeff)
 
     def scale(self, coeff: float) -> Float[Tensor, "r"]:
         """The scaled singular values ``S ⊙ g(c)``."""
@@ -190,6 +214,10 @@ class InnerPiSSA(ConfiguredAdapter):
     name = "innerpissa"
     layer_class = InnerPiSSALayer
     config_class = InnerPiSSAConfig
+
+    @classmethod
+    def from_options(cls, model, sites: Sequence[Site], options: dict) -> "InnerPiSSA":
+        return cls(model, sites, config_from_options(options))
 
 
 def attach(model, sites: Sequence[Site | str], config: InnerPiSSAConfig = InnerPiSSAConfig()) -> InnerPiSSA:
