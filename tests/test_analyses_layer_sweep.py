@@ -65,11 +65,11 @@ def test_bad_config_is_rejected():
         layer_sweep.parse_args(["--depths", "0.5,2"])
 
 
-@pytest.mark.slow
 def test_quick_first_depth_on_the_default_model(tmp_path, dilemmas_dir):
+    """Issue 8: the quick sweep's first depth on the embedded default runs in CI (about 3.5 min on one thread)."""
     written = layer_sweep.main(["--quick", "--depths", "0.5", "--steps", "4", "--n-eval", "16", "--n-calibration", "16",
                                 "--no-progress", "--out", str(tmp_path / "res"), "--figures", str(tmp_path / "fig"),
                                 "--dilemmas", str(dilemmas_dir)])
     ds = load_dataset(written["dataset"])
-    assert ds.sizes["depth"] == 1 and int(ds["layer"].values[0]) == 15
+    assert ds.sizes["depth"] == 1 and int(ds["layer"].values[0]) == 14  # round(0.5 * 29), half to even
     assert abs(float(ds["delta_nll"].values[0])) < 0.5  # a short run stays coherent
