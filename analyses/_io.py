@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from interp.store import atomic_write, load_dataset, load_or_compute, write_netcdf, write_text
+from interp.store import atomic_write, check_run_config, load_dataset, load_or_compute, write_netcdf, write_text
 
-__all__ = ["atomic_write", "load_dataset", "load_or_compute", "write_netcdf", "write_text", "write_html",
-           "add_common_args", "analysis_layers"]
+__all__ = ["atomic_write", "check_run_config", "load_dataset", "load_or_compute", "write_netcdf", "write_text", "write_html",
+           "result_folder", "add_common_args", "analysis_layers"]
 
 
 def write_html(fig, path: str | Path) -> Path:
@@ -19,13 +19,22 @@ def write_html(fig, path: str | Path) -> Path:
     return write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
 
+def result_folder(analysis: str, model: str, quick: bool = False) -> Path:
+    """An analysis's default results folder, ``results/<analysis>/<model>[-quick]``: runs on
+    different models, or quick and full runs, never overwrite each other."""
+    return Path("results") / analysis / (model.replace("/", "_") + ("-quick" if quick else ""))
+
+
 # --------------------------------------------------------------------------- CLI pieces
 
 
-def add_common_args(p: argparse.ArgumentParser, *, out: str, out_help: str, figures: str = "figures") -> None:
-    """The options every per-layer analysis takes: ``--model``, ``--out``, ``--figures``, ``--layers``."""
+def add_common_args(p: argparse.ArgumentParser, *, analysis: str, writes: str, figures: str = "figures") -> None:
+    """The options every per-layer analysis takes: ``--model``, ``--out``, ``--figures``, ``--layers``.
+
+    ``--out`` defaults to None: resolve it with :func:`result_folder` once the model is known.
+    """
     p.add_argument("--model", default="smollm2-135m", help="model spec (see interp.models)")
-    p.add_argument("--out", default=out, help=out_help)
+    p.add_argument("--out", default=None, help=f"results folder for {writes} (default results/{analysis}/<model>[-quick])")
     p.add_argument("--figures", default=figures, help="folder for the HTML figures")
     p.add_argument("--layers", default=None, help="layer indices / depth fractions (default: all layers)")
 

@@ -33,7 +33,7 @@ import xarray as xr
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from analyses._io import load_dataset, write_html, write_netcdf
+from analyses._io import load_dataset, result_folder, write_html, write_netcdf
 from interp.adapters.io import TENSORS, read_adapter_config
 from interp.adapters.innerpissa import InnerPiSSAConfig, config_from_options, generator, scaled_values
 from interp.cayley import cayley
@@ -228,10 +228,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     p.add_argument("--figures", default="figures")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    out = Path(args.out or f"results/rotation_norms/{args.model.replace('/', '_')}")
+    out = Path(args.out or result_folder("rotation_norms", args.model))
     if args.runs is not None and not Path(args.runs).is_dir():
         p.error(f"--runs {args.runs}: not a folder (give the layer sweep's output folder, or use --train)")
-    runs_dir = Path(args.runs or f"results/layer_sweep/{args.model.replace('/', '_')}")
+    runs_dir = Path(args.runs or result_folder("layer_sweep", args.model))
     if args.train or not runs_dir.is_dir():
         if not args.train:
             print(f"no run folders at {runs_dir}; training small adapters into {out / 'runs'}")

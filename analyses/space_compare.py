@@ -11,7 +11,7 @@ the spaces (:func:`interp.geometry.space_metrics`):
 * share of the first principal component; mean cosine of per-pair differences to their mean;
 * cross-validated linear-probe AUROC of chosen vs rejected in each space.
 
-    python -m analyses.space_compare --model smollm2-135m --rank 64 --out results/space_compare
+    python -m analyses.space_compare --model smollm2-135m --rank 64   # -> results/space_compare/smollm2-135m
 
 The Dataset (dims ``layer``, ``space``; provenance attrs) goes to ``<out>/space_compare.nc``; the
 figure ``<figures>/space_compare.html`` is drawn from the stored file only (:func:`figure`).
@@ -36,12 +36,11 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from analyses._io import add_common_args, analysis_layers, load_dataset, write_html, write_netcdf
+from analyses._io import add_common_args, analysis_layers, load_dataset, result_folder, write_html, write_netcdf
 from interp.geometry import METRICS, SPACES, GeometryConfig, left_singular_basis, space_metrics
 from interp.sites import Site, linear_of, parse_layers, resid_hook
 from interp.store import Runner
 
-DEFAULT_OUT = "results/space_compare"
 DEFAULT_FIGURES = "figures"
 FIGURE_PANELS: tuple[tuple[str, str], ...] = (
     ("energy_fraction", "energy fraction of dHS in the space"),
@@ -184,7 +183,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     d = GeometryConfig()
     p = argparse.ArgumentParser(prog="python -m analyses.space_compare", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(p, out=DEFAULT_OUT, out_help="results folder (space_compare.nc)", figures=DEFAULT_FIGURES)
+    add_common_args(p, analysis="space_compare", writes="space_compare.nc", figures=DEFAULT_FIGURES)
     p.add_argument("--rank", type=int, default=64, help="r: top-r left singular vectors of mlp.out (clipped to d_model // 2)")
     p.add_argument("--n-pairs", type=int, default=128)
     p.add_argument("--concept", default="honesty", help="shipped concept name or path to a concept .json")
@@ -208,6 +207,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run the analysis; returns the paths written (``dataset``, ``figure``)."""
     args = parse_args(argv)
+    out = Path(args.out or result_folder("space_compare", args.model, args.quick))
     if args.backend == "nnsight":
         from interp.backends.nnsight import load_nnsight
 
@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     ds = compare_dataset(model, layers, rank=rank, n_pairs=n_pairs, concept=args.concept,
                          config=GeometryConfig(draws=draws, folds=folds, seed=args.seed),
                          batch_size=args.batch_size, progress=not args.no_progress)
-    written = {"dataset": write_netcdf(ds, Path(args.out) / "space_compare.nc")}
+    written = {"dataset": write_netcdf(ds, out / "space_compare.nc")}
     stored = load_dataset(written["dataset"])
     written["figure"] = write_html(figure(stored), Path(args.figures) / "space_compare.html")
     e = stored["energy_fraction"]
@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
 
         written.update({f"train_{k}": v for k, v in compare_methods.main(
             ["--model", args.model, "--methods", "innerpissa,loss_dHS@U", "--figures", args.figures,
-             "--out", str(Path(args.out) / "trained"), *(["--quick"] if args.quick else []),
+             "--out", str(out / "trained"), *(["--quick"] if args.quick else []),
              *(["--no-progress"] if args.no_progress else [])]).items()})
     return written
 

@@ -14,7 +14,7 @@ prediction neurons (all layers pooled) the mean fraction of their output energy 
 span and their mean max |cosine| with it, against random neurons of the same count (seeded
 draws from all neurons -> mean / std). Stored with dims ``(site, kind)``.
 
-    python -m analyses.suppression --model smollm2-135m --out results/suppression
+    python -m analyses.suppression --model smollm2-135m   # -> results/suppression/smollm2-135m
     python -m analyses.suppression --adapter runs/honesty-smollm2-135m-s0/adapter
 
 Results go to ``<out>/neurons.nc`` and ``<out>/overlap.nc`` (atomic writes); figures to
@@ -35,7 +35,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from analyses._io import add_common_args, analysis_layers, load_dataset, write_html, write_netcdf
+from analyses._io import add_common_args, analysis_layers, load_dataset, result_folder, write_html, write_netcdf
 from interp.neurons import (
     NEURON_CLASSES,
     NeuronConfig,
@@ -48,7 +48,6 @@ from interp.neurons import (
 )
 from interp.sites import Site, parse_layers
 
-DEFAULT_OUT = "results/suppression"
 DEFAULT_FIGURES = "figures"
 OVERLAP_KINDS: tuple[str, ...] = ("suppression", "prediction")
 
@@ -256,7 +255,7 @@ def figure_overlap(ds: xr.Dataset):
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m analyses.suppression", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(p, out=DEFAULT_OUT, out_help="results folder (neurons.nc, overlap.nc)", figures=DEFAULT_FIGURES)
+    add_common_args(p, analysis="suppression", writes="neurons.nc, overlap.nc", figures=DEFAULT_FIGURES)
     p.add_argument("--adapter", default=None, help="saved adapter folder (interp.adapters.io); without it only part 1 runs")
     p.add_argument("--quick", action="store_true", help="few prompts, 5 baseline draws, at most 6 evenly spaced layers")
     p.add_argument("--n-prompts", type=int, default=64, help="contrastive pairs for the mean activations (sign correction)")
@@ -287,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         n_prompts, draws = min(n_prompts, 8), min(draws, 5)
     config = NeuronConfig(kurtosis_threshold=args.kurtosis_threshold, skew_threshold=args.skew_threshold)
     sign_correct = {"auto": None, "yes": True, "no": False}[args.sign_correct]
-    out, figures = Path(args.out), Path(args.figures)
+    out, figures = Path(args.out or result_folder("suppression", args.model, args.quick)), Path(args.figures)
     written: dict[str, Path] = {}
 
     ds = neuron_dataset(model, layers, config=config, n_prompts=n_prompts, sign_correct=sign_correct,

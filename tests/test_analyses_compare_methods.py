@@ -50,6 +50,13 @@ def test_rerun_skips_finished_methods(run):
     assert done.stat().st_mtime_ns == before
 
 
+def test_rerun_with_other_settings_is_refused(run):
+    out, argv, _ = run
+    argv = [*argv, "--budgets", "0.1"]  # finished methods were calibrated to 0.3 nats only
+    with pytest.raises(SystemExit, match="budgets"):
+        compare_methods.main(argv)
+
+
 def test_seeds_give_mean_and_std(tmp_path, dilemmas_dir):
     written = compare_methods.main([*BASE, "--methods", "random", "--seeds", "2", "--out", str(tmp_path / "res"),
                                     "--figures", str(tmp_path / "fig"), "--dilemmas", str(dilemmas_dir)])

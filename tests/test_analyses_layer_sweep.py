@@ -56,6 +56,14 @@ def test_resume_skips_finished_depths_and_reuses_adapters(sweep, dilemmas_dir):
     assert a["delta_target"].values.tolist() == pytest.approx(b["delta_target"].values.tolist(), nan_ok=True)
 
 
+def test_resume_with_other_settings_is_refused(sweep, dilemmas_dir, capsys):
+    out, _ = sweep
+    argv = [*ARGS, "--out", str(out / "res"), "--figures", str(out / "fig"), "--dilemmas", str(dilemmas_dir)]
+    argv[argv.index("--steps") + 1] = "3"  # finished depths were trained for 2 steps
+    with pytest.raises(SystemExit, match="steps 2 there, 3 now"):
+        layer_sweep.main(argv)
+
+
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="depths"):
         layer_sweep.SweepConfig(depths=(1.5,))

@@ -12,6 +12,12 @@ from interp.provenance import read_json_attr
 from interp.sites import Site
 
 
+def test_default_out_is_per_model_and_run_size(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default folder is relative to where the command runs
+    written = suppression.main(["--model", "tiny-random", "--quick", "--figures", "figs", "--no-progress", "--n-prompts", "4"])
+    assert written["neurons"].resolve() == tmp_path / "results" / "suppression" / "tiny-random-quick" / "neurons.nc"
+
+
 def test_main_end_to_end_on_tiny(tmp_path):
     out, figs = tmp_path / "res", tmp_path / "figs"
     written = suppression.main(["--model", "tiny-random", "--quick", "--out", str(out), "--figures", str(figs),

@@ -192,3 +192,16 @@ def test_provenance_attrs(tiny):
     hf.model.layers[0].mlp.down_proj.weight.data[0, 0] += 1.0
     assert provenance(hf)["weight_hash"] != p["weight_hash"]
     assert provenance(seed=None)["seed"] == -1 and provenance()["weight_hash"] == ""
+
+
+def test_run_config_recorded_then_checked(tmp_path):
+    from interp.store import RUN_CONFIG, check_run_config, config_differences
+
+    assert config_differences({"a": (1, 2), "b": None}, {"a": [1, 2], "b": None}) == {}  # as JSON stores them
+    assert config_differences({"a": 1}, {"a": 2, "c": 3}) == {"a": (1, 2), "c": (None, 3)}
+    check_run_config(tmp_path, {"steps": 6, "depths": (0.3,)}, ignore=("depths",))
+    assert json.loads((tmp_path / RUN_CONFIG).read_text()) == {"steps": 6, "depths": [0.3]}
+    check_run_config(tmp_path, {"steps": 6, "depths": (0.3, 0.6)}, ignore=("depths",))  # more work is fine
+    with pytest.raises(ValueError, match="steps 6 there, 40 now"):
+        check_run_config(tmp_path, {"steps": 40, "depths": (0.3,)}, ignore=("depths",))
+    assert json.loads((tmp_path / RUN_CONFIG).read_text())["depths"] == [0.3, 0.6]  # a refused run writes nothing

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from dataclasses import replace
 
 import pytest
 import torch
@@ -218,6 +219,24 @@ def test_resume_without_checkpoint_is_an_error(tiny, tmp_path):
     try:
         with pytest.raises(ValueError, match="checkpoint"):
             train(tiny, adapter, build_pairs(TrainConfig(**SHORT)), TrainConfig(**SHORT), out=tmp_path, resume=True)
+    finally:
+        adapter.detach()
+
+
+def test_resume_with_other_settings_is_an_error(tiny, tmp_path):
+    sites = select_sites(tiny, layers=[1], modules=["mlp.out"])
+    config = TrainConfig(**{**SHORT, "steps": 2, "n_calibration": 4, "n_validation": 4}, checkpoint_every=1)
+    pairs = build_pairs(config)
+    for cfg, resume in [(config, False), (replace(config, checkpoint_every=2), True)]:  # cadence may change
+        adapter = ToyAdapter(tiny, sites)
+        try:
+            train(tiny, adapter, pairs, cfg, out=tmp_path, resume=resume, progress=False)
+        finally:
+            adapter.detach()
+    adapter = ToyAdapter(tiny, sites)
+    try:
+        with pytest.raises(ValueError, match="lr 0.05 in the checkpoint, 0.1 now"):
+            train(tiny, adapter, pairs, replace(config, lr=0.1), out=tmp_path, resume=True, progress=False)
     finally:
         adapter.detach()
 
