@@ -4,6 +4,8 @@ figures written the same way, and their common CLI bits."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import numpy as np
 from interp.store import atomic_write, check_run_config, load_dataset, load_or_compute, write_netcdf, write_text
 
 __all__ = ["atomic_write", "check_run_config", "load_dataset", "load_or_compute", "write_netcdf", "write_text", "write_html",
-           "result_folder", "add_common_args", "analysis_layers"]
+           "result_folder", "resumable_folder", "add_common_args", "analysis_layers"]
 
 
 def write_html(fig, path: str | Path) -> Path:
@@ -23,6 +25,20 @@ def result_folder(analysis: str, model: str, quick: bool = False) -> Path:
     """An analysis's default results folder, ``results/<analysis>/<model>[-quick]``: runs on
     different models, or quick and full runs, never overwrite each other."""
     return Path("results") / analysis / (model.replace("/", "_") + ("-quick" if quick else ""))
+
+
+
+def resumable_folder(out: str | None, analysis: str, config, *, quick: bool, ignore: Sequence[str] = ()) -> Path:
+    """The results folder of a resumable run (``out`` or :func:`result_folder`), created, with
+    ``config`` (a dataclass with a ``model``) checked against the run that started it: a
+    re-run with other settings exits with the reason instead of mixing results."""
+    folder = Path(out) if out else result_folder(analysis, config.model, quick)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        check_run_config(folder, asdict(config), ignore=ignore)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    return folder
 
 
 # --------------------------------------------------------------------------- CLI pieces

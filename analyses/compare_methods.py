@@ -35,7 +35,7 @@ import pandas as pd
 import xarray as xr
 from tqdm.auto import tqdm
 
-from analyses._io import check_run_config, load_dataset, load_or_compute, result_folder, write_html, write_netcdf, write_text
+from analyses._io import load_dataset, load_or_compute, resumable_folder, write_html, write_netcdf, write_text
 from interp.baselines import ablation_configs
 from interp.protocol import COLUMNS, ProtocolConfig
 from interp.provenance import provenance
@@ -302,12 +302,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     from interp.models import load_model
     from interp.protocol import base_scores, dilemma_splits
 
-    out = Path(args.out or result_folder("compare_methods", config.model, args.quick))
-    out.mkdir(parents=True, exist_ok=True)
-    try:  # a resumed run must not mix settings (more methods or seeds only add work)
-        check_run_config(out, asdict(config), ignore=("methods", "seeds"))
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+    # more methods or seeds only add work; other settings must match the folder's
+    out = resumable_folder(args.out, "compare_methods", config, quick=args.quick, ignore=("methods", "seeds"))
     progress = not args.no_progress
     model = load_model(config.model)
     splits = dilemma_splits(ProtocolConfig(seed=0, n_calibration=config.n_calibration, n_test=config.n_test,

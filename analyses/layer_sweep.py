@@ -34,7 +34,7 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from analyses._io import check_run_config, load_dataset, load_or_compute, result_folder, write_html, write_netcdf, write_text
+from analyses._io import load_dataset, load_or_compute, resumable_folder, write_html, write_netcdf, write_text
 from interp.provenance import provenance
 from interp.sites import LINEAR_MODULES, depth_to_layer
 from interp.train import TrainConfig
@@ -215,12 +215,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     from interp.evaluate import EvalConfig
     from interp.protocol import ProtocolConfig, base_scores, dilemma_splits
 
-    out = Path(args.out or result_folder("layer_sweep", config.model, args.quick))
-    out.mkdir(parents=True, exist_ok=True)
-    try:  # a resumed run must not mix settings (more depths only add work)
-        check_run_config(out, asdict(config), ignore=("depths",))
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+    # more depths only add work; other settings must match the folder's
+    out = resumable_folder(args.out, "layer_sweep", config, quick=args.quick, ignore=("depths",))
     progress = not args.no_progress
     model = load_model(config.model)
     splits = dilemma_splits(ProtocolConfig(seed=config.seed, n_calibration=config.n_calibration,
