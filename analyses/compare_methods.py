@@ -153,15 +153,24 @@ def _fit_vector(model, method: str, train_config: TrainConfig, seed: int):
 # --------------------------------------------------------------------------- one method
 
 
+def scores_path(folder: Path, budget) -> Path:
+    """Where a method's test scores at one budget are stored (``eval_<budget>.nc``; ``eval_none.nc`` unbudgeted)."""
+    return folder / f"eval_{'none' if budget == NO_BUDGET else budget}.nc"
+
+
 def run_method(model, method: str, config: CompareConfig, seed: int, splits: dict, out: Path, *, progress: bool = True,
                base: xr.Dataset | None = None) -> dict:
     """Fit, calibrate (sign, strength per budget) and score one method on the test split."""
-    from interp.protocol import calibrate_method_strength, score_method
+    from interp.protocol import calibrate_method_strength, score_method, scored_metrics
 
     folder = out / method / f"seed_{seed}"
     done = folder / "result.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        record = json.loads(done.read_text())
+        for row in record["rows"]:  # metrics re-derived from the stored scores (cheap; never stale)
+            row.update(scored_metrics(load_dataset(scores_path(folder, row["budget"])), row["coeff"],
+                                      config.eval_config(seed)))
+        return record
     folder.mkdir(parents=True, exist_ok=True)
     m = fit_method(model, method, config, seed, folder, splits["calibration"], progress=progress)
     rows = []
@@ -176,7 +185,7 @@ def run_method(model, method: str, config: CompareConfig, seed: int, splits: dic
                 coeff, reached = float(strength), bool(strength.reached)
             ds, row = score_method(model, m, splits["test"], coeff=coeff, progress=progress,
                                    config=config.eval_config(seed), base=base)
-            write_netcdf(ds, folder / f"eval_{budget}.nc")
+            write_netcdf(ds, scores_path(folder, budget))
             rows.append({"budget": str(budget), "coeff": coeff, "reached": reached, **row})
     finally:
         if hasattr(m, "detach"):

@@ -91,13 +91,16 @@ def run_depth(model, depth: float, config: SweepConfig, splits: dict, out: Path,
     The metrics are also written to ``<run>/eval.json``, which marks the depth as done.
     """
     from interp.evaluate import EvalConfig
-    from interp.protocol import fit_innerpissa, score_method
+    from interp.protocol import fit_innerpissa, score_method, scored_metrics
 
     eval_config = EvalConfig(min_pmass=config.min_pmass, seed=config.seed)
     folder = run_dir(out, depth)
     done = folder / "eval.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        record = json.loads(done.read_text())
+        # metrics re-derived from the stored scores (cheap; never stale)
+        row = scored_metrics(load_dataset(folder / "eval.nc"), config.coeff, eval_config)
+        return {**record, **{k: row[k] for k in METRICS if k in row}}
     adapter, training = fit_innerpissa(model, config.train_config(depth), folder, splits["calibration"],
                                        coeff=config.coeff, progress=progress, config=eval_config)
     try:

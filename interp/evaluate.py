@@ -311,17 +311,34 @@ def target_score(model, method: SteeringMethod, coeff: float, dilemmas: Dilemmas
 # --------------------------------------------------------------------------- metrics (pure)
 
 
-def dose_response(coeffs: np.ndarray, values: np.ndarray) -> tuple[float, float, float]:
-    """``(slope, t, p)`` of a linear fit of per-dilemma values on the coefficient (NaNs dropped)."""
+def dose_response(coeffs: np.ndarray, values: np.ndarray, groups: np.ndarray | None = None) -> tuple[float, float, float]:
+    """``(slope, t, p)`` of a linear fit of values on the coefficient (NaNs dropped).
+
+    With ``groups`` (one id per value, e.g. the dilemma) the fit is within groups: every
+    group's own mean is removed (a fixed effect per dilemma), so between-dilemma spread does
+    not swamp the dose-response, and the residual degrees of freedom lose one per group.
+    The slope is scipy's ``linregress`` on the centred values; its standard error is rescaled
+    to those degrees of freedom (``linregress`` alone would count the centred rows as free
+    and overstate ``t`` by about sqrt(3/2) for three coefficients).
+    """
     x, y = np.asarray(coeffs, float).ravel(), np.asarray(values, float).ravel()
     keep = np.isfinite(y)
     x, y = x[keep], y[keep]
-    if len(np.unique(x)) < 2 or len(y) < 3:
+    extra = 0  # intercepts beyond the one linregress fits
+    if groups is not None:
+        _, group = np.unique(np.asarray(groups).ravel()[keep], return_inverse=True)
+        size = np.bincount(group)
+        x = x - (np.bincount(group, x) / size)[group]
+        y = y - (np.bincount(group, y) / size)[group]
+        extra = len(size) - 1
+    dof = len(y) - 2 - extra
+    if len(np.unique(x)) < 2 or dof < 1:
         return math.nan, math.nan, math.nan
     fit = stats.linregress(x, y)
     if fit.stderr == 0:
         return float(fit.slope), math.copysign(math.inf, fit.slope) if fit.slope else 0.0, 0.0 if fit.slope else 1.0
-    return float(fit.slope), float(fit.slope / fit.stderr), float(fit.pvalue)
+    t = float(fit.slope / (fit.stderr * math.sqrt((len(y) - 2) / dof)))
+    return float(fit.slope), t, float(2 * stats.t.sf(abs(t), dof))
 
 
 def delta_nll_rows(nll_at: np.ndarray, nll_zero: np.ndarray, n_tokens: np.ndarray | None = None) -> float:
@@ -369,11 +386,9 @@ def _method_metrics(ds: xr.Dataset, method: str, coeff: float, target: str, seed
     coeffs = [float(c) for c in m["coeff"].values]
     used = [c for c in (-coeff, 0.0, coeff) if c in coeffs]
     x = np.concatenate([np.full(m.sizes["dilemma"], c) for c in used])
-    # Centred per dilemma (its mean over the coefficients removed): the slope is the same,
-    # but between-dilemma spread no longer swamps the within-dilemma dose-response.
     per = np.stack([tv.values[coeffs.index(c)] for c in used])
-    y = (per - np.nanmean(per, axis=0, keepdims=True)).ravel()
-    slope, t_stat, p = dose_response(x, y)
+    # within dilemmas: each dilemma is its own control across the coefficients
+    slope, t_stat, p = dose_response(x, per.ravel(), groups=np.tile(np.arange(m.sizes["dilemma"]), len(used)))
     paired = tv.values[coeffs.index(coeff)] - tv.values[coeffs.index(0.0)]  # sign * ΔP(yes) = Δ serve rate
     paired = paired[np.isfinite(paired)]
     low = high = math.nan

@@ -83,13 +83,23 @@ def score_method(model, method: SteeringMethod, dilemmas, *, coeff: float = 1.0,
 
     ``base``: these dilemmas already scored at c = 0 (reused: c = 0 is the same model for every method).
     """
-    from interp.evaluate import EvalConfig, metrics_table, score_dilemmas
+    from interp.evaluate import EvalConfig, score_dilemmas
 
     config = config or EvalConfig()
     ds = score_dilemmas(model, method, (-coeff, 0.0, coeff), dilemmas, config, progress=progress, base=base)
-    table = metrics_table(ds, config)
-    row = table[np.isclose(table["Coeff"].astype(float), coeff)].iloc[0]
-    return ds, metrics_row(row)
+    return ds, scored_metrics(ds, coeff, config)
+
+
+def scored_metrics(ds: xr.Dataset, coeff: float, config=None) -> dict[str, float]:
+    """The ``+coeff`` metrics row of a scored dataset (as :func:`score_method` returns it).
+
+    Resumed analyses call this on their stored scores, so a finished run's table always
+    follows the current metric definitions.
+    """
+    from interp.evaluate import EvalConfig, metrics_table
+
+    table = metrics_table(ds, config or EvalConfig())
+    return metrics_row(table[np.isclose(table["Coeff"].astype(float), coeff)].iloc[0])
 
 
 # Column names of interp.evaluate's table -> snake-case keys for datasets and json.

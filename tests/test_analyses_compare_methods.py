@@ -42,12 +42,19 @@ def test_results_carry_calibration_and_provenance(run):
     assert "sign" in cfg["calibration"] and cfg["training"]["pairs_hash"] and cfg["weight_hash"]
 
 
-def test_rerun_skips_finished_methods(run):
-    out, argv, _ = run
+def test_rerun_skips_finished_methods_and_rederives_metrics(run):
+    out, argv, written = run
     done = out / "res" / "lora" / "seed_0" / "result.json"
+    stale = json.loads(done.read_text())
+    stale["rows"][0]["p_value"] = -1.0  # as if written by an older metric definition
+    done.write_text(json.dumps(stale))
     before = done.stat().st_mtime_ns
-    compare_methods.main(argv)
-    assert done.stat().st_mtime_ns == before
+    again = compare_methods.main(argv)
+    assert done.stat().st_mtime_ns == before  # not refitted or rescored
+    a, b = load_dataset(written["dataset"]), load_dataset(again["dataset"])
+    assert float(b["p_value"].sel({"method": "lora", "budget": "0.3"}).values[0]) == pytest.approx(
+        float(a["p_value"].sel({"method": "lora", "budget": "0.3"}).values[0]))  # from the stored scores
+    assert (out / "res" / "prompt" / "seed_0" / "eval_none.nc").is_file()
 
 
 def test_rerun_with_other_settings_is_refused(run):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from scipy import stats as scipy_stats
 
 from interp.calibrate import calibrate_sign, delta_nll
 from interp.dilemmas import TARGET, load_dilemmas
@@ -71,6 +72,26 @@ def test_dose_response_known_line():
     assert math.isnan(dose_response(np.zeros(5), np.ones(5))[0])  # one coefficient: no slope
     _, t_nan, _ = dose_response(x, np.where(np.arange(12) == 3, np.nan, y))
     assert t_nan > 10  # NaNs dropped, not fatal
+
+
+def test_dose_response_within_dilemmas_matches_a_fixed_effects_fit():
+    rng = np.random.default_rng(0)
+    n, coeffs = 12, np.array([-1.0, 0.0, 1.0])
+    x = np.repeat(coeffs, n)
+    dilemma = np.tile(np.arange(n), 3)
+    y = rng.normal(0, 1, n)[dilemma] + 0.05 * x + rng.normal(0, 0.1, 3 * n)  # large offsets, small slope
+    y[5] = np.nan  # a missing row drops one observation, not its dilemma
+    slope, t, p = dose_response(x, y, groups=dilemma)
+    # the same model written out: one intercept per dilemma plus a common slope, by least squares
+    keep = np.isfinite(y)
+    design = np.column_stack([np.eye(n)[dilemma], x])[keep]
+    beta, sse, *_ = np.linalg.lstsq(design, y[keep], rcond=None)
+    dof = keep.sum() - (n + 1)
+    se = np.sqrt(sse[0] / dof * np.linalg.inv(design.T @ design)[-1, -1])
+    assert slope == pytest.approx(beta[-1], rel=1e-9) and t == pytest.approx(beta[-1] / se, rel=1e-9)
+    assert p == pytest.approx(2 * scipy_stats.t.sf(abs(beta[-1] / se), dof), rel=1e-9)
+    # without the groups the offsets swamp the slope
+    assert abs(dose_response(x, y)[1]) < abs(t) / 3
 
 
 def test_gain_and_main_metric():
