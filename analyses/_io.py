@@ -12,7 +12,7 @@ import numpy as np
 
 from interp.store import atomic_write, check_run_config, load_dataset, load_or_compute, write_netcdf, write_text
 
-__all__ = ["atomic_write", "check_run_config", "load_dataset", "load_or_compute", "write_netcdf", "write_text", "write_html",
+__all__ = ["atomic_write", "load_dataset", "load_or_compute", "write_netcdf", "write_text", "write_html",
            "result_folder", "resumable_folder", "add_common_args", "analysis_layers"]
 
 
@@ -25,7 +25,6 @@ def result_folder(analysis: str, model: str, quick: bool = False) -> Path:
     """An analysis's default results folder, ``results/<analysis>/<model>[-quick]``: runs on
     different models, or quick and full runs, never overwrite each other."""
     return Path("results") / analysis / (model.replace("/", "_") + ("-quick" if quick else ""))
-
 
 
 def resumable_folder(out: str | None, analysis: str, config, *, quick: bool, ignore: Sequence[str] = ()) -> Path:

@@ -131,6 +131,11 @@ def config_differences(recorded: Mapping, current: Mapping, *, ignore: Sequence[
     return {k: (old.get(k), new.get(k)) for k in sorted(keys) if old.get(k) != new.get(k)}
 
 
+def said_differences(diff: Mapping[str, tuple], recorded_in: str) -> str:
+    """``diff`` of :func:`config_differences` in words, e.g. ``steps 6 there, 40 now``."""
+    return ", ".join(f"{k} {a!r} {recorded_in}, {b!r} now" for k, (a, b) in diff.items())
+
+
 def check_run_config(folder: str | Path, config: Mapping, *, ignore: Sequence[str] = ()) -> None:
     """Record the settings a resumable result folder is made with, or check a re-run matches them.
 
@@ -143,10 +148,11 @@ def check_run_config(folder: str | Path, config: Mapping, *, ignore: Sequence[st
     if path.is_file():
         diff = config_differences(json.loads(path.read_text()), config, ignore=ignore)
         if diff:
-            said = ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in diff.items())
-            raise ValueError(f"{folder} holds results made with other settings ({said}); "
+            raise ValueError(f"{folder} holds results made with other settings ({said_differences(diff, 'there')}); "
                              "pass another --out, or delete the folder to start over")
     write_text(path, json.dumps(dict(config), indent=1, sort_keys=True, default=str))
+
+
 POSITIONS = ("last", "all")
 DTYPES = ("float32", "float16")
 META_KEYS = ("prompt_id", "text", "pair_id", "label", "concept")

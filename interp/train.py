@@ -71,7 +71,7 @@ from interp.losses import (
 )
 from interp.models import DEFAULT_MODEL, weight_hash
 from interp.sites import LINEAR_MODULES, Site, linear_of, parse_layers, resid_hook, select_sites
-from interp.store import atomic_write, config_differences, write_text
+from interp.store import atomic_write, config_differences, said_differences, write_text
 
 SCALINGS = ("mult", "add", "none")
 CHECKPOINT = "checkpoint.pt"
@@ -451,8 +451,8 @@ def train(
         # continuing with other settings would give an adapter neither run describes
         diff = config_differences(state.get("config", asdict(config)), asdict(config), ignore=RESUME_FREE)
         if diff:
-            said = ", ".join(f"{k} {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
-            raise ValueError(f"{ckpt_path} was written with other settings ({said}); resume with those or start afresh")
+            raise ValueError(f"{ckpt_path} was written with other settings ({said_differences(diff, 'in the checkpoint')}); "
+                             "resume with those or start afresh")
         _restore(state, adapter, opt, sched)
         start, direction, history = state["step"], state["direction"].to(device), list(state["history"])
         scale = state["scale"].to(device)

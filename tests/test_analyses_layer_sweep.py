@@ -56,7 +56,7 @@ def test_resume_skips_finished_depths_and_reuses_adapters(sweep, dilemmas_dir):
     assert a["delta_target"].values.tolist() == pytest.approx(b["delta_target"].values.tolist(), nan_ok=True)
 
 
-def test_resume_with_other_settings_is_refused(sweep, dilemmas_dir, capsys):
+def test_resume_with_other_settings_is_refused(sweep, dilemmas_dir):
     out, _ = sweep
     argv = [*ARGS, "--out", str(out / "res"), "--figures", str(out / "fig"), "--dilemmas", str(dilemmas_dir)]
     argv[argv.index("--steps") + 1] = "3"  # finished depths were trained for 2 steps
