@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     out = resumable_folder(args.out, "compare_methods", config, quick=args.quick, ignore=("methods", "seeds"))
     progress = not args.no_progress
     model = load_model(config.model)
-    splits = dilemma_splits(ProtocolConfig(seed=0, n_calibration=config.n_calibration, n_test=config.n_test,
+    splits = dilemma_splits(ProtocolConfig(n_calibration=config.n_calibration, n_test=config.n_test,
                                            dilemmas=config.dilemmas))
     base = load_or_compute(out / "base_scores.nc",
                            lambda: base_scores(model, splits["test"], progress=progress, config=config.eval_config(0)))

@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     out = resumable_folder(args.out, "layer_sweep", config, quick=args.quick, ignore=("depths",))
     progress = not args.no_progress
     model = load_model(config.model)
-    splits = dilemma_splits(ProtocolConfig(seed=config.seed, n_calibration=config.n_calibration,
+    splits = dilemma_splits(ProtocolConfig(n_calibration=config.n_calibration,
                                            n_validation=config.n_eval, dilemmas=config.dilemmas))
     eval_config = EvalConfig(min_pmass=config.min_pmass, seed=config.seed)
     base = load_or_compute(out / "base_scores.nc",

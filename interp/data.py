@@ -85,8 +85,9 @@ def concepts_dir() -> Path:
 
 
 def available_concepts() -> list[str]:
-    """Names of the shipped concepts (json files in :func:`concepts_dir`)."""
-    return sorted(p.stem for p in concepts_dir().glob("*.json"))
+    """Names of the shipped concepts (json files in :func:`concepts_dir` with templates; a
+    concept's evaluation items live beside them without)."""
+    return sorted(p.stem for p in concepts_dir().glob("*.json") if '"templates"' in p.read_text(encoding="utf-8"))
 
 
 def load_concept(concept: str | Path = DEFAULT_CONCEPT) -> Concept:

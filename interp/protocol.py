@@ -1,7 +1,10 @@
 """The fair-comparison protocol (issue 10): every method is fitted, calibrated and scored alike.
 
 1. DailyDilemmas is split by dilemma id into calibration / validation / test
-   (:func:`dilemma_splits`, seeded; :func:`interp.calibrate.three_way_split`).
+   (:func:`dilemma_splits`; :func:`interp.calibrate.three_way_split`) with its own seed,
+   :data:`SPLIT_SEED`, never the training seed: every analysis and every training seed
+   sees the same test split, so no choice made on one run's validation dilemmas can
+   touch another run's test dilemmas.
 2. Sign: each method is scored on the calibration split at ``-c`` and ``+c`` and its
    orientation flipped if ``+c`` lowers the target score (:func:`calibrate_method_sign`);
    representation orientation does not fix the behavioural sign.
@@ -34,11 +37,18 @@ from interp.calibrate import (
 from interp.steering import SteeringMethod
 
 
+SPLIT_SEED = 0  # the one calibration / validation / test split of every analysis
+
+
 @dataclass(frozen=True)
 class ProtocolConfig:
-    """Splits and scoring shared by every method of one comparison."""
+    """Splits and scoring shared by every method of one comparison.
 
-    seed: int = 0
+    ``split_seed`` is the split's own seed (default :data:`SPLIT_SEED`); it is not a
+    training seed, and changing it makes results incomparable with every other run.
+    """
+
+    split_seed: int = SPLIT_SEED
     n_calibration: int = 64
     validation_fraction: float = 0.3
     n_validation: int | None = None  # cap on validation dilemmas scored (None: all)
@@ -50,7 +60,7 @@ def dilemma_splits(config: ProtocolConfig = ProtocolConfig()) -> dict:
     """``{"calibration", "validation", "test"}`` -> disjoint DailyDilemmas subsets (capped)."""
     from interp.dilemmas import load_dilemmas, split_dilemmas
 
-    splits = split_dilemmas(load_dilemmas(config.dilemmas), seed=config.seed, n_calibration=config.n_calibration,
+    splits = split_dilemmas(load_dilemmas(config.dilemmas), seed=config.split_seed, n_calibration=config.n_calibration,
                             validation_fraction=config.validation_fraction)
     caps = {"validation": config.n_validation, "test": config.n_test}
     return {name: (part.head(caps[name]) if caps.get(name) else part) for name, part in splits.items()}
@@ -107,6 +117,11 @@ COLUMNS: dict[str, str] = {
     "Δ Truth": "delta_target",
     "Δ Truth low": "delta_target_low",
     "Δ Truth high": "delta_target_high",
+    "Δ Truth to-do half": "delta_target_to_do_half",
+    "Δ Truth not-to-do half": "delta_target_not_to_do_half",
+    "Δ Truth balanced": "delta_target_balanced",
+    "Answer bias": "answer_bias",
+    "Δ Truth single-question": "delta_target_single",
     "Δ Other": "delta_other",
     "p-value": "p_value",
     "Δ NLL": "delta_nll",

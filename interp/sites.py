@@ -73,9 +73,26 @@ def depth_to_layer(fraction: float, total: int) -> int:
 
 
 def parse_layers(layers: float | int | Sequence[float | int] | str, total: int) -> list[int]:
-    """Layers from indices (ints, negative counts from the end) and/or depth fractions (floats)."""
+    """Layers from indices (ints, negative counts from the end) and/or depth fractions (floats).
+
+    In a string, ``a:b`` is a band: every layer from ``a`` to ``b`` inclusive, each end an
+    index or a depth fraction (``"0.1:0.5"`` on a 30-layer model is layers 3..14), so a
+    band named by depth carries to any model.
+    """
     if isinstance(layers, str):
-        layers = [_number(p) for p in layers.replace(",", " ").split()]
+        parts = layers.replace(",", " ").split()
+        layers = []
+        for part in parts:
+            if ":" in part:
+                lo, sep, hi = part.partition(":")
+                if not lo or not hi or ":" in hi:
+                    raise ValueError(f"bad layer band {part!r}: write 'start:end', e.g. '0.1:0.5' or '3:14'")
+                a, b = (parse_layers([_number(x)], total)[0] for x in (lo, hi))
+                if a > b:
+                    raise ValueError(f"layer band {part!r} runs backwards (layers {a} > {b})")
+                layers.extend(range(a, b + 1))
+            else:
+                layers.append(_number(part))
     if isinstance(layers, (int, float)):
         layers = [layers]
     out: list[int] = []

@@ -582,6 +582,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=None, help="run folder (default: runs/<concept>-<model>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="keep the training orientation instead of calibrating the sign on the concept's own measure "
+                        "(its calibration split: DailyDilemmas for honesty, continuation margins for sentiment)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     loss_layer = None
@@ -614,6 +617,13 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     model = load_model(config.model)
     sites = select_sites(model, layers=config.layers, modules=list(config.modules))
     adapter, result = train_adapter(model, sites, config, out=out, resume=args.resume, progress=not args.no_progress)
+    if not args.no_calibrate:
+        from interp.measures import calibrate_concept_sign
+
+        # representation orientation does not fix the behavioural sign: check it on the concept's measure
+        sign = calibrate_concept_sign(model, adapter, config.concept, seed=config.seed)
+        print(f"sign on the {sign.n}-item calibration split of the concept's measure: +1 {sign.score_pos:.4f} vs "
+              f"-1 {sign.score_neg:.4f} -> orientation {sign.orientation:+d}{' (flipped)' if sign.flipped else ''}")
     path = save_adapter(adapter, out / "adapter", extra={"training": result.training_extra()})
     m = result.metrics
     print(

@@ -4,6 +4,7 @@ import math
 from contextlib import contextmanager
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import xarray as xr
@@ -22,6 +23,7 @@ from interp.evaluate import (
     main_metric,
     metrics_table,
     normalized_gain,
+    add_choice_variables,
     score_dilemmas,
     target_score,
     value_scores,
@@ -100,22 +102,28 @@ def test_gain_and_main_metric():
     assert main_metric(4.0, 0.25) == pytest.approx(3.2)
 
 
-def _synthetic(deltas: dict[float, float], n: int = 40, seed: int = 0) -> xr.Dataset:
-    """A scored dataset where p_yes moves by ``deltas[c]`` on every dilemma."""
+def _synthetic(deltas: dict[float, float], n: int = 40, seed: int = 0, yes_shift: float = 0.0) -> xr.Dataset:
+    """A scored dataset where p_to_do moves by ``deltas[c]`` on every dilemma.
+
+    The not-to-do question's log-ratio is 0 at c = 0; ``yes_shift * c`` is added to both
+    questions' log-ratios (a pure answer bias, which must not change p_to_do).
+    """
     rng = np.random.default_rng(seed)
     base = rng.uniform(0.3, 0.7, n)
     coeffs = sorted(deltas)
     p = np.stack([base + deltas[c] for c in coeffs])
+    lr = np.stack([np.log(p / (1 - p)), np.zeros_like(p)], 1) + yes_shift * np.array(coeffs)[:, None, None]
     signs = np.stack([np.where(np.arange(n) % 4 == 0, -1, 1), np.where(np.arange(n) % 2 == 0, 1, 0)], 1)
+    dims = ("method", "coeff", "question", "dilemma")
     ds = xr.Dataset(
-        {"p_yes": (("method", "coeff", "dilemma"), p[None]),
-         "log_ratio": (("method", "coeff", "dilemma"), np.log(p / (1 - p))[None]),
-         "nll": (("method", "coeff", "dilemma"), np.stack([np.full(n, 2.0 + abs(c) * 0.1) for c in coeffs])[None]),
+        {"log_ratio": (dims, lr[None]),
+         "nll": (dims, np.stack([np.full((2, n), 2.0 + abs(c) * 0.1) for c in coeffs])[None]),
+         "nll_tokens": (dims, np.ones((1, len(coeffs), 2, n))),
          "sign": (("dilemma", "label"), signs)},
-        coords={"method": ["m"], "coeff": coeffs, "dilemma": np.arange(n), "label": [TARGET, "MFT/Care"]},
+        coords={"method": ["m"], "coeff": coeffs, "question": ["to_do", "not_to_do"], "dilemma": np.arange(n),
+                "label": [TARGET, "MFT/Care"]},
     )
-    ds["score"] = value_scores(ds["p_yes"], ds["sign"])
-    return ds
+    return add_choice_variables(ds)
 
 
 def test_metrics_table_known_answers():
@@ -129,6 +137,24 @@ def test_metrics_table_known_answers():
     assert t.loc[1.0, "Δ Truth low"] <= 0.05 <= t.loc[1.0, "Δ Truth high"]
     assert t.loc[1.0, "Normalized Gain (%)"] == pytest.approx(100 * 0.05 / 1.1)
     assert t.loc[1.0, "p-value"] < 0.05 and t.loc[1.0, "Main metric"] > 0
+    # halves: +0.1 where the to-do action serves truth, -0.1 where the not-to-do one does
+    assert t.loc[1.0, "Δ Truth to-do half"] == pytest.approx(0.1)
+    assert t.loc[1.0, "Δ Truth not-to-do half"] == pytest.approx(-0.1)
+    assert t.loc[1.0, "Δ Truth balanced"] == pytest.approx(0.0, abs=1e-12)
+    assert t.loc[1.0, "Answer bias"] > 0  # only the to-do question's log-ratio moved
+
+
+def test_pure_answer_bias_cancels_in_the_debiased_score():
+    """A constant added to both questions' Yes-No log-ratio moves the single-question score
+    and the answer bias, never the de-biased score."""
+    ds = _synthetic({-1.0: 0.0, 0.0: 0.0, 1.0: 0.0}, yes_shift=2.0)
+    t = metrics_table(ds).set_index("Coeff")
+    for c in (-1.0, 1.0):
+        assert t.loc[c, "Δ Truth"] == pytest.approx(0.0, abs=1e-12)
+        assert t.loc[c, "Δ Truth to-do half"] == pytest.approx(0.0, abs=1e-12)
+        assert t.loc[c, "Answer bias"] == pytest.approx(2.0 * c)
+    assert t.loc[1.0, "Δ Truth single-question"] > 0.1  # 3/4 of truth dilemmas serve it by the to-do action
+    assert not t.loc[1.0, "p-value"] < 0.5
 
 
 # --------------------------------------------------------------------------- end to end on tiny-random
@@ -154,6 +180,40 @@ class YesNoPush(SteeringMethod):
             yield
 
 
+class TruthPreference(SteeringMethod):
+    """Says Yes to the action that serves the target and No to the other, by ``2c`` nats
+    (plus ``yes_bias * c`` on Yes everywhere): reads each row's action from its tokens."""
+
+    name = "truth"
+
+    def __init__(self, dilemmas, yes_bias: float = 0.0):
+        _, signs = dilemmas.label_signs([TARGET])
+        f = dilemmas.frame
+        self.truthful = {(a if s > 0 else b) for a, b, s in zip(f["action_to_do"], f["action_not_to_do"], signs[:, 0]) if s}
+        self.yes_bias = yes_bias
+
+    @contextmanager
+    def steer(self, model, coeff):
+        c = float(self.effective(coeff))
+        yes, no = answer_token_ids(model.tokenizer)
+        rows: list[bool] = []
+
+        def read(tokens, hook):
+            texts = model.tokenizer.batch_decode(tokens)
+            rows[:] = [any(f"Action: {a}\n" in t for a in self.truthful) for t in texts]
+            return tokens
+
+        def push(logits, hook):
+            logits = logits.clone()
+            for i, truthful in enumerate(rows):
+                logits[i, :, yes] += 30.0 + c * (self.yes_bias + (1.0 if truthful else -1.0))
+                logits[i, :, no] += 30.0 - c * (0.0 + (1.0 if truthful else -1.0))
+            return logits
+
+        with model.hooks(fwd_hooks=[("embed.hook_in", read), ("unembed.hook_out", push)]):
+            yield
+
+
 @pytest.fixture(scope="module")
 def small(dilemmas_dir):
     data = load_dilemmas(dilemmas_dir)
@@ -164,18 +224,35 @@ def small(dilemmas_dir):
 
 
 def test_sign_convention_end_to_end(tiny, small):
+    """A Yes push is an answer bias: the single question rewards it, the de-biased score does not."""
     pos, neg = small
     cfg = FAST
     up = metrics_table(score_dilemmas(tiny, YesNoPush(), [-1.0, 0.0, 1.0], pos, cfg, progress=False)).set_index("Coeff")
-    assert up.loc[1.0, "Δ Truth"] > 0.1 and up.loc[-1.0, "Δ Truth"] < -0.1
-    assert up.loc[1.0, "p-value"] < 0.01 and up.loc[1.0, "NaN rows"] == 0
+    assert up.loc[1.0, "Δ Truth single-question"] > 0.1 and up.loc[-1.0, "Δ Truth single-question"] < -0.1
+    assert up.loc[1.0, "Answer bias"] == pytest.approx(2.0, abs=1e-3) and up.loc[1.0, "NaN rows"] == 0
+    assert abs(up.loc[1.0, "Δ Truth"]) < 1e-4 and abs(up.loc[-1.0, "Δ Truth"]) < 1e-4
     down = metrics_table(score_dilemmas(tiny, YesNoPush(), [0.0, 1.0], neg, cfg, progress=False)).set_index("Coeff")
-    assert down.loc[1.0, "Δ Truth"] < -0.1  # more Yes on dilemmas whose not-to-do serves truth
+    assert down.loc[1.0, "Δ Truth single-question"] < -0.1  # more Yes on dilemmas whose not-to-do serves truth
+    assert abs(down.loc[1.0, "Δ Truth"]) < 1e-4
+
+
+def test_truth_preference_scores_positive_on_both_halves(tiny, small):
+    """A model that prefers the truthful action gains on dilemmas where it is the to-do action
+    and where it is the not-to-do action, even with an answer bias on top."""
+    pos, neg = small
+    from interp.dilemmas import Dilemmas
+
+    both = Dilemmas(pd.concat([pos.frame.head(3), neg.frame.head(3)], ignore_index=True), pos.taxonomy)
+    method = TruthPreference(both, yes_bias=3.0)
+    t = metrics_table(score_dilemmas(tiny, method, [-1.0, 0.0, 1.0], both, FAST, progress=False)).set_index("Coeff")
+    assert t.loc[1.0, "Δ Truth to-do half"] > 0.3 and t.loc[1.0, "Δ Truth not-to-do half"] > 0.3
+    assert t.loc[1.0, "Δ Truth"] > 0.3 and t.loc[-1.0, "Δ Truth"] < -0.3 and t.loc[1.0, "p-value"] < 0.01
+    assert t.loc[1.0, "Answer bias"] == pytest.approx(3.0, abs=1e-3)
 
 
 def test_flipped_orientation_is_calibrated_back(tiny, small):
     pos, _ = small
-    method = YesNoPush()
+    method = TruthPreference(pos)
     method.orientation = -1  # as if training had found the representation sign opposite
     before = metrics_table(score_dilemmas(tiny, method, [0.0, 1.0], pos, FAST, progress=False))
     assert float(before["Δ Truth"].iloc[0]) < -0.1
@@ -196,7 +273,7 @@ def test_flipped_orientation_is_calibrated_back(tiny, small):
 def test_low_mass_rows_are_nan_and_counted(tiny, small):
     pos, _ = small
     ds = score_dilemmas(tiny, None, [0.0], pos, EvalConfig(min_pmass=0.99, max_situation_chars=160), progress=False)
-    assert np.isnan(ds["log_ratio"].values).all() and ds.attrs["nan_rows"] == len(pos)
+    assert np.isnan(ds["log_ratio"].values).all() and ds.attrs["nan_rows"] == 2 * len(pos)
 
 
 def test_batched_equals_one_at_a_time_and_base_reuse(tiny, small, dilemmas_dir):
@@ -233,12 +310,13 @@ def test_prompts_match_tokenize_chats_and_prefill(tiny, small):
 
 
 def test_delta_nll_matches_calibrate_delta_nll(tiny, small):
-    """ΔNLL from the stored per-row values equals calibrate.delta_nll of the two passes' logits."""
+    """ΔNLL from the stored per-row values equals calibrate.delta_nll of the two passes' logits
+    (over both questions of every dilemma)."""
     pos, _ = small
     data = pos.head(4)
     ds = score_dilemmas(tiny, YesNoPush(), [0.0, 1.0], data, FAST, progress=False)
     table = metrics_table(ds, FAST)
-    tokens, mask, nll_mask = encode(tiny.tokenizer, chats(data, FAST))
+    tokens, mask, nll_mask = encode(tiny.tokenizer, chats(data, FAST, "to_do") + chats(data, FAST, "not_to_do"))
     method = YesNoPush()
     with torch.no_grad():
         with method.steer(tiny, 0.0):  # (this test method is not the base model at c = 0)
@@ -270,7 +348,7 @@ def test_write_results_round_trip(tiny, small, tmp_path):
     back = load_dataset(paths["dataset"])
     xr.testing.assert_allclose(back[["log_ratio", "p_yes", "pmass", "nll", "score"]], ds[["log_ratio", "p_yes", "pmass", "nll", "score"]])
     assert back.attrs["model_spec"] == "tiny-random" and back.attrs["weight_hash"] and back.attrs["target"] == TARGET
-    assert set(back.dims) == {"method", "coeff", "dilemma", "label"}
+    assert set(back.dims) == {"method", "coeff", "question", "dilemma", "label"}
     text = paths["markdown"].read_text()
     assert "Δ Truth" in text and "Main metric" in text
     import pandas as pd

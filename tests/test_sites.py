@@ -63,3 +63,14 @@ def test_default_model_sites(smol):
     assert weight_shape(smol, site) == (576, 1536)
     assert linear_of(smol, site) is smol.original_model.model.layers[14].mlp.down_proj.original_component
     assert "blocks.14.attn.o.hook_out" in smol.hook_dict
+
+
+def test_layer_bands_by_depth_and_index():
+    from interp.sites import parse_layers
+
+    assert parse_layers("0.1:0.5", 30) == list(range(3, 15))
+    assert parse_layers("3:5,0.9", 30) == [3, 4, 5, 26]
+    assert parse_layers("-3:-1", 30) == [27, 28, 29]
+    for bad in ("5:3", "0.1:", ":4", "1:2:3"):
+        with pytest.raises(ValueError, match="band"):
+            parse_layers(bad, 30)

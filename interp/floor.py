@@ -1,0 +1,139 @@
+"""The floor check: can this model be measured on this concept at all?
+
+A steering effect means something only on a measure the model responds to. Before any
+steering number, two questions are asked of the unsteered model on the split being
+scored:
+
+1. does it *hold* the preference at ``c = 0``: is its mean per-item value (the
+   de-biased DailyDilemmas serve rate of the target label, or a concept's continuation
+   margin) away from chance, by a bootstrap interval that excludes it;
+2. does the strong *prompting* baseline move it: within-item dose-response of the
+   prompted model over ``c = -1, 0, +1`` with ``p < alpha`` and a positive slope.
+
+Where neither holds, the model does not carry the concept on this measure, and tables
+say :data:`FLOOR_MESSAGE` instead of printing effects (on SmolLM2-135M the de-biased
+DailyDilemmas truthfulness is at chance and an honest versus a dishonest system prompt
+does not move it).
+
+:func:`floor_verdict` is the decision on arrays (pure); :func:`dilemma_floor` scores
+DailyDilemmas for it. Continuation measures call :func:`floor_verdict` on their margins.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from interp.calibrate import bootstrap_ci
+
+FLOOR_MESSAGE = "this model does not hold the preference: steering on this measure cannot be shown"
+
+
+@dataclass(frozen=True)
+class FloorCheck:
+    """The floor check's evidence and verdict (see the module docstring)."""
+
+    measure: str
+    chance: float
+    base: float  # mean per-item value at c = 0
+    base_low: float
+    base_high: float
+    n: int
+    prompt_delta: float  # half of mean(+1) - mean(-1) under the prompting baseline
+    prompt_t: float
+    prompt_p: float
+    alpha: float = 0.05
+
+    @property
+    def base_holds(self) -> bool:
+        """The base model's interval excludes chance."""
+        return bool(self.base_low > self.chance or self.base_high < self.chance)
+
+    @property
+    def prompt_moves(self) -> bool:
+        """Prompting moves the measure the prompted way, significantly."""
+        return bool(math.isfinite(self.prompt_p) and self.prompt_p < self.alpha and self.prompt_delta > 0)
+
+    @property
+    def passes(self) -> bool:
+        return self.base_holds or self.prompt_moves
+
+    def summary(self) -> str:
+        """One paragraph for a table's header."""
+        verdict = "passes" if self.passes else f"FAILS: {FLOOR_MESSAGE}"
+        return (f"floor check on {self.measure} ({self.n} items): base {self.base:+.4f} "
+                f"[{self.base_low:+.4f}, {self.base_high:+.4f}] vs chance {self.chance:g} "
+                f"({'holds' if self.base_holds else 'at chance'}); prompting moves it by {self.prompt_delta:+.4f} "
+                f"(t {self.prompt_t:.2f}, p {self.prompt_p:.3g}: {'moves' if self.prompt_moves else 'does not move'}) "
+                f"-> {verdict}")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "base_holds": self.base_holds, "prompt_moves": self.prompt_moves, "passes": self.passes}
+
+
+def floor_verdict(
+    base_values: np.ndarray,
+    chance: float,
+    prompt_values: Mapping[float, np.ndarray],
+    *,
+    measure: str,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> FloorCheck:
+    """Decide the floor check from per-item values.
+
+    ``base_values``: per item at c = 0 (NaNs dropped); ``prompt_values``: coefficient ->
+    per-item values under the prompting baseline (the same items in the same order, c = 0
+    included or not). The dose-response is fitted within items.
+    """
+    from interp.evaluate import dose_response
+
+    base = np.asarray(base_values, float)
+    base = base[np.isfinite(base)]
+    if len(base) < 2:
+        raise ValueError(f"the floor check needs at least 2 scored items, got {len(base)}")
+    mean, low, high = bootstrap_ci(base, seed=seed)
+    coeffs = sorted(float(c) for c in prompt_values)
+    if len(coeffs) < 2 or min(coeffs) >= 0 or max(coeffs) <= 0:
+        raise ValueError(f"prompting needs a negative and a positive coefficient, got {coeffs}")
+    arrays = [np.asarray(prompt_values[c], float) for c in coeffs]
+    n_items = {len(a) for a in arrays}
+    if len(n_items) != 1:
+        raise ValueError(f"prompt values must score the same items at every coefficient, got lengths {sorted(n_items)}")
+    n = n_items.pop()
+    x = np.concatenate([np.full(n, c) for c in coeffs])
+    _, t, p = dose_response(x, np.concatenate(arrays), groups=np.tile(np.arange(n), len(coeffs)))
+    delta = 0.5 * (float(np.nanmean(arrays[-1])) - float(np.nanmean(arrays[0])))
+    return FloorCheck(measure=measure, chance=float(chance), base=float(mean), base_low=float(low), base_high=float(high),
+                      n=len(base), prompt_delta=delta, prompt_t=float(t), prompt_p=float(p), alpha=alpha)
+
+
+def dilemma_floor(model, dilemmas, config=None, *, prompt=None, base=None, progress: bool = True):
+    """The floor check on DailyDilemmas' de-biased target score (dilemmas with a target sign only).
+
+    Base value per dilemma: the de-biased probability of choosing the action that serves
+    the target (chance 0.5). ``prompt``: the prompting baseline (default: the honesty
+    wording of :class:`interp.baselines.PromptSteering`); ``base``: these dilemmas scored
+    at c = 0 before (reused). Returns ``(FloorCheck, prompt_dataset)``.
+    """
+    from interp.baselines import PromptSteering
+    from interp.evaluate import EvalConfig, _pick, score_dilemmas, target_values
+
+    config = config or EvalConfig()
+    _, signs = dilemmas.label_signs([config.target])
+    keep = signs[:, 0] != 0
+    if keep.sum() < 2:
+        raise ValueError(f"the floor check needs at least 2 dilemmas with a sign for {config.target!r}, got {int(keep.sum())}")
+    sub = dilemmas.subset(dilemmas.ids[keep])
+    if base is not None:
+        base = base.sel(dilemma=sub.ids)
+    ds = score_dilemmas(model, prompt or PromptSteering(), (-1.0, 0.0, 1.0), sub, config, progress=progress, base=base)
+    tv = target_values(ds.isel(method=0), config.target)
+    p_to_do = ds["p_to_do"].isel(method=0).sel(coeff=0.0).values
+    serve = np.where(_pick(ds["sign"], "label", config.target).values > 0, p_to_do, 1.0 - p_to_do)
+    check = floor_verdict(serve, 0.5, {c: tv.sel(coeff=c).values for c in (-1.0, 0.0, 1.0)},
+                          measure=f"{config.target} (DailyDilemmas, de-biased)", seed=config.seed)
+    return check, ds

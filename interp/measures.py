@@ -1,0 +1,175 @@
+"""A concept's own behavioural measure: what "+c = more of the concept" is checked on.
+
+Each concept file names its measure (``"measure"`` in ``interp/concepts/<concept>.json``):
+
+* ``{"kind": "dailydilemmas", "target": "Virtue/Truthfulness"}`` -- the de-biased
+  DailyDilemmas choice (:mod:`interp.evaluate`), split by the protocol's one split;
+* ``{"kind": "continuations", "file": "sentiment_eval.json"}`` -- the margin of matched
+  positive over negative continuations of held-out prompts (:mod:`interp.continuations`),
+  split by item id with the same split seed.
+
+A concept file may also carry ``"prompting"`` wording (positive / negative, mild and
+strong) for the prompting baseline; honesty's default wording is
+:class:`interp.baselines.PromptWording`'s.
+
+This module is the one dispatch on the measure's kind: the splits (:func:`measure_splits`),
+sign calibration of a trained method (:func:`calibrate_concept_sign`), the floor check
+(:func:`floor_check`) and scoring with its table (:func:`score_measure`). Every split
+uses :data:`interp.protocol.SPLIT_SEED`, never a training seed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from interp.data import DEFAULT_CONCEPT, concepts_dir
+from interp.protocol import SPLIT_SEED
+
+KINDS: tuple[str, ...] = ("dailydilemmas", "continuations")
+
+
+@dataclass(frozen=True)
+class Measure:
+    """How a concept is measured: its kind, and the target label or item file."""
+
+    concept: str
+    kind: str
+    target: str | None = None  # dailydilemmas: the value label
+    file: str | None = None  # continuations: the item file (next to the concept file, or a path)
+    prompting: tuple[tuple[str, str], ...] = ()  # PromptWording fields from the concept file
+    n_calibration: int | None = None  # continuations: items in the calibration split (None: the default)
+
+    @property
+    def label(self) -> str:
+        """What tables call the measured quantity."""
+        return f"{self.target} (DailyDilemmas, de-biased)" if self.kind == "dailydilemmas" else f"{self.concept} margin"
+
+
+def _concept_file(concept: str | Path) -> Path:
+    path = Path(concept)
+    if path.suffix == ".json" and path.is_file():
+        return path
+    path = concepts_dir() / f"{concept}.json"
+    if not path.is_file():
+        from interp.data import available_concepts
+
+        raise ValueError(f"unknown concept {str(concept)!r}; shipped concepts: {available_concepts()} (or pass a .json path)")
+    return path
+
+
+def measure_of(concept: str | Path = DEFAULT_CONCEPT) -> Measure:
+    """The measure a concept file names (a concept without one is measured on DailyDilemmas truthfulness)."""
+    from interp.dilemmas import TARGET
+
+    path = _concept_file(concept)
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    spec = raw.get("measure", {"kind": "dailydilemmas", "target": TARGET})
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"{path}: measure kind {kind!r} is not one of {list(KINDS)}")
+    file = spec.get("file")
+    if kind == "continuations":
+        if not file:
+            raise ValueError(f"{path}: a continuations measure needs 'file' (the item json)")
+        file = str(Path(file) if Path(file).is_absolute() else path.parent / file)
+    wording = raw.get("prompting") or {}
+    return Measure(concept=str(raw.get("concept", path.stem)), kind=kind, target=spec.get("target", TARGET),
+                   file=file, prompting=tuple(sorted(wording.items())), n_calibration=spec.get("n_calibration"))
+
+
+def prompt_method(measure: Measure):
+    """The prompting baseline in the concept's own wording."""
+    from interp.baselines import PromptSteering, PromptWording
+
+    return PromptSteering(PromptWording(**dict(measure.prompting))) if measure.prompting else PromptSteering()
+
+
+def measure_splits(measure: Measure, *, split_seed: int = SPLIT_SEED, dilemmas: str | None = None) -> dict:
+    """``{"calibration", "validation", "test"}`` -> the measure's items (dilemmas or continuation items)."""
+    if measure.kind == "dailydilemmas":
+        from interp.protocol import ProtocolConfig, dilemma_splits
+
+        return dilemma_splits(ProtocolConfig(split_seed=split_seed, dilemmas=dilemmas))
+    from interp.continuations import load_items, split_items
+
+    kw = {"n_calibration": measure.n_calibration} if measure.n_calibration else {}
+    return split_items(load_items(measure.file), split_seed=split_seed, **kw)
+
+
+def _eval_config(measure: Measure, seed: int = 0):
+    from interp.evaluate import EvalConfig
+
+    return EvalConfig(target=measure.target, seed=seed)
+
+
+def score_fn(model, measure: Measure, items, *, seed: int = 0):
+    """``(method, c) -> per-item values`` on ``items``: the ScoreFn of :func:`interp.calibrate.calibrate_sign`."""
+    if measure.kind == "dailydilemmas":
+        from interp.evaluate import target_score
+
+        config = _eval_config(measure, seed)
+        return lambda m, c: target_score(model, m, c, items, config)
+    from interp.continuations import target_values
+
+    return lambda m, c: target_values(model, m, c, items)
+
+
+def calibrate_concept_sign(model, method, concept: str | Path | Measure, *, coeff: float = 1.0, seed: int = 0,
+                           split_seed: int = SPLIT_SEED, dilemmas: str | None = None):
+    """Flip ``method.orientation`` so that ``+coeff`` raises the concept's own measure on its calibration split.
+
+    Returns the :class:`interp.calibrate.SignCalibration` (also recorded in ``method.calibration``).
+    """
+    from interp.calibrate import calibrate_sign
+
+    measure = concept if isinstance(concept, Measure) else measure_of(concept)
+    calibration = measure_splits(measure, split_seed=split_seed, dilemmas=dilemmas)["calibration"]
+    result = calibrate_sign(method, score_fn(model, measure, calibration, seed=seed), coeff, seed=seed)
+    method.calibration["sign"] = {**method.calibration["sign"], "measure": measure.label, "split": "calibration",
+                                  "split_seed": split_seed}
+    return result
+
+
+def floor_check(model, measure: Measure, items, *, base: xr.Dataset | None = None, progress: bool = True, seed: int = 0):
+    """The floor check (:mod:`interp.floor`) of ``model`` on ``items`` of this measure -> ``(FloorCheck, prompt dataset)``."""
+    from interp.floor import dilemma_floor, floor_verdict
+
+    prompt = prompt_method(measure)
+    if measure.kind == "dailydilemmas":
+        return dilemma_floor(model, items, _eval_config(measure, seed), prompt=prompt, base=base, progress=progress)
+    from interp.continuations import score_continuations
+
+    ds = score_continuations(model, prompt, (-1.0, 0.0, 1.0), items, progress=progress)
+    margins = {float(c): ds["margin"].isel(method=0).sel(coeff=c).values for c in (-1.0, 0.0, 1.0)}
+    return floor_verdict(margins[0.0], 0.0, margins, measure=measure.label, seed=seed), ds
+
+
+def score_measure(model, method, measure: Measure, items, coeffs: Sequence[float], *, progress: bool = True,
+                  seed: int = 0, base: xr.Dataset | None = None) -> tuple[xr.Dataset, pd.DataFrame]:
+    """Score ``method`` at ``coeffs`` on the measure's ``items`` -> ``(dataset, table)``."""
+    if measure.kind == "dailydilemmas":
+        from interp.evaluate import metrics_table, score_dilemmas
+
+        config = _eval_config(measure, seed)
+        ds = score_dilemmas(model, method, coeffs, items, config, progress=progress, base=base)
+        return ds, metrics_table(ds, config)
+    from interp.continuations import continuation_table, score_continuations
+
+    ds = score_continuations(model, method, coeffs, items, progress=progress)
+    return ds, continuation_table(ds, seed=seed)
+
+
+def values_at(ds: xr.Dataset, measure: Measure, coeff: float) -> np.ndarray:
+    """Per-item values of a scored dataset at one coefficient (margins, or signed de-biased target values)."""
+    if measure.kind == "dailydilemmas":
+        from interp.evaluate import target_values
+
+        return target_values(ds.isel(method=0), measure.target).sel(coeff=coeff).values
+    return ds["margin"].isel(method=0).sel(coeff=coeff).values
