@@ -12,6 +12,9 @@ Parts (all combined by :mod:`interp.train`):
 * :func:`preference_direction` -- PC1 of the reference differences, frozen before training.
 * :func:`projection_loss` -- separation of ``gap(+1)`` and ``gap(−1)`` along ``d``, with
   the anti-alignment guard; ``kind="logsigmoid"`` is the DPO-style variant.
+* :func:`antisymmetry_loss` -- the ``kind="antisym"`` variant: per pair, the cosines of the
+  +1 and −1 shifts with ``d`` pushed to opposite signs, bounded so neither side can win by
+  growing without bound (magnitude is left to the ordering margin and coherence).
 * :func:`coherence_loss` -- ``relu(ΔNLL − τ)²`` per direction, adaptively weighted.
 * :func:`ordering_loss` -- hinges enforcing ``gap(−1) < gap(0) < gap(+1)``.
 """
@@ -27,7 +30,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 SPACES: tuple[str, ...] = ("dHS", "dHS@U")
-LOSS_KINDS: tuple[str, ...] = ("proj", "logsigmoid")
+LOSS_KINDS: tuple[str, ...] = ("proj", "logsigmoid", "antisym")
 Space = Literal["dHS", "dHS@U"]
 
 
@@ -140,6 +143,35 @@ def projection_loss(
     o = 1 if prior + float(sep.detach()) >= 0 else -1
     loss = -o * sep if kind == "proj" else -F.logsigmoid(beta * o * sep)
     return ProjectionTerm(loss=loss, orientation=o, separation=sep.detach())
+
+
+def antisymmetry_loss(
+    diff_pos: Float[Tensor, "n k"],
+    diff_neg: Float[Tensor, "n k"],
+    diff_ref: Float[Tensor, "n k"],
+    direction: Float[Tensor, "k"],
+    eps: float = 1e-8,
+) -> Float[Tensor, ""]:
+    """Anti-parallel, normalised shifts along the preference direction.
+
+    Per pair ``i`` with chosen-minus-rejected differences ``D_i(c)`` (in the loss space)::
+
+        δ⁺_i = D_i(+1) − D_i(0),   δ⁻_i = D_i(−1) − D_i(0)
+        L    = mean_i cos(δ⁺_i, d) · cos(δ⁻_i, d)          ∈ [−1, 1]
+
+    ``L = −1`` when every pair's two shifts lie on ``d`` with opposite signs; shifts off
+    ``d`` or on the same side cost. Scale-free in each shift, so the +1 side cannot buy
+    the loss by growing while −1 stays put (the failure of a summed separation), and it
+    does not depend on which side is "more": the orientation is decided afterwards.
+    (The method's later reference code uses this product of cosines.)
+    """
+    d = direction.to(diff_pos.dtype)
+    d = d / d.norm().clamp_min(eps)
+
+    def cos(delta: Tensor) -> Tensor:
+        return (delta @ d) / delta.norm(dim=-1).clamp_min(eps)
+
+    return (cos(diff_pos - diff_ref) * cos(diff_neg - diff_ref)).mean()
 
 
 def ordering_loss(

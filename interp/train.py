@@ -61,12 +61,15 @@ from interp.data import (
 from interp.losses import (
     LOSS_KINDS,
     SPACES,
+    ProjectionTerm,
+    antisymmetry_loss,
     coherence_loss,
     gap_scale,
     gaps,
     ordering_loss,
     preference_direction,
     projection_loss,
+    to_space,
     token_nll,
 )
 from interp.models import DEFAULT_MODEL, weight_hash
@@ -340,7 +343,15 @@ def step_loss(
     g_ref = gaps(h_ref[:n], h_ref[n:], direction, config.space, U)
     g_pos = gaps(h[:n], h[n:rows], direction, config.space, U)
     g_neg = gaps(h[rows : rows + n], h[rows + n :], direction, config.space, U)
-    proj = projection_loss(g_pos, g_neg, g_ref, config.loss, beta=config.beta, scale=scale, prior=prior)
+    if config.loss == "antisym":
+        # the guard's orientation still comes from the separation (the ordering hinge needs it)
+        proj = projection_loss(g_pos, g_neg, g_ref, "proj", scale=scale, prior=prior)
+        diffs = [to_space(a[:n], config.space, U) - to_space(a[n:rows], config.space, U)
+                 for a in (h[:rows], h[rows:], h_ref)]
+        proj = ProjectionTerm(loss=antisymmetry_loss(*diffs, direction), orientation=proj.orientation,
+                              separation=proj.separation)
+    else:
+        proj = projection_loss(g_pos, g_neg, g_ref, config.loss, beta=config.beta, scale=scale, prior=prior)
     order = ordering_loss(g_neg, g_ref, g_pos, proj.orientation, config.margin, scale=scale)
     coh, w = coherence_loss(nll[:rows], nll[rows:], nll_ref, config.tau, config.coherence_temperature)
     loss = proj.loss + config.coherence_weight * coh + config.ordering_weight * order

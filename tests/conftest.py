@@ -43,3 +43,19 @@ def dilemmas_dir() -> Path:
     if not DILEMMAS_DIR.is_dir():
         pytest.skip(f"DailyDilemmas not found at {DILEMMAS_DIR}")
     return DILEMMAS_DIR
+
+
+@pytest.fixture()
+def mini_concept(tmp_path):
+    """The sentiment concept with 14 of its evaluation items (4 for sign calibration): fast on tiny-random."""
+    import json
+
+    from interp.data import concepts_dir
+
+    items = json.loads((concepts_dir() / "sentiment_eval.json").read_text())["items"][:14]
+    (tmp_path / "items.json").write_text(json.dumps({"items": items}))
+    concept = json.loads((concepts_dir() / "sentiment.json").read_text())
+    concept["measure"] = {"kind": "continuations", "file": "items.json", "n_calibration": 4}
+    path = tmp_path / "mini.json"
+    path.write_text(json.dumps(concept))
+    return path

@@ -123,3 +123,22 @@ def test_coherence_loss_hand_computed_and_adaptive_weights():
     # below tau costs nothing; equal directions weigh 1 each
     zero, w_eq = coherence_loss(ref + 0.1, ref + 0.1, ref)
     assert float(zero) == 0.0 and torch.allclose(w_eq, torch.ones(2))
+
+
+def test_antisymmetry_loss_known_answers():
+    from interp.losses import antisymmetry_loss
+
+    d = torch.tensor([1.0, 0.0])
+    ref = torch.zeros(3, 2)
+    pos = torch.tensor([[2.0, 0.0], [5.0, 0.0], [0.1, 0.0]])
+    # exactly anti-parallel along d, whatever the magnitudes: -1
+    assert float(antisymmetry_loss(pos, -0.01 * pos, ref, d)) == pytest.approx(-1.0)
+    # both shifts on the same side: +1; orthogonal shifts: 0
+    assert float(antisymmetry_loss(pos, pos, ref, d)) == pytest.approx(1.0)
+    ortho = torch.tensor([[0.0, 1.0]] * 3)
+    assert float(antisymmetry_loss(pos, ortho, ref, d)) == pytest.approx(0.0)
+    # growing one side does not change the loss (scale-free), and the reference is subtracted
+    assert float(antisymmetry_loss(10 * pos + 1, -pos + 1, torch.ones(3, 2), d)) == pytest.approx(-1.0)
+    # orientation-free: swapping the sides gives the same loss
+    a, b = torch.randn(4, 2), torch.randn(4, 2)
+    assert float(antisymmetry_loss(a, b, ref[:1].expand(4, 2), d)) == pytest.approx(float(antisymmetry_loss(b, a, ref[:1].expand(4, 2), d)))

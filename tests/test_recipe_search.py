@@ -22,19 +22,6 @@ def test_recipes_parse_into_train_configs():
         parse_recipe("lr")
 
 
-@pytest.fixture()
-def mini_concept(tmp_path):
-    from interp.data import concepts_dir
-
-    items = json.loads((concepts_dir() / "sentiment_eval.json").read_text())["items"][:14]
-    (tmp_path / "items.json").write_text(json.dumps({"items": items}))
-    concept = json.loads((concepts_dir() / "sentiment.json").read_text())
-    concept["measure"] = {"kind": "continuations", "file": "items.json", "n_calibration": 4}
-    path = tmp_path / "mini.json"
-    path.write_text(json.dumps(concept))
-    return path
-
-
 def test_search_end_to_end_and_resume(mini_concept, tmp_path):
     out = tmp_path / "out"
     args = ["--model", "tiny-random", "--concept", str(mini_concept), "--recipes", "default",

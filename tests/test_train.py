@@ -254,3 +254,31 @@ def test_dhs_u_space_and_logsigmoid_run(tiny):
     assert result.loss_hook == "blocks.2.hook_resid_post"
     assert all(0 < r["proj"] < 1 for r in result.history)  # -log σ(x) with |x| small is near log 2
     assert all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values())
+
+
+def test_cli_calibrates_the_sign_on_the_concept_measure(mini_concept, tmp_path):
+    from interp.adapters.io import read_adapter_config
+    from interp.train import main
+
+    args = ["--model", "tiny-random", "--concept", str(mini_concept), "--layers", "1", "--steps", "2", "--n-pairs", "40",
+            "--no-progress"]
+    main([*args, "--out", str(tmp_path / "cal")])
+    sign = read_adapter_config(tmp_path / "cal" / "adapter")["calibration"]["sign"]
+    assert sign["measure"] == "sentiment margin" and sign["split"] == "calibration" and sign["n"] == 4
+    assert sign["flipped"] == (sign["score_pos"] < sign["score_neg"])  # +1 must score above -1 after calibration
+    main([*args, "--out", str(tmp_path / "raw"), "--no-calibrate"])
+    assert "calibration" not in read_adapter_config(tmp_path / "raw" / "adapter")
+
+
+@pytest.mark.parametrize("space", ["dHS", "dHS@U"])
+def test_antisym_loss_runs_and_is_bounded(tiny, space):
+    sites = select_sites(tiny, layers=[1], modules=["mlp.out"])
+    config = TrainConfig(**{**SHORT, "steps": 2, "batch_size": 2, "n_calibration": 4, "n_validation": 4},
+                         space=space, loss="antisym", loss_layer=2)
+    adapter = ToyAdapter(tiny, sites)
+    try:
+        result = train(tiny, adapter, split_by_suffix(make_pairs(n_pairs=60), 0.2), config, progress=False)
+    finally:
+        adapter.detach()
+    assert all(-1 - 1e-6 <= r["proj"] <= 1 + 1e-6 for r in result.history)  # a mean of cosine products
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values())
