@@ -1,4 +1,10 @@
-"""Which steering method moves DailyDilemmas truthfulness most, at the same coherence cost?
+"""Which steering method moves a concept most, at the same coherence cost?
+
+The concept's own measure (:mod:`interp.measures`) judges: de-biased DailyDilemmas
+truthfulness for honesty (the default), the held-out continuation margin for sentiment
+(``--concept sentiment``). ``--recipe`` sets the InnerPiSSA recipe (training settings, as
+in :mod:`analyses.recipe_search`) for every trained method; steering vectors are fitted at
+the recipe's layers. The floor check of the base model on the test split heads the table.
 
 Every method is fitted on the same contrastive pairs at the same layer (InnerPiSSA and
 its ablations and LoRA trained with the same ReprPO loop; PCA, mean-difference and
@@ -48,7 +54,7 @@ ABLATIONS: dict[str, dict] = {
     if name not in ("full", "no_u_rotation", "additive_scaling", "rank_64")
 }
 TRAINED: tuple[str, ...] = ("innerpissa", *ABLATIONS, "loss_dHS@U", "lora")
-VECTORS: tuple[str, ...] = ("pca", "mean_diff", "random")
+VECTORS: tuple[str, ...] = ("pca", "mean_diff", "s_mean_diff", "random")
 METHODS: tuple[str, ...] = (*TRAINED, *VECTORS, "prompt")
 NO_BUDGET = "n/a"
 
@@ -59,6 +65,8 @@ class CompareConfig:
 
     model: str = "smollm2-135m"
     layers: str = "0.5"
+    concept: str = "honesty"
+    recipe: str = ""  # TrainConfig overrides "field=value;..." for every trained method (see analyses.recipe_search)
     methods: tuple[str, ...] = METHODS
     seeds: int = 1
     budgets: tuple[float, ...] = (0.1, 0.3, 1.0)
@@ -86,7 +94,11 @@ class CompareConfig:
         return EvalConfig(min_pmass=self.min_pmass, seed=seed)
 
     def train_config(self, method: str, seed: int) -> TrainConfig:
-        base = replace(TrainConfig(), model=self.model, layers=self.layers, steps=self.steps, n_pairs=self.n_pairs, seed=seed)
+        from analyses.recipe_search import parse_recipe
+
+        base = replace(TrainConfig(), model=self.model, layers=self.layers, steps=self.steps, n_pairs=self.n_pairs,
+                       concept=self.concept, seed=seed)
+        base = replace(base, **parse_recipe(self.recipe))
         if method in ABLATIONS:
             return replace(base, **ABLATIONS[method])
         if method == "loss_dHS@U":
@@ -97,21 +109,25 @@ class CompareConfig:
 # --------------------------------------------------------------------------- fitting
 
 
-def fit_method(model, method: str, config: CompareConfig, seed: int, folder: Path, calibration, *, progress: bool = True):
+def fit_method(model, method: str, config: CompareConfig, seed: int, folder: Path, calibration, *, progress: bool = True,
+               measure=None):
     """A fitted, sign-calibrated steering method (trained ones are saved under ``folder``)."""
-    from interp import baselines
+    from interp.measures import prompt_method
     from interp.protocol import calibrate_method_sign, fit_innerpissa
 
     train_config = config.train_config(method, seed)
     if method == "prompt":
-        m = baselines.PromptSteering()
+        from interp.baselines import PromptSteering
+
+        m = prompt_method(measure) if measure is not None else PromptSteering()
     elif method == "lora":
         m = _fit_lora(model, train_config, folder, progress=progress)
     elif method in TRAINED:
-        return fit_innerpissa(model, train_config, folder, calibration, progress=progress, config=config.eval_config(seed))[0]
+        return fit_innerpissa(model, train_config, folder, calibration, progress=progress, config=config.eval_config(seed),
+                              measure=measure)[0]
     else:
         m = _fit_vector(model, method, train_config, seed)
-    calibrate_method_sign(model, m, calibration, seed=seed, config=config.eval_config(seed))
+    calibrate_method_sign(model, m, calibration, seed=seed, config=config.eval_config(seed), measure=measure)
     return m
 
 
@@ -145,8 +161,9 @@ def _fit_vector(model, method: str, train_config: TrainConfig, seed: int):
     layers = parse_layers(train_config.layers, int(model.cfg.n_layers))
     pairs = build_pairs(train_config).train[: max(train_config.n_calibration, 64)]
     batch = tokenize_pairs(model.tokenizer, pairs, system=train_config.system, max_length=train_config.max_length)
-    cls = {"pca": baselines.PCASteering, "mean_diff": baselines.MeanDiff, "random": baselines.RandomDirection}[method]
-    kwargs = {"seed": seed} if method == "random" else {}
+    cls = {"pca": baselines.PCASteering, "mean_diff": baselines.MeanDiff, "s_mean_diff": baselines.SSpaceMeanDiff,
+           "random": baselines.RandomDirection}[method]
+    kwargs = {"seed": seed} if method == "random" else {"rank": train_config.rank} if method == "s_mean_diff" else {}
     return cls.fit_pairs(model, batch, layers, **kwargs)
 
 
@@ -159,7 +176,7 @@ def scores_path(folder: Path, budget) -> Path:
 
 
 def run_method(model, method: str, config: CompareConfig, seed: int, splits: dict, out: Path, *, progress: bool = True,
-               base: xr.Dataset | None = None) -> dict:
+               base: xr.Dataset | None = None, measure=None) -> dict:
     """Fit, calibrate (sign, strength per budget) and score one method on the test split."""
     from interp.protocol import calibrate_method_strength, score_method, scored_metrics
 
@@ -169,10 +186,10 @@ def run_method(model, method: str, config: CompareConfig, seed: int, splits: dic
         record = json.loads(done.read_text())
         for row in record["rows"]:  # metrics re-derived from the stored scores (cheap; never stale)
             row.update(scored_metrics(load_dataset(scores_path(folder, row["budget"])), row["coeff"],
-                                      config.eval_config(seed)))
+                                      config.eval_config(seed), measure))
         return record
     folder.mkdir(parents=True, exist_ok=True)
-    m = fit_method(model, method, config, seed, folder, splits["calibration"], progress=progress)
+    m = fit_method(model, method, config, seed, folder, splits["calibration"], progress=progress, measure=measure)
     rows = []
     try:
         budgets = [NO_BUDGET] if method == "prompt" else list(config.budgets)
@@ -181,10 +198,10 @@ def run_method(model, method: str, config: CompareConfig, seed: int, splits: dic
                 coeff, reached = 1.0, True
             else:
                 strength = calibrate_method_strength(model, m, splits["calibration"], float(budget),
-                                                     n_texts=config.n_cost_texts, c_max=config.c_max)
+                                                     n_texts=config.n_cost_texts, c_max=config.c_max, measure=measure)
                 coeff, reached = float(strength), bool(strength.reached)
             ds, row = score_method(model, m, splits["test"], coeff=coeff, progress=progress,
-                                   config=config.eval_config(seed), base=base)
+                                   config=config.eval_config(seed), base=base, measure=measure)
             write_netcdf(ds, scores_path(folder, budget))
             rows.append({"budget": str(budget), "coeff": coeff, "reached": reached, **row})
     finally:
@@ -204,7 +221,7 @@ def compare_dataset(records: Sequence[dict], model, config: CompareConfig) -> xr
     methods = [m for m in config.methods if any(r["method"] == m for r in records)]
     seeds = sorted({r["seed"] for r in records})
     budgets = [str(b) for b in config.budgets] + ([NO_BUDGET] if "prompt" in methods else [])
-    keys = ["coeff", "reached", *COLUMNS.values()]
+    keys = ["coeff", "reached", *COLUMNS.values(), "delta_target_neg", "delta_nll_neg"]
     data = {k: np.full((len(methods), len(seeds), len(budgets)), np.nan) for k in keys}
     for r in records:
         i, j = methods.index(r["method"]), seeds.index(r["seed"])
@@ -215,9 +232,13 @@ def compare_dataset(records: Sequence[dict], model, config: CompareConfig) -> xr
     ds = xr.Dataset({k: (("method", "seed", "budget"), v) for k, v in data.items()},
                     coords={"method": methods, "seed": seeds, "budget": budgets})
     ds["delta_nll"].attrs["units"] = "nats/token"
-    ds["delta_target"].attrs["units"] = "Δ P(choice serves Truthfulness)"
+    from interp.measures import measure_of
+
+    measure = measure_of(config.concept)
+    ds["delta_target"].attrs["units"] = ("Δ P(choice serves the target), de-biased" if measure.kind == "dailydilemmas"
+                                         else "Δ margin (nats/token)")
     ds.attrs.update(provenance(model, config=asdict(config), seed=seeds[0] if seeds else None,
-                               split="test", target="Virtue/Truthfulness", budget_cost="next-token KL (nats/token)"))
+                               split="test", target=measure.label, budget_cost="next-token KL (nats/token)"))
     return ds
 
 
@@ -240,10 +261,14 @@ def results_table(ds: xr.Dataset) -> pd.DataFrame:
             truth = fmt("delta_target")
             if not several:
                 truth += f" [{float(r['delta_target_low'].values[0]):+.4f}, {float(r['delta_target_high'].values[0]):+.4f}]"
+            neg = r["delta_target_neg"].values
             rows.append({
                 "Method": method, "Budget": budget if budget == NO_BUDGET else f"{float(budget):g} nats",
-                "Coeff": fmt("coeff", ".3g"), "Δ Truth": truth, "Δ Other": fmt("delta_other", ".4f"),
-                "p-value": fmt("p_value", ".3g"), "Δ NLL": fmt("delta_nll", ".4f"),
+                "Coeff": fmt("coeff", ".3g"), "Δ target (+c)": truth, "Δ target (-c)": fmt("delta_target_neg"),
+                "monotonic (every seed)": bool(np.all((neg < 0) & (r["delta_target"].values > 0))),
+                "Δ target balanced": fmt("delta_target_balanced"), "Answer bias": fmt("answer_bias", "+.3f"),
+                "Δ single-question": fmt("delta_target_single"), "Δ Other": fmt("delta_other", ".4f"),
+                "p-value": fmt("p_value", ".3g"), "Δ NLL": fmt("delta_nll", ".4f"), "Δ NLL (-c)": fmt("delta_nll_neg", ".4f"),
                 "Normalized Gain (%)": fmt("normalized_gain", ".3f"), "Main metric": fmt("main_metric", ".3f"),
                 "Budget reached": bool(np.all(r["reached"].values > 0)),
             })
@@ -276,6 +301,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CompareConfig, argpar
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=d.model)
     p.add_argument("--layers", default=d.layers, help="layer index or depth fraction shared by every method")
+    p.add_argument("--concept", default=d.concept, help="concept whose own measure judges (honesty: DailyDilemmas; sentiment: margins)")
+    p.add_argument("--recipe", default=d.recipe, help="InnerPiSSA recipe, 'field=value;...' TrainConfig overrides, or a name "
+                                                      "from analyses.recipe_search.RECIPES")
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
     p.add_argument("--seeds", type=int, default=d.seeds, help="training / fitting seeds (mean ± std in the table)")
     p.add_argument("--budgets", default=None, help="coherence budgets in nats of next-token KL (default 0.1,0.3,1.0; --quick: 0.3)")
@@ -292,7 +320,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CompareConfig, argpar
     q = args.quick
     try:
         config = CompareConfig(
-            model=args.model, layers=args.layers,
+            model=args.model, layers=args.layers, concept=args.concept, recipe=_recipe_spec(args.recipe),
             methods=tuple(m.strip() for m in args.methods.split(",")) if args.methods else d.methods,
             seeds=args.seeds,
             budgets=tuple(float(b) for b in args.budgets.split(",")) if args.budgets else ((0.3,) if q else d.budgets),
@@ -305,30 +333,58 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CompareConfig, argpar
     return config, args
 
 
+def _recipe_spec(recipe: str) -> str:
+    from analyses.recipe_search import RECIPES
+
+    return RECIPES.get(recipe, recipe)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run (or resume) the comparison; returns the paths written."""
     config, args = parse_args(argv)
+    from interp.floor import floor_line, unavailable
+    from interp.measures import floor_check, measure_of, measure_splits
     from interp.models import load_model
     from interp.protocol import base_scores, dilemma_splits
 
+    measure = measure_of(config.concept)
     # more methods or seeds only add work; other settings must match the folder's
-    out = resumable_folder(args.out, "compare_methods", config, quick=args.quick, ignore=("methods", "seeds"))
+    folder = args.out or (None if config.concept == "honesty" else
+                          str(Path("results") / "compare_methods" / f"{config.model.replace('/', '_')}-{measure.concept}"
+                              f"{'-quick' if args.quick else ''}"))
+    out = resumable_folder(folder, "compare_methods", config, quick=args.quick, ignore=("methods", "seeds"))
     progress = not args.no_progress
     model = load_model(config.model)
-    splits = dilemma_splits(ProtocolConfig(n_calibration=config.n_calibration, n_test=config.n_test,
-                                           dilemmas=config.dilemmas))
-    base = load_or_compute(out / "base_scores.nc",
-                           lambda: base_scores(model, splits["test"], progress=progress, config=config.eval_config(0)))
+    if measure.kind == "dailydilemmas":
+        splits = dilemma_splits(ProtocolConfig(n_calibration=config.n_calibration, n_test=config.n_test,
+                                               dilemmas=config.dilemmas))
+        base = load_or_compute(out / "base_scores.nc",
+                               lambda: base_scores(model, splits["test"], progress=progress, config=config.eval_config(0)))
+    else:
+        splits = measure_splits(measure)
+        splits["test"] = splits["test"].head(config.n_test) if config.n_test else splits["test"]
+        base = None
+    floor_path = out / "floor_test.json"
+    if not floor_path.is_file():
+        try:
+            record = floor_check(model, measure, splits["test"], progress=progress, base=base)[0].to_dict()
+        except ValueError as err:  # too few scorable items (e.g. every row below min_pmass)
+            record = unavailable(str(err), measure.label)
+        write_text(floor_path, json.dumps(record, indent=1))
+    floor = json.loads(floor_path.read_text())
     jobs = [(m, s) for s in range(config.seeds) for m in config.methods]
     records = []
     for method, seed in tqdm(jobs, desc="methods", disable=not progress):
-        records.append(run_method(model, method, config, seed, splits, out, progress=progress, base=base))
+        records.append(run_method(model, method, config, seed, splits, out, progress=progress, base=base,
+                                  measure=measure))
     written = {"dataset": write_netcdf(compare_dataset(records, model, config), out / "compare_methods.nc")}
     stored = load_dataset(written["dataset"])
     table = results_table(stored)
     written["csv"] = write_text(out / "compare_methods.csv", table.to_csv(index=False))
-    header = (f"Methods on {stored.attrs.get('model_spec', '')}, test split ({config.n_test or 'all'} dilemmas), "
-              f"layer {config.layers}, {config.seeds} seed(s); budgets are next-token KL on calibration prompts\n\n")
+    header = (f"Methods on {stored.attrs.get('model_spec', '')}, concept {measure.concept} ({measure.label}), test split "
+              f"({len(splits['test'])} items), layers {config.train_config('innerpissa', 0).layers}, "
+              f"recipe {config.recipe or 'default'}, {config.seeds} seed(s); budgets are next-token KL on calibration "
+              f"prompts\n\n{floor_line(floor)} (test split)\n\n")
     written["table"] = write_text(out / "compare_methods.md", header + table.to_markdown(index=False) + "\n")
     written["figure"] = write_html(figure(stored), Path(args.figures) / "compare_methods.html")
     print(header + table.to_markdown(index=False))

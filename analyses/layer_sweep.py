@@ -13,6 +13,16 @@ this asks whether that holds here.
     python -m analyses.layer_sweep                 # embedded default model, ~9 depths
     python -m analyses.layer_sweep --quick         # 2 depths, short training, few dilemmas
     python -m analyses.layer_sweep --depths 0.3,0.5 --steps 20 --n-eval 64
+    python -m analyses.layer_sweep --concept sentiment --band 0.4 --modules attn.o,mlp.out
+
+Two modes: one site per depth (the default: ``--modules`` at the layer of that depth, the
+loss read there), or ``--band W``: a band of layers ``W`` wide (a depth fraction) centred at
+each depth, the loss read at the layer just after it, so the question becomes where a band
+of fixed width should sit. ``--concept`` chooses the measure (:mod:`interp.measures`):
+DailyDilemmas truthfulness (de-biased) for honesty, held-out continuation margins for
+sentiment; the floor check of the base model on the validation split heads the table.
+``--recipe`` adds other training settings (``field=value;...``, see
+:mod:`analyses.recipe_search`).
 
 Every depth is a run folder ``<out>/depth_0.30/`` (training log and checkpoint, the
 saved adapter, ``eval.nc`` and ``eval.json``); a killed sweep resumes from what is on
@@ -42,7 +52,8 @@ from interp.train import TrainConfig
 DEFAULT_DEPTHS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 QUICK_DEPTHS: tuple[float, ...] = (0.3, 0.6)
 METRICS: tuple[str, ...] = (
-    "delta_target", "delta_target_low", "delta_target_high", "delta_other", "delta_nll", "p_value",
+    "delta_target", "delta_target_low", "delta_target_high", "delta_target_neg", "delta_target_balanced", "answer_bias",
+    "delta_target_single", "delta_other", "delta_nll", "delta_nll_neg", "p_value",
     "main_metric", "normalized_gain", "val_separation", "layer", "orientation", "sign_flipped",
 )
 
@@ -59,6 +70,9 @@ class SweepConfig:
     coeff: float = 1.0
     n_eval: int = 128
     n_calibration: int = 64
+    concept: str = "honesty"
+    band: float | None = None  # width of a band of layers (depth fraction) centred at each depth; None: one site
+    recipe: str = ""  # further TrainConfig overrides, "field=value;..."
     seed: int = 0
     min_pmass: float = 0.1
     dilemmas: str | None = None
@@ -74,10 +88,23 @@ class SweepConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.coeff > 0:
             raise ValueError(f"coeff must be positive, got {self.coeff}")
+        if self.band is not None and not 0 < self.band <= 1:
+            raise ValueError(f"band must be a depth fraction in (0, 1], got {self.band}")
 
-    def train_config(self, depth: float) -> TrainConfig:
-        return replace(TrainConfig(), model=self.model, layers=f"{depth:g}", modules=self.modules,
-                       steps=self.steps, n_pairs=self.n_pairs, seed=self.seed)
+    def train_config(self, depth: float, n_layers: int | None = None) -> TrainConfig:
+        """The training settings at ``depth`` (a band needs ``n_layers`` to place the loss just after it)."""
+        from analyses.recipe_search import parse_recipe
+
+        layers, loss_layer = f"{depth:g}", None
+        if self.band is not None:
+            if n_layers is None:
+                raise ValueError("a band's loss layer needs the model's n_layers")
+            lo, hi = max(0.0, depth - self.band / 2), min(1.0, depth + self.band / 2)
+            layers = f"{lo:g}:{hi:g}"
+            loss_layer = min(depth_to_layer(hi, n_layers) + 1, n_layers - 1)
+        base = replace(TrainConfig(), model=self.model, layers=layers, modules=self.modules, steps=self.steps,
+                       n_pairs=self.n_pairs, concept=self.concept, seed=self.seed, loss_layer=loss_layer)
+        return replace(base, **parse_recipe(self.recipe))
 
 
 def run_dir(out: Path, depth: float) -> Path:
@@ -85,7 +112,7 @@ def run_dir(out: Path, depth: float) -> Path:
 
 
 def run_depth(model, depth: float, config: SweepConfig, splits: dict, out: Path, *, progress: bool = True,
-              base=None) -> dict:
+              base=None, measure=None) -> dict:
     """Train (or resume, or load), calibrate the sign, score one depth; returns its metrics.
 
     The metrics are also written to ``<run>/eval.json``, which marks the depth as done.
@@ -99,27 +126,29 @@ def run_depth(model, depth: float, config: SweepConfig, splits: dict, out: Path,
     if done.is_file():
         record = json.loads(done.read_text())
         # metrics re-derived from the stored scores (cheap; never stale)
-        row = scored_metrics(load_dataset(folder / "eval.nc"), config.coeff, eval_config)
+        row = scored_metrics(load_dataset(folder / "eval.nc"), config.coeff, eval_config, measure)
         return {**record, **{k: row[k] for k in METRICS if k in row}}
-    adapter, training = fit_innerpissa(model, config.train_config(depth), folder, splits["calibration"],
-                                       coeff=config.coeff, progress=progress, config=eval_config)
+    n_layers = int(model.cfg.n_layers)
+    adapter, training = fit_innerpissa(model, config.train_config(depth, n_layers), folder, splits["calibration"],
+                                       coeff=config.coeff, progress=progress, config=eval_config, measure=measure)
     try:
         ds, row = score_method(model, adapter, splits["validation"], coeff=config.coeff, progress=progress,
-                               config=eval_config, base=base)
+                               config=eval_config, base=base, measure=measure)
     finally:
         adapter.detach()
     write_netcdf(ds, folder / "eval.nc")
     gaps = training.get("metrics", {})
     record = {
         "depth": depth,
-        "layer": depth_to_layer(depth, int(model.cfg.n_layers)),
+        "layer": depth_to_layer(depth, n_layers),
+        "n_sites": len(adapter.sites),
         **{k: row.get(k, float("nan")) for k in METRICS if k in row},
         "val_separation": float(gaps.get("gap@+1", np.nan) - gaps.get("gap@-1", np.nan)),
         "orientation": int(adapter.orientation),
         "sign_flipped": bool(adapter.calibration.get("sign", {}).get("flipped", False)),
         "train_seconds": float(training.get("seconds", np.nan)),
         "split": "validation",
-        "n_dilemmas": int(ds.sizes.get("dilemma", 0)),
+        "n_dilemmas": int(ds.sizes.get("dilemma", ds.sizes.get("item", 0))),
     }
     write_text(done, json.dumps(record, indent=2, default=float))
     return record
@@ -131,13 +160,18 @@ def sweep_dataset(records: Sequence[dict], model, config: SweepConfig) -> xr.Dat
     depth = [r["depth"] for r in records]
     data = {k: ("depth", np.array([float(r.get(k, np.nan)) for r in records])) for k in METRICS}
     ds = xr.Dataset(data, coords={"depth": depth})
-    units = {"delta_target": "Δ P(choice serves Truthfulness)", "delta_nll": "nats/token",
+    from interp.measures import measure_of
+
+    measure = measure_of(config.concept)
+    units = {"delta_target": ("Δ P(choice serves the target), de-biased" if measure.kind == "dailydilemmas"
+                              else "Δ margin (nats/token)"), "delta_nll": "nats/token",
              "main_metric": "t / (1 + ΔNLL)", "normalized_gain": "%", "val_separation": "gap units"}
     for k, u in units.items():
         ds[k].attrs["units"] = u
     ds.attrs.update(provenance(model, config=asdict(config), seed=config.seed,
-                               question="layer depth of an InnerPiSSA adapter vs DailyDilemmas truthfulness",
-                               split="validation", target="Virtue/Truthfulness"))
+                               question=f"layer depth of an InnerPiSSA adapter ({'band' if config.band else 'one site'}) "
+                                        f"vs {measure.label}",
+                               split="validation", target=measure.label))
     return ds
 
 
@@ -151,7 +185,7 @@ def figure(ds: xr.Dataset):
     fig.add_bar(x=depth, y=ds["main_metric"].values, name="main metric (t / (1 + ΔNLL))",
                 customdata=np.stack([layer, ds["delta_target"].values, ds["p_value"].values], -1),
                 hovertemplate="depth %{x:.2f} (layer %{customdata[0]:.0f})<br>main %{y:.2f}"
-                              "<br>Δ truth %{customdata[1]:+.4f}, p=%{customdata[2]:.3g}<extra></extra>")
+                              "<br>Δ target %{customdata[1]:+.4f}, p=%{customdata[2]:.3g}<extra></extra>")
     fig.add_scatter(x=depth, y=ds["delta_nll"].values, name="ΔNLL at +c (nats/token)", yaxis="y2", mode="lines+markers")
     fig.update_layout(
         title=f"Layer-depth sweep: {ds.attrs.get('model_spec', '')} (validation split)",
@@ -163,18 +197,29 @@ def figure(ds: xr.Dataset):
     return fig
 
 
-def markdown(ds: xr.Dataset) -> str:
+def markdown(ds: xr.Dataset, floor: dict | None = None) -> str:
     import pandas as pd
+
+    from interp.floor import floor_line
 
     df = pd.DataFrame({
         "Depth": ds["depth"].values, "Layer": ds["layer"].values.astype(int),
-        "Δ Truth": [f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]" for m, lo, hi in
-                    zip(ds["delta_target"].values, ds["delta_target_low"].values, ds["delta_target_high"].values)],
+        "Δ target (+c)": [f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]" for m, lo, hi in
+                          zip(ds["delta_target"].values, ds["delta_target_low"].values, ds["delta_target_high"].values)],
+        "Δ target (-c)": ds["delta_target_neg"].values, "Δ target balanced": ds["delta_target_balanced"].values,
+        "Answer bias": ds["answer_bias"].values, "Δ single-question": ds["delta_target_single"].values,
         "Δ Other": ds["delta_other"].values, "p-value": ds["p_value"].values, "Δ NLL": ds["delta_nll"].values,
+        "Δ NLL (-c)": ds["delta_nll_neg"].values,
         "Normalized Gain (%)": ds["normalized_gain"].values, "Main metric": ds["main_metric"].values,
         "Val. separation": ds["val_separation"].values, "Sign flipped": ds["sign_flipped"].values.astype(bool),
     })
-    return f"Layer sweep on {ds.attrs.get('model_spec', '')}, validation split, c = ±{json.loads(ds.attrs['config'])['coeff']}\n\n" + df.to_markdown(index=False, floatfmt=".4g") + "\n"
+    config = json.loads(ds.attrs["config"])
+    mode = f"band of width {config['band']:g}" if config.get("band") else "one site"
+    head = (f"Layer sweep ({mode}) on {ds.attrs.get('model_spec', '')}, {ds.attrs.get('target', '')}, validation split, "
+            f"c = ±{config['coeff']}\n\n")
+    if floor is not None:
+        head += floor_line(floor) + "\n\n"
+    return head + df.to_markdown(index=False, floatfmt=".4g") + "\n"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[SweepConfig, argparse.Namespace]:
@@ -188,6 +233,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SweepConfig, argparse
     p.add_argument("--n-eval", type=int, default=None, help=f"validation dilemmas scored per depth (default {d.n_eval}; --quick: 16)")
     p.add_argument("--n-calibration", type=int, default=None, help=f"calibration dilemmas for the sign (default {d.n_calibration}; --quick: 16)")
     p.add_argument("--coeff", type=float, default=d.coeff)
+    p.add_argument("--concept", default=d.concept, help="concept whose own measure judges (honesty: DailyDilemmas; sentiment: margins)")
+    p.add_argument("--band", type=float, default=None, help="sweep a band of layers this wide (depth fraction) instead of one site")
+    p.add_argument("--recipe", default=d.recipe, help="further training settings, 'field=value;...'")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--min-pmass", type=float, default=d.min_pmass, help="rows with p(Yes)+p(No) below this are NaN")
     p.add_argument("--dilemmas", default=None, help="DailyDilemmas folder (default: $INTERP_DILEMMAS_DIR or ../shared/data/daily_dilemmas)")
@@ -204,7 +252,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SweepConfig, argparse
             steps=args.steps or (6 if quick else d.steps), n_pairs=200 if quick else d.n_pairs, coeff=args.coeff,
             n_eval=args.n_eval or (16 if quick else d.n_eval),
             n_calibration=args.n_calibration or (16 if quick else d.n_calibration),
-            seed=args.seed, min_pmass=args.min_pmass, dilemmas=args.dilemmas,
+            seed=args.seed, min_pmass=args.min_pmass, dilemmas=args.dilemmas, concept=args.concept, band=args.band,
+            recipe=args.recipe,
         )
     except ValueError as err:
         p.error(str(err))
@@ -216,31 +265,52 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     config, args = parse_args(argv)
     from interp.models import load_model
     from interp.evaluate import EvalConfig
+    from interp.floor import unavailable
+    from interp.measures import floor_check, measure_of, measure_splits
     from interp.protocol import ProtocolConfig, base_scores, dilemma_splits
 
     # more depths only add work; other settings must match the folder's
-    out = resumable_folder(args.out, "layer_sweep", config, quick=args.quick, ignore=("depths",))
+    from analyses._io import result_folder
+
+    default = result_folder("layer_sweep", config.model, args.quick)  # honesty, one site: the main job's folder
+    suffix = ("" if config.concept == "honesty" else f"-{Path(config.concept).stem}") + (f"-band{config.band:g}" if config.band else "")
+    out = resumable_folder(args.out or (str(default) + suffix if suffix else None), "layer_sweep", config,
+                           quick=args.quick, ignore=("depths",))
     progress = not args.no_progress
     model = load_model(config.model)
-    splits = dilemma_splits(ProtocolConfig(n_calibration=config.n_calibration,
-                                           n_validation=config.n_eval, dilemmas=config.dilemmas))
-    eval_config = EvalConfig(min_pmass=config.min_pmass, seed=config.seed)
-    base = load_or_compute(out / "base_scores.nc",
-                           lambda: base_scores(model, splits["validation"], progress=progress, config=eval_config))
+    measure = measure_of(config.concept)
+    eval_config = EvalConfig(min_pmass=config.min_pmass, seed=config.seed, target=measure.target)
+    if measure.kind == "dailydilemmas":
+        splits = dilemma_splits(ProtocolConfig(n_calibration=config.n_calibration,
+                                               n_validation=config.n_eval, dilemmas=config.dilemmas))
+        base = load_or_compute(out / "base_scores.nc",
+                               lambda: base_scores(model, splits["validation"], progress=progress, config=eval_config))
+    else:
+        splits = measure_splits(measure)
+        splits["validation"] = splits["validation"].head(config.n_eval)
+        base = None
+    floor_path = out / "floor_validation.json"
+    if not floor_path.is_file():
+        try:
+            floor = floor_check(model, measure, splits["validation"], progress=progress, base=base)[0].to_dict()
+        except ValueError as err:  # too few scorable items
+            floor = unavailable(str(err), measure.label)
+        write_text(floor_path, json.dumps(floor, indent=1))
+    floor = json.loads(floor_path.read_text())
     records = []
     bar = tqdm(config.depths, desc="depths", disable=not progress)
     for depth in bar:
         bar.set_postfix(depth=f"{depth:.2f}")
-        record = run_depth(model, depth, config, splits, out, progress=progress, base=base)
+        record = run_depth(model, depth, config, splits, out, progress=progress, base=base, measure=measure)
         records.append(record)
-        tqdm.write(f"depth {depth:.2f} (layer {record['layer']}): Δtruth {record.get('delta_target', float('nan')):+.4f} "
+        tqdm.write(f"depth {depth:.2f} (layer {record['layer']}): Δtarget {record.get('delta_target', float('nan')):+.4f} "
                    f"p={record.get('p_value', float('nan')):.3g} ΔNLL {record.get('delta_nll', float('nan')):.4f} "
                    f"main {record.get('main_metric', float('nan')):.3f}")
     written = {"dataset": write_netcdf(sweep_dataset(records, model, config), out / "layer_sweep.nc")}
     stored = load_dataset(written["dataset"])
-    written["table"] = write_text(out / "layer_sweep.md", markdown(stored))
+    written["table"] = write_text(out / "layer_sweep.md", markdown(stored, floor))
     written["figure"] = write_html(figure(stored), Path(args.figures) / "layer_sweep.html")
-    print(markdown(stored))
+    print(markdown(stored, floor))
     return written
 
 

@@ -51,6 +51,14 @@ RECIPES: dict[str, str] = {
     "band_lr0.02": "layers=0.1:0.5;modules=attn.o,mlp.out;loss_layer=0.55;lr=0.02",
     "band_mid": "layers=0.3:0.7;modules=attn.o,mlp.out;loss_layer=0.75",
     "band_wide": "layers=0.1:0.8;modules=attn.o,mlp.out;loss_layer=0.85",
+    # the rotation bound: 0.3 rad at |c| = 1 saturates within 40 steps
+    "band_angle1": "layers=0.1:0.5;modules=attn.o,mlp.out;loss_layer=0.55;max_angle=1.0",
+    # the band moves the margin by +6 / -3.5 nats/token but costs 1.6 nats of NLL: bound it
+    "band_angle0.1": "layers=0.1:0.5;modules=attn.o,mlp.out;loss_layer=0.55;max_angle=0.1",
+    "band_coh": "layers=0.1:0.5;modules=attn.o,mlp.out;loss_layer=0.55;coherence_weight=10;tau=0.05",
+    "band_narrow": "layers=0.2:0.4;modules=attn.o,mlp.out;loss_layer=0.45",
+    "band_antisym": "layers=0.1:0.5;modules=attn.o,mlp.out;loss_layer=0.55;loss=antisym;margin=1.0",
+    "single_angle1": "max_angle=1.0;lr=0.02",
 }
 _TUPLES = {"modules"}
 
@@ -96,6 +104,7 @@ def run_recipe(model, name: str, config: TrainConfig, measure, splits: dict, fol
 
     done = folder / "result.json"
     folder.mkdir(parents=True, exist_ok=True)
+    _backfill_defaults(folder)
     check_run_config(folder, asdict(config))
     if done.is_file():
         return json.loads(done.read_text())
@@ -129,6 +138,20 @@ def run_recipe(model, name: str, config: TrainConfig, measure, splits: dict, fol
     return record
 
 
+def _backfill_defaults(folder: Path) -> None:
+    """A run recorded before a training setting existed used that setting's default: say so
+    in its ``run_config.json``, so the settings check compares like with like."""
+    from interp.store import RUN_CONFIG, write_text as write
+
+    path = folder / RUN_CONFIG
+    if not path.is_file():
+        return
+    recorded = json.loads(path.read_text())
+    missing = {f.name: f.default for f in fields(TrainConfig) if f.name not in recorded}
+    if missing:
+        write(path, json.dumps({**recorded, **json.loads(json.dumps(missing, default=str))}, indent=1, sort_keys=True))
+
+
 def row_metrics(table: pd.DataFrame, measure) -> dict:
     """The +1 / -1 rows of a measure's table as one flat record (names shared by both measures)."""
     t = table.set_index("Coeff")
@@ -151,6 +174,13 @@ def row_metrics(table: pd.DataFrame, measure) -> dict:
 
 TABLE = ("recipe", "seed", "effect", "effect_neg", "monotonic", "p_value", "delta_nll", "delta_nll_neg", "answer_bias",
          "effect_single", "n_sites", "train_seconds")
+
+
+def finished_records(out: Path, split: str) -> list[dict]:
+    """The records of every finished run under ``out`` on ``split`` (oldest first): searches run
+    in parallel processes into one folder share one table."""
+    paths = sorted(out.glob("*/seed_*/result.json"), key=lambda p: p.stat().st_mtime)
+    return [r for r in (json.loads(p.read_text()) for p in paths) if r.get("split") == split]
 
 
 def search_table(records: Sequence[dict]) -> pd.DataFrame:
@@ -212,6 +242,7 @@ def parse_args(argv: Sequence[str] | None = None):
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     args, configs = parse_args(argv)
+    from interp.floor import floor_line, unavailable
     from interp.measures import floor_check, measure_of, measure_splits
     from interp.models import load_model
     from interp.provenance import provenance
@@ -227,10 +258,13 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     if floor_path.is_file():
         floor = json.loads(floor_path.read_text())
     else:
-        check, prompt_ds = floor_check(model, measure, splits[args.split], progress=progress)
-        floor = check.to_dict()
+        try:
+            check = floor_check(model, measure, splits[args.split], progress=progress)[0]
+            floor = check.to_dict()
+            print(check.summary())
+        except ValueError as err:  # too few scorable items
+            floor = unavailable(str(err), measure.label)
         write_text(floor_path, json.dumps(floor, indent=1))
-        print(check.summary())
     base = None
     if measure.kind == "dailydilemmas":
         from interp.protocol import base_scores
@@ -240,11 +274,9 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     for (name, seed), config in tqdm(configs.items(), desc="recipes", disable=not progress):
         records.append(run_recipe(model, name, config, measure, splits, out / name / f"seed_{seed}", split=args.split,
                                   base=base, progress=progress))
-        table = search_table(records)
-        header = (f"Recipe search, concept {measure.concept} ({measure.label}), {args.split} split, model {args.model}.\n"
-                  f"Floor check: {'passes' if floor['passes'] else 'FAILS (effects below are not evidence of steering)'}"
-                  f" (base {floor['base']:+.4f} [{floor['base_low']:+.4f}, {floor['base_high']:+.4f}], "
-                  f"prompting {floor['prompt_delta']:+.4f}, p {floor['prompt_p']:.3g}).\n\n")
+        table = search_table(finished_records(out, args.split))  # every finished run in the folder, this one's or not
+        header = (f"Recipe search, concept {measure.concept} ({measure.label}), {args.split} split, model {args.model}.\n\n"
+                  f"{floor_line(floor)}\n\n")
         write_text(out / f"table_{args.split}.md", header + table.to_markdown(index=False, floatfmt=".4g") + "\n")
         write_text(out / f"table_{args.split}.csv", table.to_csv(index=False))
     ds = search_dataset(records, provenance(model, config={"recipes": {n: asdict(c) for (n, _), c in configs.items()}},

@@ -280,6 +280,39 @@ class PCASteering(VectorSteering):
         return cls(vectors, model_spec=model_spec, options={"center": center, "scale": "mean_diff_norm"})
 
 
+class SSpaceMeanDiff(VectorSteering):
+    """The mean difference kept only within a residual writer's singular basis, per layer.
+
+    At layer ``L`` the vector is ``U_r U_rᵀ m_L``: the mean difference ``m_L`` projected on
+    the top-``r`` left singular vectors of that layer's ``module`` weight (raw HF weight,
+    ``[d_model, d_in]``; its output is the residual stream), which is where an InnerPiSSA
+    adapter on that site can write. Against :class:`MeanDiff` and the trained adapter it
+    separates what the basis does from what the learned rotation does.
+    """
+
+    name = "s_mean_diff"
+
+    @classmethod
+    def fit(cls, model, chosen, rejected, layers, *, batch_size: int = 16, rank: int = 64,
+            module: str = "mlp.out") -> SSpaceMeanDiff:
+        from interp.sites import Site, linear_of
+
+        if chosen[0].shape[0] != rejected[0].shape[0]:
+            raise ValueError(f"{chosen[0].shape[0]} chosen rows but {rejected[0].shape[0]} rejected rows")
+        h_cho = last_token_hidden(model, *chosen, layers, batch_size=batch_size)
+        h_rej = last_token_hidden(model, *rejected, layers, batch_size=batch_size)
+        vectors = {}
+        for L in h_cho:
+            W = linear_of(model, Site(L, module)).weight.detach().double()
+            if W.shape[0] != h_cho[L].shape[1]:
+                raise ValueError(f"{module} at layer {L} does not write to the residual stream (weight {tuple(W.shape)}); "
+                                 "use attn.o or mlp.out")
+            U = torch.linalg.svd(W, full_matrices=False).U[:, :rank]
+            m = mean_diff_direction(h_cho[L], h_rej[L]).double()
+            vectors[L] = (U @ (U.T @ m.to(U.device))).float()
+        return cls(vectors, model_spec=getattr(model, "spec", None), options={"rank": rank, "module": module})
+
+
 class RandomDirection(VectorSteering):
     """A seeded random direction per layer with the norm of that layer's PCA vector.
 

@@ -74,6 +74,22 @@ class FloorCheck:
         return {**asdict(self), "base_holds": self.base_holds, "prompt_moves": self.prompt_moves, "passes": self.passes}
 
 
+def unavailable(reason: str, measure: str = "") -> dict:
+    """A floor-check record for a selection where it cannot be made (too few scorable items):
+    it neither passes nor fails, and says why."""
+    return {"measure": measure, "passes": None, "reason": reason, **dict.fromkeys(
+        ("chance", "base", "base_low", "base_high", "prompt_delta", "prompt_t", "prompt_p"), math.nan)}
+
+
+def floor_line(record: dict) -> str:
+    """One line for a table header from a stored floor-check record (:meth:`FloorCheck.to_dict` or :func:`unavailable`)."""
+    if record.get("passes") is None:
+        return f"Floor check not made: {record.get('reason', 'unknown reason')}"
+    return (f"Floor check: base {record['base']:+.4f} [{record['base_low']:+.4f}, {record['base_high']:+.4f}] vs chance "
+            f"{record['chance']:g}; prompting {record['prompt_delta']:+.4f} (p {record['prompt_p']:.3g}): "
+            + ("passes" if record["passes"] else f"FAILS: **{FLOOR_MESSAGE}**; the effects below are not evidence of steering"))
+
+
 def floor_verdict(
     base_values: np.ndarray,
     chance: float,

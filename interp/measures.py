@@ -166,6 +166,19 @@ def score_measure(model, method, measure: Measure, items, coeffs: Sequence[float
     return ds, continuation_table(ds, seed=seed)
 
 
+def cost_tokens(model, measure: Measure | None, items):
+    """``(tokens, attention_mask)`` of ``items``' unsteered prompts: the fixed text set on
+    which coherence costs (next-token KL) are measured for strength calibration."""
+    if measure is None or measure.kind == "dailydilemmas":
+        from interp.evaluate import prompt_tokens
+
+        return prompt_tokens(model, items)
+    from interp.baselines import tokenize_chats
+    from interp.continuations import item_chats
+
+    return tokenize_chats(model, item_chats(items), continue_final=True)
+
+
 def values_at(ds: xr.Dataset, measure: Measure, coeff: float) -> np.ndarray:
     """Per-item values of a scored dataset at one coefficient (margins, or signed de-biased target values)."""
     if measure.kind == "dailydilemmas":

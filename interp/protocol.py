@@ -67,49 +67,88 @@ def dilemma_splits(config: ProtocolConfig = ProtocolConfig()) -> dict:
 
 
 def calibrate_method_sign(model, method: SteeringMethod, calibration, coeff: float = 1.0, *, seed: int = 0,
-                          config=None):
-    """Flip ``method.orientation`` so that ``+coeff`` raises the target score on ``calibration``."""
+                          config=None, measure=None):
+    """Flip ``method.orientation`` so that ``+coeff`` raises the target score on ``calibration``.
+
+    ``measure`` (:class:`interp.measures.Measure`; default: DailyDilemmas with ``config``'s
+    target) says what the calibration items are and how they are scored.
+    """
     from interp.evaluate import EvalConfig, target_score
 
+    if measure is not None and measure.kind != "dailydilemmas":
+        from interp.measures import score_fn
+
+        result = calibrate_sign(method, score_fn(model, measure, calibration, seed=seed), coeff, seed=seed)
+        method.calibration["sign"] = {**method.calibration["sign"], "measure": measure.label, "split": "calibration"}
+        return result
     config = config or EvalConfig()
     return calibrate_sign(method, lambda m, c: target_score(model, m, c, calibration, config), coeff, seed=seed)
 
 
 def calibrate_method_strength(
     model, method: SteeringMethod, calibration, budget: float, *, kind: str = "kl", n_texts: int = 16, c_max: float = 16.0,
+    measure=None,
 ) -> CalibratedStrength:
-    """The coefficient whose coherence cost (``kind``, nats) on calibration prompts reaches ``budget``."""
-    from interp.evaluate import prompt_tokens
+    """The coefficient whose coherence cost (``kind``, nats) on calibration prompts reaches ``budget``.
 
-    tokens, mask = prompt_tokens(model, calibration.head(n_texts))
+    The prompts are the first ``n_texts`` calibration items of ``measure`` (default: dilemmas).
+    """
+    from interp.measures import cost_tokens
+
+    tokens, mask = cost_tokens(model, measure, calibration.head(n_texts))
     strength = calibrate_strength(coherence_cost(model, method, tokens, mask, kind=kind), budget, c_max=c_max, symmetric=True)
     record_strength(method, strength)
     return strength
 
 
 def score_method(model, method: SteeringMethod, dilemmas, *, coeff: float = 1.0, progress: bool = True,
-                 config=None, base: xr.Dataset | None = None) -> tuple[xr.Dataset, dict]:
+                 config=None, base: xr.Dataset | None = None, measure=None) -> tuple[xr.Dataset, dict]:
     """Score ``method`` at ``-coeff, 0, +coeff``; returns the dataset and the ``+coeff`` metrics row.
 
     ``base``: these dilemmas already scored at c = 0 (reused: c = 0 is the same model for every method).
+    ``measure``: a continuation measure scores its items instead of dilemmas (same row keys).
     """
     from interp.evaluate import EvalConfig, score_dilemmas
 
+    if measure is not None and measure.kind != "dailydilemmas":
+        from interp.measures import score_measure
+
+        ds, _ = score_measure(model, method, measure, dilemmas, (-coeff, 0.0, coeff), progress=progress,
+                              seed=(config.seed if config else 0))
+        return ds, scored_metrics(ds, coeff, config, measure)
     config = config or EvalConfig()
     ds = score_dilemmas(model, method, (-coeff, 0.0, coeff), dilemmas, config, progress=progress, base=base)
     return ds, scored_metrics(ds, coeff, config)
 
 
-def scored_metrics(ds: xr.Dataset, coeff: float, config=None) -> dict[str, float]:
+def scored_metrics(ds: xr.Dataset, coeff: float, config=None, measure=None) -> dict[str, float]:
     """The ``+coeff`` metrics row of a scored dataset (as :func:`score_method` returns it).
 
     Resumed analyses call this on their stored scores, so a finished run's table always
-    follows the current metric definitions.
+    follows the current metric definitions. Keys are :data:`COLUMNS`' snake-case names
+    (``delta_nll_neg`` is ΔNLL at ``-coeff``); a continuation measure fills the target
+    keys with its margin and leaves the DailyDilemmas-only ones NaN.
     """
     from interp.evaluate import EvalConfig, metrics_table
 
-    table = metrics_table(ds, config or EvalConfig())
-    return metrics_row(table[np.isclose(table["Coeff"].astype(float), coeff)].iloc[0])
+    if measure is not None and measure.kind != "dailydilemmas":
+        from interp.continuations import continuation_metrics
+
+        m = continuation_metrics(ds, str(ds["method"].values[0]), float(coeff), seed=(config.seed if config else 0))
+        row = dict.fromkeys(COLUMNS.values(), math.nan)
+        row.update(delta_target=m["Δ margin"], delta_target_low=m["Δ margin low"], delta_target_high=m["Δ margin high"],
+                   p_value=m["p-value"], delta_nll=m["Δ NLL"], main_metric=m["t"] / (1 + max(m["Δ NLL"], 0.0)))
+        row["delta_nll_neg"] = m["Δ NLL (-c)"]
+        neg = continuation_metrics(ds, str(ds["method"].values[0]), -float(coeff))
+        row["delta_target_neg"] = neg["Δ margin"]
+        return row
+    config = config or EvalConfig()
+    table = metrics_table(ds, config)
+    row = metrics_row(table[np.isclose(table["Coeff"].astype(float), coeff)].iloc[0])
+    neg = table[np.isclose(table["Coeff"].astype(float), -coeff)]
+    row["delta_nll_neg"] = float(neg["Δ NLL"].iloc[0]) if len(neg) else math.nan
+    row["delta_target_neg"] = float(neg["Δ Truth"].iloc[0]) if len(neg) else math.nan
+    return row
 
 
 # Column names of interp.evaluate's table -> snake-case keys for datasets and json.
@@ -136,7 +175,7 @@ def metrics_row(row) -> dict[str, float]:
 
 
 def fit_innerpissa(model, train_config, folder: str | Path, calibration, *, coeff: float = 1.0, progress: bool = True,
-                   config=None):
+                   config=None, measure=None):
     """Train an InnerPiSSA adapter into ``folder`` (resuming), calibrate its sign, save it.
 
     If ``folder/adapter`` already holds a saved adapter it is loaded instead. Returns
@@ -152,7 +191,7 @@ def fit_innerpissa(model, train_config, folder: str | Path, calibration, *, coef
     adapter, result = train_adapter(model, None, train_config, out=folder, resume=(folder / CHECKPOINT).is_file(),
                                     progress=progress)
     try:
-        calibrate_method_sign(model, adapter, calibration, coeff, seed=train_config.seed, config=config)
+        calibrate_method_sign(model, adapter, calibration, coeff, seed=train_config.seed, config=config, measure=measure)
         training = result.training_extra()
         save_adapter(adapter, saved, extra={"training": training})
     except BaseException:

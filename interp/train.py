@@ -100,6 +100,7 @@ class TrainConfig:
     rotate_v: bool = True
     rotate_u: bool = False
     scaling: str = "add"
+    max_angle: float | None = 0.3  # bound on the rotation angle at |c| = 1 (radians); None: unbounded
     # data
     concept: str = DEFAULT_CONCEPT
     suffixes: str | None = None
@@ -562,7 +563,8 @@ def train_adapter(
     if sites is None:
         sites = select_sites(model, layers=config.layers, modules=list(config.modules))
     adapter = attach(model, list(sites), InnerPiSSAConfig(
-        rank=config.rank, rotate_v=config.rotate_v, rotate_u=config.rotate_u, scaling=config.scaling, seed=config.seed
+        rank=config.rank, rotate_v=config.rotate_v, rotate_u=config.rotate_u, scaling=config.scaling,
+        max_angle=config.max_angle, seed=config.seed,
     ))
     return adapter, train(model, adapter, build_pairs(config), config, **train_kwargs)
 
@@ -590,6 +592,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--no-rotate-v", action="store_true")
     p.add_argument("--rotate-u", action="store_true")
     p.add_argument("--scaling", choices=SCALINGS, default=d.scaling)
+    p.add_argument("--max-angle", type=float, default=d.max_angle, help="largest rotation angle at |c| = 1 (radians)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=None, help="run folder (default: runs/<concept>-<model>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
@@ -611,6 +614,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
         config = TrainConfig(
             model=args.model, layers=args.layers, modules=tuple(m.strip() for m in args.modules.split(",") if m.strip()),
             rank=args.rank, rotate_v=not args.no_rotate_v, rotate_u=args.rotate_u, scaling=args.scaling,
+            max_angle=args.max_angle,
             concept=args.concept, suffixes=args.suffixes, n_pairs=args.n_pairs, steps=args.steps,
             batch_size=args.batch_size, lr=args.lr, space=args.space, loss=args.loss, loss_layer=loss_layer, seed=args.seed,
         )

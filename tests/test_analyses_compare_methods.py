@@ -25,7 +25,7 @@ def test_table_dataset_and_figure(run):
     assert list(ds["method"].values) == ["innerpissa", "lora", "pca", "prompt"]
     assert list(ds["budget"].values) == ["0.3", "n/a"] and ds.attrs["split"] == "test"
     table = written["csv"].read_text().splitlines()
-    assert table[0].startswith("Method,Budget,Coeff,Δ Truth") and len(table) == 1 + 4
+    assert table[0].startswith("Method,Budget,Coeff,Δ target (+c),Δ target (-c)") and len(table) == 1 + 4
     # every calibrated strength is a positive coefficient; prompting is scored at its strong wording
     assert (ds["coeff"].sel({"budget": "0.3"}).values[:3] > 0).all()
     assert float(ds["coeff"].sel({"method": "prompt", "budget": "n/a"}).values[0]) == 1.0
@@ -75,3 +75,20 @@ def test_seeds_give_mean_and_std(tmp_path, dilemmas_dir):
 def test_unknown_method_is_rejected():
     with pytest.raises(ValueError, match="unknown method"):
         compare_methods.CompareConfig(methods=("innerpissa", "steering-by-magic"))
+
+
+def test_a_continuation_concept_with_a_recipe(mini_concept, tmp_path):
+    """Sentiment's margin judges every method; the recipe sets the trained adapter's sites."""
+    from interp.adapters.io import read_adapter_config
+
+    written = compare_methods.main([
+        "--model", "tiny-random", "--concept", str(mini_concept), "--recipe", "layers=1:2;modules=attn.o,mlp.out;loss_layer=3",
+        "--methods", "innerpissa,mean_diff,prompt", "--steps", "2", "--budgets", "0.3", "--no-progress",
+        "--out", str(tmp_path / "res"), "--figures", str(tmp_path / "fig")])
+    ds = load_dataset(written["dataset"])
+    assert "margin" in ds.attrs["target"] and list(ds["method"].values) == ["innerpissa", "mean_diff", "prompt"]
+    record = json.loads((tmp_path / "res" / "innerpissa" / "seed_0" / "result.json").read_text())
+    assert record["calibration"]["sign"]["measure"] == "sentiment margin"
+    assert len(read_adapter_config(tmp_path / "res" / "innerpissa" / "seed_0" / "adapter")["sites"]) == 4
+    text = written["table"].read_text()
+    assert "Floor check" in text and "sentiment" in text and (tmp_path / "res" / "floor_test.json").is_file()

@@ -81,3 +81,19 @@ def test_quick_first_depth_on_the_default_model(tmp_path, dilemmas_dir):
     ds = load_dataset(written["dataset"])
     assert ds.sizes["depth"] == 1 and int(ds["layer"].values[0]) == 14  # round(0.5 * 29), half to even
     assert abs(float(ds["delta_nll"].values[0])) < 0.5  # a short run stays coherent
+
+
+def test_band_mode_on_a_continuation_concept(mini_concept, tmp_path):
+    """A band of fixed width centred at each depth, the loss read just after it, judged by the concept's margin."""
+    from interp.adapters.io import read_adapter_config
+
+    written = layer_sweep.main(["--model", "tiny-random", "--concept", str(mini_concept), "--band", "0.5", "--depths", "0.25",
+                                "--modules", "attn.o,mlp.out", "--steps", "2", "--n-eval", "6", "--no-progress",
+                                "--out", str(tmp_path / "res"), "--figures", str(tmp_path / "fig")])
+    ds = load_dataset(written["dataset"])
+    assert "margin" in ds.attrs["target"] and "band" in ds.attrs["question"]
+    cfg = read_adapter_config(tmp_path / "res" / "depth_0.25" / "adapter")
+    # depth 0.25 ± 0.25 of 4 layers: layers 0..2 (round(0.5 * 3) = 2), loss at layer 3
+    assert cfg["sites"] == [f"blocks.{i}.{m}" for i in range(3) for m in ("attn.o", "mlp.out")]
+    assert cfg["training"]["config"]["loss_layer"] == 3 and cfg["calibration"]["sign"]["measure"] == "sentiment margin"
+    assert "band of width 0.5" in written["table"].read_text() and "Floor check" in written["table"].read_text()

@@ -261,3 +261,23 @@ def test_default_model_pca_steering_moves_rejected_toward_chosen(smol):
     assert (up > base).all()
     # c = 1 shifts each projection by exactly |v|^2 at the steered layer itself.
     assert torch.allclose(up - base, torch.full_like(base, float(v @ v)), rtol=1e-3)
+
+
+def test_s_space_mean_diff_is_the_mean_diff_within_the_writer_basis(tiny, fitted):
+    from interp.baselines import SSpaceMeanDiff
+    from interp.sites import Site, linear_of
+
+    cho, rej = pairs(tiny)
+    full = SSpaceMeanDiff.fit(tiny, cho, rej, [1, 2], batch_size=4, rank=64)  # full rank: the basis spans d_model
+    low = SSpaceMeanDiff.fit(tiny, cho, rej, [1, 2], batch_size=4, rank=4)
+    for L in (1, 2):
+        md = fitted["mean_diff"].vectors[L]
+        assert torch.allclose(full.vectors[L], md, atol=1e-4)
+        U = torch.linalg.svd(linear_of(tiny, Site(L, "mlp.out")).weight.detach().double(), full_matrices=False).U[:, :4]
+        v = low.vectors[L].double()
+        assert torch.allclose(U @ (U.T @ v), v, atol=1e-5)  # lies in span(U_4)
+        assert float(v @ md.double()) == pytest.approx(float(v.norm() ** 2), rel=1e-4)  # an orthogonal projection of md
+        assert v.norm() < md.norm()
+    assert low.options == {"rank": 4, "module": "mlp.out"} and low.name == "s_mean_diff"
+    with pytest.raises(ValueError, match="residual stream"):
+        SSpaceMeanDiff.fit(tiny, cho, rej, [1], module="mlp.in")
