@@ -5,7 +5,8 @@ band, modules, where the loss is read, loss kind, lr, steps, rank, ...). For eac
 and seed an adapter is trained on the concept's pairs, its sign calibrated on the
 calibration split of the concept's own measure (:mod:`interp.measures`), and it is scored
 on the *validation* split at ``c = -1, 0, +1``: de-biased DailyDilemmas for honesty
-(with the answer bias beside it), the continuation margin for sentiment. The test split
+(with the answer bias beside it; only dilemmas where the target label has a sign, as the
+target score reads no others), the continuation margin for sentiment. The test split
 is never touched here: it is for the final measurement of the recipe chosen.
 
 Before any row, the floor check (:mod:`interp.floor`) of the base model on that split is
@@ -129,7 +130,8 @@ def run_recipe(model, name: str, config: TrainConfig, measure, splits: dict, fol
     finally:
         adapter.detach()
     write_netcdf(ds, folder / "eval.nc")
-    record = {"recipe": name, "seed": config.seed, "split": split, "orientation": int(adapter.orientation),
+    record = {"recipe": name, "seed": config.seed, "split": split, "n_items": len(splits[split]),
+              "orientation": int(adapter.orientation),
               "sign": (adapter.calibration or {}).get("sign", {}), "train_seconds": training.get("seconds", math.nan),
               "seconds": round(time.perf_counter() - t0, 1), "n_sites": len(adapter.sites),
               "val_gaps": {k: training.get("metrics", {}).get(k) for k in ("gap@-1", "gap@+0", "gap@+1")},
@@ -172,7 +174,7 @@ def row_metrics(table: pd.DataFrame, measure) -> dict:
 # --------------------------------------------------------------------------- table
 
 
-TABLE = ("recipe", "seed", "effect", "effect_neg", "monotonic", "p_value", "delta_nll", "delta_nll_neg", "answer_bias",
+TABLE = ("recipe", "seed", "n_items", "effect", "effect_neg", "monotonic", "p_value", "delta_nll", "delta_nll_neg", "answer_bias",
          "effect_single", "n_sites", "train_seconds")
 
 
@@ -217,6 +219,8 @@ def parse_args(argv: Sequence[str] | None = None):
     p.add_argument("--steps", type=int, default=None, help="override every recipe's steps")
     p.add_argument("--split", choices=("validation", "test"), default="validation",
                    help="scored split (test: only for the final measurement of a chosen recipe)")
+    p.add_argument("--n-eval", type=int, default=None,
+                   help="score at most this many items of the split (DailyDilemmas: dilemmas with a target sign only)")
     p.add_argument("--out", default=None, help="results folder (default results/recipe_search/<model>/<concept>)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -254,7 +258,15 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     progress = not args.no_progress
     model = load_model(args.model)
     splits = measure_splits(measure)
-    floor_path = out / f"floor_{args.split}.json"
+    if measure.kind == "dailydilemmas":  # a search reads the target only: score the dilemmas that carry it
+        part = splits[args.split]
+        _, signs = part.label_signs([measure.target])
+        splits[args.split] = part.subset(part.ids[signs[:, 0] != 0])
+    if args.n_eval is not None:
+        if args.n_eval < 2:
+            raise SystemExit(f"error: --n-eval must be >= 2, got {args.n_eval}")
+        splits[args.split] = splits[args.split].head(args.n_eval)
+    floor_path = out / f"floor_{args.split}{'' if args.n_eval is None else f'_n{len(splits[args.split])}'}.json"
     if floor_path.is_file():
         floor = json.loads(floor_path.read_text())
     else:

@@ -1,6 +1,6 @@
 """dHS vs dHS@U: where do the reference model's contrastive hidden-state differences live?
 
-Research question (issue 8): the ReprPO loss can read the preference signal in the raw residual
+Research question: the ReprPO loss can read the preference signal in the raw residual
 space (dHS) or in the coordinates of the site weight's top-r left singular vectors (dHS@U).
 For each layer L this analysis takes the frozen base model's last-token hidden states at
 ``blocks.L.hook_resid_post`` for chosen and rejected prompts of contrastive pairs and compares

@@ -1,6 +1,6 @@
 """Suppression / prediction neurons per depth, and their overlap with a trained adapter's weight change.
 
-Research question (issue 8): does a steering adapter act by writing along the output directions
+Research question: does a steering adapter act by writing along the output directions
 of the model's suppression (or prediction) neurons (Gurnee et al. 2024)?
 
 Part 1 (always): score every MLP neuron (:mod:`interp.neurons`: skew and kurtosis over the

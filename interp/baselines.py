@@ -1,4 +1,4 @@
-"""Baseline steering methods on the same interface as InnerPiSSA (issue 7).
+"""Baseline steering methods on the same interface as InnerPiSSA.
 
 Every method here is a :class:`~interp.steering.SteeringMethod`: fitted once on the same
 contrastive pairs and layers as the adapters, then applied with a coefficient ``c``

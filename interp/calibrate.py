@@ -1,4 +1,4 @@
-"""Calibration maths (issue 10): splits, sign, strength, uncertainty.
+"""Calibration maths: splits, sign, strength, uncertainty.
 
 Pure functions with thin shells around them:
 

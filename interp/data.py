@@ -1,4 +1,4 @@
-"""Contrastive prompt pairs for ReprPO training (issue 5): building, splitting, tokenising.
+"""Contrastive prompt pairs for ReprPO training: building, splitting, tokenising.
 
 A *pair* is two chat prefixes that differ only in one early word or persona and share
 the same assistant-turn *suffix*::

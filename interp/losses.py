@@ -1,4 +1,4 @@
-"""ReprPO loss parts as pure functions on tensors (issue 5).
+"""ReprPO loss parts as pure functions on tensors.
 
 Notation: ``h_cho``, ``h_rej`` are last-token hidden states of the chosen / rejected rows
 of a pair; a *gap* is their difference projected on the frozen preference direction

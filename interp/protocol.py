@@ -1,4 +1,4 @@
-"""The fair-comparison protocol (issue 10): every method is fitted, calibrated and scored alike.
+"""The fair-comparison protocol: every method is fitted, calibrated and scored alike.
 
 1. DailyDilemmas is split by dilemma id into calibration / validation / test
    (:func:`dilemma_splits`; :func:`interp.calibrate.three_way_split`) with its own seed,

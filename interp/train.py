@@ -1,4 +1,4 @@
-"""ReprPO training of a bidirectional adapter (issue 5): ``python -m interp.train``.
+"""ReprPO training of a bidirectional adapter: ``python -m interp.train``.
 
 One step, for a batch of ``n`` contrastive pairs (rows: chosen then rejected, see
 :mod:`interp.data`):
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
 import random
 import sys
 import time
@@ -387,7 +388,7 @@ def _checkpoint_state(adapter, opt, sched, step: int, direction: Tensor, scale: 
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
         "torch_rng": torch.get_rng_state(),
-        "numpy_rng": np.random.get_state(),
+        "numpy_rng": _numpy_rng_state(),
         "python_rng": random.getstate(),
         "direction": direction,
         "history": history,
@@ -406,8 +407,20 @@ def _restore(state: dict, adapter, opt, sched) -> None:
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
-    np.random.set_state(state["numpy_rng"])
+    _set_numpy_rng_state(state["numpy_rng"])
     random.setstate(state["python_rng"])
+
+
+def _numpy_rng_state() -> dict:
+    """numpy's global RNG state as tensors and numbers, so a checkpoint loads with ``weights_only=True``."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached)}
+
+
+def _set_numpy_rng_state(state: dict) -> None:
+    np.random.set_state((state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
+                         state["cached_gaussian"]))
 
 
 def train(
@@ -459,7 +472,11 @@ def train(
     history: list[dict] = []
     start = 0
     if resume:
-        state = torch.load(ckpt_path, weights_only=False)
+        try:  # tensors and plain data only: a checkpoint from elsewhere cannot run code here
+            state = torch.load(ckpt_path, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise ValueError(f"{ckpt_path} is not a checkpoint this version wrote (it holds objects other than tensors "
+                             f"and plain data, refused unloaded: {str(err).splitlines()[0]}); start afresh without --resume") from None
         # continuing with other settings would give an adapter neither run describes
         diff = config_differences(state.get("config", asdict(config)), asdict(config), ignore=RESUME_FREE)
         if diff:

@@ -74,7 +74,7 @@ def test_bad_config_is_rejected():
 
 
 def test_quick_first_depth_on_the_default_model(tmp_path, dilemmas_dir):
-    """Issue 8: the quick sweep's first depth on the embedded default runs in CI (about 3.5 min on one thread)."""
+    """The main job: the quick sweep's first depth on the embedded default runs in CI (about 3.5 min on one thread)."""
     written = layer_sweep.main(["--quick", "--depths", "0.5", "--steps", "4", "--n-eval", "16", "--n-calibration", "16",
                                 "--no-progress", "--out", str(tmp_path / "res"), "--figures", str(tmp_path / "fig"),
                                 "--dilemmas", str(dilemmas_dir)])

@@ -197,7 +197,7 @@ def test_kill_and_resume_is_bit_exact(tiny, tmp_path, kind):
             train(tiny, first, pairs, config, out=tmp_path / "run", progress=False, callback=kill_at_3)
     finally:
         first.detach()
-    assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)["step"] == 2
+    assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["step"] == 2
 
     second = ADAPTERS[kind](tiny, sites, 1)  # a fresh process would build the same fresh adapter
     try:
@@ -282,3 +282,30 @@ def test_antisym_loss_runs_and_is_bounded(tiny, space):
         adapter.detach()
     assert all(-1 - 1e-6 <= r["proj"] <= 1 + 1e-6 for r in result.history)  # a mean of cosine products
     assert all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values())
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tiny, tmp_path):
+    """A pickle payload planted as the checkpoint is refused by the weights-only loader and never runs."""
+    import os
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / CHECKPOINT, "wb") as fh:
+        pickle.dump({"step": 1, "x": Payload()}, fh, protocol=2)
+    sites = select_sites(tiny, layers=[1], modules=["mlp.out"])
+    adapter = ToyAdapter(tiny, sites)
+    try:
+        with pytest.raises(ValueError, match="not a checkpoint this version wrote"):
+            train(tiny, adapter, split_by_suffix(make_pairs(n_pairs=40), 0.2),
+                  TrainConfig(**{**SHORT, "steps": 2, "batch_size": 2, "n_calibration": 4, "n_validation": 4}),
+                  out=run, resume=True, progress=False)
+    finally:
+        adapter.detach()
+    assert not marker.exists()

@@ -1,4 +1,4 @@
-"""LoRA with the steering coefficient, on the shared adapter interface (a baseline, issue 7).
+"""LoRA with the steering coefficient, on the shared adapter interface (a baseline).
 
 ``ΔW(c) = c · (alpha / r) · B A`` with ``A [r, d_in]``, ``B [d_out, r]``, added in the delta
 form (base layer untouched, bias kept; ``c = 0`` is the base model exactly).
