@@ -510,6 +510,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
                    help="seed of the calibration/validation/test split (default: the protocol's one split for every analysis)")
     p.add_argument("--no-floor-check", action="store_true",
                    help="skip the floor check (base model at chance and prompting does not move it -> effects are not shown)")
+    p.add_argument("--concept", default="honesty",
+                   help="whose measure: honesty (DailyDilemmas) or a concept with a continuation measure, e.g. sentiment")
     p.add_argument("--out", default=None, help="folder for scores.nc / table.md / table.csv")
     p.add_argument("--backend", choices=("bridge", "nnsight"), default="bridge",
                    help="run the model as a TransformerBridge or through nnsight (same prompts, metrics and results)")
@@ -537,10 +539,17 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
             from interp.adapters.io import load_adapter
 
             method = load_adapter(model, args.adapter)
-    data = load_dilemmas(args.dilemmas)
+    from interp.measures import measure_of
     from interp.protocol import SPLIT_SEED
 
     split_seed = SPLIT_SEED if args.split_seed is None else args.split_seed
+    try:
+        measure = measure_of(args.concept)
+    except ValueError as err:
+        p.error(str(err))
+    if measure.kind != "dailydilemmas":
+        return _main_continuations(p, args, model, method, measure, coeffs, split_seed)
+    data = load_dilemmas(args.dilemmas)
     data = data if args.split == "all" else split_dilemmas(data, seed=split_seed)[args.split]
     if args.limit is not None:
         if args.limit < 1:
@@ -558,6 +567,36 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
             print(f"no floor check: {err}")
     table = metrics_table(ds, config)
     print(f"{len(data)} dilemmas ({args.split} split), {ds.attrs['nan_rows']} NaN questions (pmass < {config.min_pmass})")
+    if floor is not None:
+        print(floor.summary())
+    if floor is None or floor.passes:
+        print(table.to_markdown(index=False, floatfmt=".4g"))
+    else:
+        from interp.floor import FLOOR_MESSAGE
+
+        print(f"{FLOOR_MESSAGE}: effects not printed (--out keeps them in table.md under that heading)")
+    if args.out:
+        for path in write_results(ds, table, args.out, floor).values():
+            print(f"wrote {path}")
+    return table
+
+
+def _main_continuations(p, args, model, method, measure, coeffs, split_seed) -> pd.DataFrame:
+    """The evaluation CLI on a continuation measure: floor check, then the margin table."""
+    from interp.continuations import load_items, split_items
+    from interp.measures import floor_check, score_measure
+
+    items = load_items(measure.file)
+    if args.split != "all":
+        kw = {"n_calibration": measure.n_calibration} if measure.n_calibration else {}
+        items = split_items(items, split_seed=split_seed, **kw)[args.split]
+    if args.limit is not None:
+        if args.limit < 2:
+            p.error(f"--limit must be >= 2 for a continuation measure, got {args.limit}")
+        items = items.head(args.limit)
+    ds, table = score_measure(model, method, measure, items, coeffs, seed=args.seed)
+    floor = None if args.no_floor_check else floor_check(model, measure, items, seed=args.seed)[0]
+    print(f"{len(items)} items ({args.split} split) of {measure.label}")
     if floor is not None:
         print(floor.summary())
     if floor is None or floor.passes:

@@ -93,3 +93,11 @@ def test_cli_prints_the_floor_and_withholds_effects_below_it(tiny, truth_dilemma
         assert "| Method" not in out and text.startswith(f"**{FLOOR_MESSAGE}**") and "| Method" in text
     else:
         assert "| Method" in out
+
+
+def test_evaluate_cli_on_a_continuation_concept(mini_concept, tmp_path, capsys):
+    table = main(["--model", "tiny-random", "--concept", str(mini_concept), "--split", "test", "--coeffs=-1,1",
+                  "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "items (test split) of sentiment margin" in out and "floor check on sentiment margin" in out
+    assert list(table["Coeff"]) == [-1.0, 1.0] and (tmp_path / "scores.nc").is_file()
