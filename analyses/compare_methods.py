@@ -13,7 +13,8 @@ through one protocol (:mod:`interp.protocol`): sign calibrated on the calibratio
 strength calibrated to each coherence budget (next-token KL, nats/token, on calibration
 prompts), then scored once on the test split at ``-c, 0, +c`` for each budget.
 Prompting has no continuous dose; it is scored at its strong wording (``c = ±1``) with
-its measured cost, budget ``n/a``.
+its measured cost, budget ``n/a``; trained adapters are scored at their own ``c = ±1`` as
+well (budget ``n/a``), besides each budget.
 
     python -m analyses.compare_methods --quick                     # every method, short
     python -m analyses.compare_methods --methods innerpissa,pca,prompt --seeds 3
@@ -64,7 +65,7 @@ class CompareConfig:
     """One comparison: model, layer, methods, seeds, budgets and scoring caps."""
 
     model: str = "smollm2-135m"
-    layers: str = "0.5"
+    layers: str | None = None  # None: the training default's band; given: those layers, loss at the deepest
     concept: str = "honesty"
     recipe: str = ""  # TrainConfig overrides "field=value;..." for every trained method (see analyses.recipe_search)
     methods: tuple[str, ...] = METHODS
@@ -96,8 +97,9 @@ class CompareConfig:
     def train_config(self, method: str, seed: int) -> TrainConfig:
         from analyses.recipe_search import parse_recipe
 
-        base = replace(TrainConfig(), model=self.model, layers=self.layers, steps=self.steps, n_pairs=self.n_pairs,
-                       concept=self.concept, seed=seed)
+        base = replace(TrainConfig(), model=self.model, steps=self.steps, n_pairs=self.n_pairs, concept=self.concept, seed=seed)
+        if self.layers is not None:
+            base = replace(base, layers=self.layers, loss_layer=None)
         base = replace(base, **parse_recipe(self.recipe))
         if method in ABLATIONS:
             return replace(base, **ABLATIONS[method])
@@ -192,7 +194,8 @@ def run_method(model, method: str, config: CompareConfig, seed: int, splits: dic
     m = fit_method(model, method, config, seed, folder, splits["calibration"], progress=progress, measure=measure)
     rows = []
     try:
-        budgets = [NO_BUDGET] if method == "prompt" else list(config.budgets)
+        # prompting has no dose; a trained adapter is also scored at its own c = ±1 (what "+1" means after training)
+        budgets = [NO_BUDGET] if method == "prompt" else ([NO_BUDGET] if method in TRAINED else []) + list(config.budgets)
         for budget in budgets:
             if budget == NO_BUDGET:
                 coeff, reached = 1.0, True
@@ -220,7 +223,7 @@ def compare_dataset(records: Sequence[dict], model, config: CompareConfig) -> xr
     """Records -> Dataset with dims ``(method, seed, budget)`` and provenance attrs."""
     methods = [m for m in config.methods if any(r["method"] == m for r in records)]
     seeds = sorted({r["seed"] for r in records})
-    budgets = [str(b) for b in config.budgets] + ([NO_BUDGET] if "prompt" in methods else [])
+    budgets = [str(b) for b in config.budgets] + ([NO_BUDGET] if set(methods) & {"prompt", *TRAINED} else [])
     keys = ["coeff", "reached", *COLUMNS.values(), "delta_target_neg", "delta_nll_neg"]
     data = {k: np.full((len(methods), len(seeds), len(budgets)), np.nan) for k in keys}
     for r in records:
@@ -300,7 +303,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CompareConfig, argpar
     p = argparse.ArgumentParser(prog="python -m analyses.compare_methods", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=d.model)
-    p.add_argument("--layers", default=d.layers, help="layer index or depth fraction shared by every method")
+    p.add_argument("--layers", default=d.layers,
+                   help="layers shared by every method (indices, depth fractions, bands 'a:b'; default: the training default's band)")
     p.add_argument("--concept", default=d.concept, help="concept whose own measure judges (honesty: DailyDilemmas; sentiment: margins)")
     p.add_argument("--recipe", default=d.recipe, help="InnerPiSSA recipe, 'field=value;...' TrainConfig overrides, or a name "
                                                       "from analyses.recipe_search.RECIPES")

@@ -41,25 +41,30 @@ from analyses._io import write_netcdf, write_text
 from interp.train import TrainConfig
 
 # Named recipes: TrainConfig overrides as "field=value;field=value" (see parse_recipe).
+# Every recipe names what it changes from the earlier single-site default, so the names keep
+# their meaning whatever TrainConfig's defaults become ("default" is today's TrainConfig).
+_SINGLE = "layers=0.5;modules=mlp.out;loss=proj;loss_layer=none;max_angle=0.3"
+_BAND = "layers=0.1:0.5;modules=attn.o,mlp.out;loss_layer=0.55"
 RECIPES: dict[str, str] = {
     "default": "",
-    # the shipped default's site with the loss read later
-    "single_loss0.7": "loss_layer=0.7",
+    # one mlp.out site at depth 0.5, loss read there (the default before this search)
+    "single": _SINGLE,
+    "single_loss0.7": f"{_SINGLE};loss_layer=0.7",
+    "single_angle1": f"{_SINGLE};max_angle=1.0;lr=0.02",
     # a band of residual writers, loss read just after it
-    "band": "layers=0.1:0.5;modules=attn.o,mlp.out;loss_layer=0.55",
-    "band_logsig": "layers=0.1:0.5;modules=attn.o,mlp.out;loss_layer=0.55;loss=logsigmoid",
-    "band_loss0.8": "layers=0.1:0.5;modules=attn.o,mlp.out;loss_layer=0.8",
-    "band_lr0.02": "layers=0.1:0.5;modules=attn.o,mlp.out;loss_layer=0.55;lr=0.02",
-    "band_mid": "layers=0.3:0.7;modules=attn.o,mlp.out;loss_layer=0.75",
-    "band_wide": "layers=0.1:0.8;modules=attn.o,mlp.out;loss_layer=0.85",
+    "band": f"{_BAND};loss=proj;max_angle=0.3",
+    "band_logsig": f"{_BAND};loss=logsigmoid;max_angle=0.3",
+    "band_loss0.8": "layers=0.1:0.5;modules=attn.o,mlp.out;loss_layer=0.8;loss=proj;max_angle=0.3",
+    "band_lr0.02": f"{_BAND};loss=proj;lr=0.02;max_angle=0.3",
+    "band_mid": "layers=0.3:0.7;modules=attn.o,mlp.out;loss_layer=0.75;loss=proj;max_angle=0.3",
+    "band_wide": "layers=0.1:0.8;modules=attn.o,mlp.out;loss_layer=0.85;loss=proj;max_angle=0.3",
     # the rotation bound: 0.3 rad at |c| = 1 saturates within 40 steps
-    "band_angle1": "layers=0.1:0.5;modules=attn.o,mlp.out;loss_layer=0.55;max_angle=1.0",
+    "band_angle1": f"{_BAND};loss=proj;max_angle=1.0",
     # the band moves the margin by +6 / -3.5 nats/token but costs 1.6 nats of NLL: bound it
-    "band_angle0.1": "layers=0.1:0.5;modules=attn.o,mlp.out;loss_layer=0.55;max_angle=0.1",
-    "band_coh": "layers=0.1:0.5;modules=attn.o,mlp.out;loss_layer=0.55;coherence_weight=10;tau=0.05",
-    "band_narrow": "layers=0.2:0.4;modules=attn.o,mlp.out;loss_layer=0.45",
-    "band_antisym": "layers=0.1:0.5;modules=attn.o,mlp.out;loss_layer=0.55;loss=antisym;margin=1.0",
-    "single_angle1": "max_angle=1.0;lr=0.02",
+    "band_angle0.1": f"{_BAND};loss=proj;max_angle=0.1",
+    "band_coh": f"{_BAND};loss=proj;coherence_weight=10;tau=0.05;max_angle=0.3",
+    "band_narrow": "layers=0.2:0.4;modules=attn.o,mlp.out;loss_layer=0.45;loss=proj;max_angle=0.3",
+    "band_antisym": f"{_BAND};loss=antisym;margin=1.0;max_angle=0.3",
 }
 _TUPLES = {"modules"}
 
@@ -105,7 +110,6 @@ def run_recipe(model, name: str, config: TrainConfig, measure, splits: dict, fol
 
     done = folder / "result.json"
     folder.mkdir(parents=True, exist_ok=True)
-    _backfill_defaults(folder)
     check_run_config(folder, asdict(config))
     if done.is_file():
         return json.loads(done.read_text())
@@ -138,20 +142,6 @@ def run_recipe(model, name: str, config: TrainConfig, measure, splits: dict, fol
               **row_metrics(table, measure)}
     write_text(done, json.dumps(record, indent=1, default=str))
     return record
-
-
-def _backfill_defaults(folder: Path) -> None:
-    """A run recorded before a training setting existed used that setting's default: say so
-    in its ``run_config.json``, so the settings check compares like with like."""
-    from interp.store import RUN_CONFIG, write_text as write
-
-    path = folder / RUN_CONFIG
-    if not path.is_file():
-        return
-    recorded = json.loads(path.read_text())
-    missing = {f.name: f.default for f in fields(TrainConfig) if f.name not in recorded}
-    if missing:
-        write(path, json.dumps({**recorded, **json.loads(json.dumps(missing, default=str))}, indent=1, sort_keys=True))
 
 
 def row_metrics(table: pd.DataFrame, measure) -> dict:

@@ -208,7 +208,8 @@ def _train_runs(model_spec: str, depths: Sequence[float], steps: int, out: Path,
         folder = out / "runs" / f"depth_{depth:.2f}"
         if not (folder / "adapter" / "adapter.json").is_file():
             # Small validation / calibration sets: their forward passes (full-vocab NLL) dominate short runs.
-            config = replace(TrainConfig(), model=model_spec, layers=f"{depth:g}", steps=steps, n_pairs=200,
+            config = replace(TrainConfig(), model=model_spec, layers=f"{depth:g}", modules=("mlp.out",), loss_layer=None,
+                             steps=steps, n_pairs=200,
                              n_validation=8, n_calibration=8, diagnostics_every=max(1, steps // 4))
             adapter, result = train_adapter(model, None, config, out=folder, progress=progress)
             save_adapter(adapter, folder / "adapter", extra={"training": result.training_extra()})

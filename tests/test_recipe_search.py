@@ -24,11 +24,11 @@ def test_recipes_parse_into_train_configs():
 
 def test_search_end_to_end_and_resume(mini_concept, tmp_path):
     out = tmp_path / "out"
-    args = ["--model", "tiny-random", "--concept", str(mini_concept), "--recipes", "default",
+    args = ["--model", "tiny-random", "--concept", str(mini_concept), "--recipes", "single",
             "--recipe", "band=layers=1:2;modules=attn.o,mlp.out;loss_layer=3", "--steps", "2", "--out", str(out),
             "--no-progress"]
     table = main(args)
-    assert list(table["recipe"]) == ["default", "band"] and list(table["n_sites"]) == [1, 4]
+    assert list(table["recipe"]) == ["single", "band"] and list(table["n_sites"]) == [1, 4]
     record = json.loads((out / "band" / "seed_0" / "result.json").read_text())
     assert record["split"] == "validation" and record["sign"]["split"] == "calibration"
     assert record["sign"]["measure"] == "sentiment margin"
