@@ -346,8 +346,8 @@ def _recipe_spec(recipe: str) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run (or resume) the comparison; returns the paths written."""
     config, args = parse_args(argv)
-    from interp.floor import floor_line, unavailable
-    from interp.measures import floor_check, measure_of, measure_splits
+    from interp.floor import floor_line
+    from interp.measures import measure_of, measure_splits, stored_floor
     from interp.models import load_model
     from interp.protocol import base_scores, dilemma_splits
 
@@ -368,14 +368,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         splits = measure_splits(measure)
         splits["test"] = splits["test"].head(config.n_test) if config.n_test else splits["test"]
         base = None
-    floor_path = out / "floor_test.json"
-    if not floor_path.is_file():
-        try:
-            record = floor_check(model, measure, splits["test"], progress=progress, base=base)[0].to_dict()
-        except ValueError as err:  # too few scorable items (e.g. every row below min_pmass)
-            record = unavailable(str(err), measure.label)
-        write_text(floor_path, json.dumps(record, indent=1))
-    floor = json.loads(floor_path.read_text())
+    floor = stored_floor(model, measure, splits["test"], out / "floor_test.json", base=base, progress=progress)
     jobs = [(m, s) for s in range(config.seeds) for m in config.methods]
     records = []
     for method, seed in tqdm(jobs, desc="methods", disable=not progress):

@@ -265,8 +265,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     config, args = parse_args(argv)
     from interp.models import load_model
     from interp.evaluate import EvalConfig
-    from interp.floor import unavailable
-    from interp.measures import floor_check, measure_of, measure_splits
+    from interp.measures import measure_of, measure_splits, stored_floor
     from interp.protocol import ProtocolConfig, base_scores, dilemma_splits
 
     # more depths only add work; other settings must match the folder's
@@ -289,14 +288,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         splits = measure_splits(measure)
         splits["validation"] = splits["validation"].head(config.n_eval)
         base = None
-    floor_path = out / "floor_validation.json"
-    if not floor_path.is_file():
-        try:
-            floor = floor_check(model, measure, splits["validation"], progress=progress, base=base)[0].to_dict()
-        except ValueError as err:  # too few scorable items
-            floor = unavailable(str(err), measure.label)
-        write_text(floor_path, json.dumps(floor, indent=1))
-    floor = json.loads(floor_path.read_text())
+    floor = stored_floor(model, measure, splits["validation"], out / "floor_validation.json", base=base,
+                         progress=progress)
     records = []
     bar = tqdm(config.depths, desc="depths", disable=not progress)
     for depth in bar:

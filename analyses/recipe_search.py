@@ -236,8 +236,8 @@ def parse_args(argv: Sequence[str] | None = None):
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     args, configs = parse_args(argv)
-    from interp.floor import floor_line, unavailable
-    from interp.measures import floor_check, measure_of, measure_splits
+    from interp.floor import floor_line
+    from interp.measures import measure_of, measure_splits, stored_floor
     from interp.models import load_model
     from interp.provenance import provenance
     from interp.store import load_or_compute
@@ -256,17 +256,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         if args.n_eval < 2:
             raise SystemExit(f"error: --n-eval must be >= 2, got {args.n_eval}")
         splits[args.split] = splits[args.split].head(args.n_eval)
-    floor_path = out / f"floor_{args.split}{'' if args.n_eval is None else f'_n{len(splits[args.split])}'}.json"
-    if floor_path.is_file():
-        floor = json.loads(floor_path.read_text())
-    else:
-        try:
-            check = floor_check(model, measure, splits[args.split], progress=progress)[0]
-            floor = check.to_dict()
-            print(check.summary())
-        except ValueError as err:  # too few scorable items
-            floor = unavailable(str(err), measure.label)
-        write_text(floor_path, json.dumps(floor, indent=1))
+    floor_name = f"floor_{args.split}{'' if args.n_eval is None else f'_n{len(splits[args.split])}'}.json"
+    floor = stored_floor(model, measure, splits[args.split], out / floor_name, progress=progress)
     base = None
     if measure.kind == "dailydilemmas":
         from interp.protocol import base_scores

@@ -567,6 +567,11 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
             print(f"no floor check: {err}")
     table = metrics_table(ds, config)
     print(f"{len(data)} dilemmas ({args.split} split), {ds.attrs['nan_rows']} NaN questions (pmass < {config.min_pmass})")
+    return _report(ds, table, floor, args.out)
+
+
+def _report(ds: xr.Dataset, table: pd.DataFrame, floor, out: str | None) -> pd.DataFrame:
+    """The CLI's output: the floor check, then the table unless below the floor; files with ``out``."""
     if floor is not None:
         print(floor.summary())
     if floor is None or floor.passes:
@@ -575,8 +580,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         from interp.floor import FLOOR_MESSAGE
 
         print(f"{FLOOR_MESSAGE}: effects not printed (--out keeps them in table.md under that heading)")
-    if args.out:
-        for path in write_results(ds, table, args.out, floor).values():
+    if out:
+        for path in write_results(ds, table, out, floor).values():
             print(f"wrote {path}")
     return table
 
@@ -597,18 +602,7 @@ def _main_continuations(p, args, model, method, measure, coeffs, split_seed) -> 
     ds, table = score_measure(model, method, measure, items, coeffs, seed=args.seed)
     floor = None if args.no_floor_check else floor_check(model, measure, items, seed=args.seed)[0]
     print(f"{len(items)} items ({args.split} split) of {measure.label}")
-    if floor is not None:
-        print(floor.summary())
-    if floor is None or floor.passes:
-        print(table.to_markdown(index=False, floatfmt=".4g"))
-    else:
-        from interp.floor import FLOOR_MESSAGE
-
-        print(f"{FLOOR_MESSAGE}: effects not printed (--out keeps them in table.md under that heading)")
-    if args.out:
-        for path in write_results(ds, table, args.out, floor).values():
-            print(f"wrote {path}")
-    return table
+    return _report(ds, table, floor, args.out)
 
 
 if __name__ == "__main__":

@@ -151,6 +151,26 @@ def floor_check(model, measure: Measure, items, *, base: xr.Dataset | None = Non
     return floor_verdict(margins[0.0], 0.0, margins, measure=measure.label, seed=seed), ds
 
 
+def stored_floor(model, measure: Measure, items, path: str | Path, *, base: xr.Dataset | None = None,
+                 progress: bool = True, seed: int = 0) -> dict:
+    """The floor-check record of ``items`` kept in ``path`` (json): read if there, else computed and
+    written; a selection too small to check gives :func:`interp.floor.unavailable`'s record."""
+    from interp.floor import unavailable
+    from interp.store import write_text
+
+    path = Path(path)
+    if path.is_file():
+        return json.loads(path.read_text())
+    try:
+        check = floor_check(model, measure, items, base=base, progress=progress, seed=seed)[0]
+        record = check.to_dict()
+        print(check.summary())
+    except ValueError as err:  # too few scorable items
+        record = unavailable(str(err), measure.label)
+    write_text(path, json.dumps(record, indent=1))
+    return record
+
+
 def score_measure(model, method, measure: Measure, items, coeffs: Sequence[float], *, progress: bool = True,
                   seed: int = 0, base: xr.Dataset | None = None) -> tuple[xr.Dataset, pd.DataFrame]:
     """Score ``method`` at ``coeffs`` on the measure's ``items`` -> ``(dataset, table)``."""
