@@ -24,7 +24,32 @@ from interp.data import tokenize_pairs
 from interp.losses import gap_scale, gaps, preference_direction, token_nll
 from interp.models import load_model
 from interp.sites import resid_hook, select_sites
-from interp.train import TrainConfig, _forward, _frozen_base, build_pairs, step_loss
+from interp.train import TrainConfig, _forward, _frozen_base, build_pairs, loss_layer_of, step_loss
+
+
+def time_train_step(model, config: TrainConfig, batch, pairs, repeats: int) -> tuple[float, int]:
+    """Median seconds of one full training step (step_loss, backward, AdamW) with an InnerPiSSA
+    adapter at ``config``'s sites and rank; returns ``(seconds, number of sites)``."""
+    sites = select_sites(model, layers=config.layers, modules=list(config.modules))
+    hook = resid_hook(loss_layer_of(model, sites, config.loss_layer))
+    adapter = attach(model, sites, InnerPiSSAConfig(rank=config.rank, max_angle=config.max_angle))
+    try:
+        with torch.no_grad():
+            h, _ = _forward(model, tokenize_pairs(model.tokenizer, pairs[:16], system=config.system), hook)
+        direction = preference_direction(h[:16], h[16:])
+        scale = gap_scale(gaps(h[:16], h[16:], direction))
+        opt = torch.optim.AdamW(list(adapter.parameters()), lr=config.lr)
+
+        def train_step():
+            with _frozen_base(model, adapter):
+                loss, _ = step_loss(model, adapter, batch, direction, scale, config, hook=hook)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+        return median_time(train_step, repeats), len(sites)
+    finally:
+        adapter.detach()
 
 
 def main(argv=None) -> float:
@@ -37,8 +62,6 @@ def main(argv=None) -> float:
     torch.manual_seed(0)
     model = load_model(args.model)
     config = TrainConfig(model=args.model, batch_size=args.batch_size, rank=args.rank)
-    sites = select_sites(model, layers=config.layers, modules=list(config.modules))
-    hook = resid_hook(sites[0].layer)
     pairs = build_pairs(config).train
     batch = tokenize_pairs(model.tokenizer, pairs[: args.batch_size], system=config.system, max_length=config.max_length)
 
@@ -51,24 +74,9 @@ def main(argv=None) -> float:
     # Timed before attaching: an attached adapter freezes the base weights (PEFT-style).
     t_base = median_time(base_step, args.repeats)
     model.zero_grad(set_to_none=True)
-    adapter, kind = attach(model, sites, InnerPiSSAConfig(rank=args.rank)), "innerpissa"
-    with torch.no_grad():
-        h, _ = _forward(model, tokenize_pairs(model.tokenizer, pairs[:16], system=config.system), hook)
-    direction = preference_direction(h[:16], h[16:])
-    scale = gap_scale(gaps(h[:16], h[16:], direction))
-    opt = torch.optim.AdamW(list(adapter.parameters()), lr=config.lr)
-
-    def train_step():
-        with _frozen_base(model, adapter):
-            loss, _ = step_loss(model, adapter, batch, direction, scale, config, hook=hook)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-    t_train = median_time(train_step, args.repeats)
-    adapter.detach()
+    t_train, n_sites = time_train_step(model, config, batch, pairs, args.repeats)
     ratio = t_train / t_base
-    print(f"model {args.model}, adapter {kind}, {len(sites)} site(s), batch {args.batch_size} pairs "
+    print(f"model {args.model}, adapter innerpissa, {n_sites} site(s), batch {args.batch_size} pairs "
           f"({batch.tokens.shape[0]} rows x {batch.tokens.shape[1]} tokens), torch threads {torch.get_num_threads()}")
     print(f"training step      {t_train:.3f} s (median of {args.repeats})")
     print(f"base fwd+bwd       {t_base:.3f} s")
