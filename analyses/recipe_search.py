@@ -195,6 +195,24 @@ def search_dataset(records: Sequence[dict], attrs: dict) -> xr.Dataset:
     return ds
 
 
+def figure(ds: xr.Dataset):
+    """Effect at +1 and -1 (bars, mean over seeds) per recipe, with ΔNLL at +1 on the right axis."""
+    import plotly.graph_objects as go
+
+    mean = ds.mean("seed")
+    recipes = [str(r) for r in mean["recipe"].values]
+    fig = go.Figure()
+    fig.add_bar(x=recipes, y=mean["effect"].values, name="Δ at c = +1")
+    fig.add_bar(x=recipes, y=mean["effect_neg"].values, name="Δ at c = -1")
+    fig.add_scatter(x=recipes, y=mean["delta_nll"].values, name="ΔNLL at +1 (nats/token)", yaxis="y2", mode="markers",
+                    marker=dict(size=10, symbol="diamond"))
+    fig.update_layout(title=f"Recipe search: {ds.attrs.get('model_spec', '')}, {ds.attrs.get('concept', '')} "
+                            f"({ds.attrs.get('split', '')} split)",
+                      yaxis_title="Δ measure vs c = 0", barmode="group",
+                      yaxis2=dict(title="ΔNLL (nats/token)", overlaying="y", side="right"), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -212,6 +230,7 @@ def parse_args(argv: Sequence[str] | None = None):
     p.add_argument("--n-eval", type=int, default=None,
                    help="score at most this many items of the split (DailyDilemmas: dilemmas with a target sign only)")
     p.add_argument("--out", default=None, help="results folder (default results/recipe_search/<model>/<concept>)")
+    p.add_argument("--figures", default="figures", help="folder for the HTML figure ('' for none)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     recipes: dict[str, str] = {}
@@ -234,7 +253,8 @@ def parse_args(argv: Sequence[str] | None = None):
     return args, configs
 
 
-def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
+def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
+    """Run (or resume) the search; returns the paths written (``dataset``, ``table``, ``figure``)."""
     args, configs = parse_args(argv)
     from interp.floor import floor_line
     from interp.measures import measure_of, measure_splits, stored_floor
@@ -273,10 +293,15 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         write_text(out / f"table_{args.split}.md", header + table.to_markdown(index=False, floatfmt=".4g") + "\n")
         write_text(out / f"table_{args.split}.csv", table.to_csv(index=False))
     ds = search_dataset(records, provenance(model, config={"recipes": {n: asdict(c) for (n, _), c in configs.items()}},
-                                            concept=measure.concept, split=args.split))
-    write_netcdf(ds, out / f"recipe_search_{args.split}.nc")
+                                            concept=measure.concept, split=args.split, floor_check=json.dumps(floor)))
+    written = {"dataset": write_netcdf(ds, out / f"recipe_search_{args.split}.nc"),
+               "table": out / f"table_{args.split}.md"}
+    if args.figures:
+        from analyses._io import write_html
+
+        written["figure"] = write_html(figure(ds), Path(args.figures) / "recipe_search.html")
     print(search_table(records).to_markdown(index=False, floatfmt=".4g"))
-    return search_table(records)
+    return written
 
 
 if __name__ == "__main__":

@@ -101,3 +101,20 @@ def test_evaluate_cli_on_a_continuation_concept(mini_concept, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "items (test split) of sentiment margin" in out and "floor check on sentiment margin" in out
     assert list(table["Coeff"]) == [-1.0, 1.0] and (tmp_path / "scores.nc").is_file()
+
+
+@pytest.mark.slow
+def test_default_model_fails_the_floor_on_dailydilemmas_and_passes_on_sentiment(smol):
+    """SmolLM2-135M does not hold honesty on de-biased DailyDilemmas (at chance, prompting does not
+    move it), and does hold sentiment on the continuation margin."""
+    from interp.measures import floor_check, measure_of, measure_splits
+
+    honesty = measure_of("honesty")
+    val = measure_splits(honesty)["validation"]
+    _, signs = val.label_signs([TARGET])
+    truth = val.subset(val.ids[signs[:, 0] != 0][:48])
+    check, _ = floor_check(smol, honesty, truth, progress=False)
+    assert not check.passes and check.base_low < 0.5 < check.base_high and check.prompt_p > 0.05
+    sentiment = measure_of("sentiment")
+    check, _ = floor_check(smol, sentiment, measure_splits(sentiment)["validation"], progress=False)
+    assert check.passes and check.base_holds and check.prompt_moves and check.prompt_p < 1e-6

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from analyses.recipe_search import RECIPES, main, parse_recipe, recipe_config
+from analyses._io import load_dataset
+from analyses.recipe_search import RECIPES, finished_records, main, parse_recipe, recipe_config, search_table
 from interp.train import TrainConfig
 
 
@@ -26,8 +27,10 @@ def test_search_end_to_end_and_resume(mini_concept, tmp_path):
     out = tmp_path / "out"
     args = ["--model", "tiny-random", "--concept", str(mini_concept), "--recipes", "single",
             "--recipe", "band=layers=1:2;modules=attn.o,mlp.out;loss_layer=3", "--steps", "2", "--out", str(out),
-            "--no-progress"]
-    table = main(args)
+            "--no-progress", "--figures", str(tmp_path / "fig")]
+    written = main(args)
+    table = search_table(finished_records(out, "validation"))
+    assert written["figure"].stat().st_size > 1000 and set(load_dataset(written["dataset"])["recipe"].values) == {"single", "band"}
     assert list(table["recipe"]) == ["single", "band"] and list(table["n_sites"]) == [1, 4]
     record = json.loads((out / "band" / "seed_0" / "result.json").read_text())
     assert record["split"] == "validation" and record["sign"]["split"] == "calibration"
@@ -36,8 +39,8 @@ def test_search_end_to_end_and_resume(mini_concept, tmp_path):
     assert set(floor) >= {"base", "prompt_p", "passes"}
     assert "Floor check" in (out / "table_validation.md").read_text()
     # resumed: nothing retrained, same table
-    again = main(args)
-    assert again.equals(table)
+    main(args)
+    assert search_table(finished_records(out, "validation")).equals(table)
     # the same recipe name with other settings is refused
     with pytest.raises(ValueError, match="other settings"):
         main([*args[:6], "--recipe", "band=layers=1:3;modules=attn.o,mlp.out;loss_layer=3", *args[8:]])
