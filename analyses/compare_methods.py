@@ -365,9 +365,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         base = load_or_compute(out / "base_scores.nc",
                                lambda: base_scores(model, splits["test"], progress=progress, config=config.eval_config(0)))
     else:
+        from interp.continuations import score_continuations
+
         splits = measure_splits(measure)
         splits["test"] = splits["test"].head(config.n_test) if config.n_test else splits["test"]
-        base = None
+        base = load_or_compute(out / "base_scores.nc",
+                               lambda: score_continuations(model, None, (0.0,), splits["test"], progress=progress))
     floor = stored_floor(model, measure, splits["test"], out / "floor_test.json", base=base, progress=progress)
     jobs = [(m, s) for s in range(config.seeds) for m in config.methods]
     records = []

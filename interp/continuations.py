@@ -282,14 +282,15 @@ def _score_coeff(model, method: SteeringMethod, coeff: float, items: Continuatio
 
 def score_continuations(
     model, method: SteeringMethod | None, coeffs: Sequence[float], items: ContinuationItems, *,
-    system_prompt: str | None = None, batch_size: int = 16, progress: bool = True,
+    system_prompt: str | None = None, batch_size: int = 16, progress: bool = True, base: xr.Dataset | None = None,
 ) -> xr.Dataset:
     """Score ``method`` at each coefficient on ``items`` -> Dataset (dims method, coeff, item).
 
     Data variables: ``margin`` (nats/token, see the module docstring), ``logp_pos`` /
     ``logp_neg`` (per-token mean log-probabilities), ``nll`` / ``nll_tokens`` (coherence
     span); item texts as coordinates. ``batch_size`` counts rows per forward pass (two per
-    item: both continuations of an item share a batch). Attrs carry
+    item: both continuations of an item share a batch). ``base``: the same items scored
+    before (any method) whose c = 0 rows are reused instead of recomputed. Attrs carry
     :func:`interp.provenance.provenance` plus the items' source and the system prompt.
     """
     method = method or NoSteering()
@@ -301,7 +302,8 @@ def score_continuations(
     if not len(items):
         raise ValueError("no items to score")
     bar = tqdm(total=len(coeffs) * len(items), desc=f"continuations {method.name}", disable=not progress)
-    values = np.stack([_score_coeff(model, method, c, items, system_prompt, batch_size, bar) for c in coeffs])
+    values = np.stack([_base_rows(base, items, system_prompt) if c == 0.0 and base is not None
+                       else _score_coeff(model, method, c, items, system_prompt, batch_size, bar) for c in coeffs])
     bar.close()
     dims = ("method", "coeff", "item")
     f = items.frame
@@ -326,6 +328,18 @@ def score_continuations(
     ds.attrs.update(provenance(hashed, config=method.config(), measure="continuations", items_source=items.source,
                                system_prompt=system_prompt if system_prompt is not None else ""))
     return ds
+
+
+def _base_rows(base: xr.Dataset, items: ContinuationItems, system_prompt: str | None) -> np.ndarray:
+    """``[5, item]`` at c = 0 from a dataset scored before (c = 0 is the base model for every method)."""
+    if 0.0 not in [float(c) for c in base["coeff"].values]:
+        raise ValueError("the base dataset has no c = 0 rows")
+    if not np.array_equal(base["item"].values, items.ids):
+        raise ValueError("base dataset scored other items (same ids in the same order needed)")
+    if (base.attrs.get("system_prompt") or None) != system_prompt:
+        raise ValueError("base dataset was scored with another system prompt")
+    b = _at(base.isel(method=0), "coeff", 0.0)
+    return np.stack([b[v].values for v in ("logp_pos", "logp_neg", "nll", "nll_tokens", "margin")])
 
 
 def target_values(model, method: SteeringMethod | None, coeff: float, items: ContinuationItems, *,

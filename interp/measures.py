@@ -146,7 +146,7 @@ def floor_check(model, measure: Measure, items, *, base: xr.Dataset | None = Non
         return dilemma_floor(model, items, _eval_config(measure, seed), prompt=prompt, base=base, progress=progress)
     from interp.continuations import score_continuations
 
-    ds = score_continuations(model, prompt, (-1.0, 0.0, 1.0), items, progress=progress)
+    ds = score_continuations(model, prompt, (-1.0, 0.0, 1.0), items, progress=progress, base=base)
     margins = {float(c): ds["margin"].isel(method=0).sel(coeff=c).values for c in (-1.0, 0.0, 1.0)}
     return floor_verdict(margins[0.0], 0.0, margins, measure=measure.label, seed=seed), ds
 
@@ -182,7 +182,7 @@ def score_measure(model, method, measure: Measure, items, coeffs: Sequence[float
         return ds, metrics_table(ds, config)
     from interp.continuations import continuation_table, score_continuations
 
-    ds = score_continuations(model, method, coeffs, items, progress=progress)
+    ds = score_continuations(model, method, coeffs, items, progress=progress, base=base)
     return ds, continuation_table(ds, seed=seed)
 
 

@@ -114,7 +114,7 @@ def score_method(model, method: SteeringMethod, dilemmas, *, coeff: float = 1.0,
         from interp.measures import score_measure
 
         ds, _ = score_measure(model, method, measure, dilemmas, (-coeff, 0.0, coeff), progress=progress,
-                              seed=(config.seed if config else 0))
+                              seed=(config.seed if config else 0), base=base)
         return ds, scored_metrics(ds, coeff, config, measure)
     config = config or EvalConfig()
     ds = score_dilemmas(model, method, (-coeff, 0.0, coeff), dilemmas, config, progress=progress, base=base)

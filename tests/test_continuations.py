@@ -179,6 +179,18 @@ def test_c0_rows_are_the_unsteered_model(tiny, few):
     assert ds.attrs["config"] and ds.attrs["model_spec"] == "tiny-random" and ds.attrs["items_source"].endswith(".json")
 
 
+def test_base_rows_are_reused_not_recomputed(tiny, few):
+    base = score_continuations(tiny, None, [0.0], few, progress=False)
+    fresh = score_continuations(tiny, LogitPush(shift=2.0), [0.0, 1.0], few, progress=False)
+    reused = score_continuations(tiny, LogitPush(shift=2.0), [0.0, 1.0], few, progress=False, base=base)
+    for var in ("margin", "logp_pos", "logp_neg", "nll", "nll_tokens"):
+        np.testing.assert_array_equal(reused[var].values, fresh[var].values)
+    with pytest.raises(ValueError, match="other items"):
+        score_continuations(tiny, None, [0.0], few.head(2), progress=False, base=base)
+    with pytest.raises(ValueError, match="system prompt"):
+        score_continuations(tiny, None, [0.0], few, progress=False, base=base, system_prompt="Be kind.")
+
+
 def test_a_constant_on_every_logit_leaves_margins_unchanged(tiny, few):
     ds = score_continuations(tiny, LogitPush(shift=4.0), [0.0, 1.0], few, progress=False)
     np.testing.assert_allclose(ds["margin"].sel(coeff=1.0), ds["margin"].sel(coeff=0.0), atol=1e-4)
