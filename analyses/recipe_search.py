@@ -276,13 +276,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         if args.n_eval < 2:
             raise SystemExit(f"error: --n-eval must be >= 2, got {args.n_eval}")
         splits[args.split] = splits[args.split].head(args.n_eval)
-    floor_name = f"floor_{args.split}{'' if args.n_eval is None else f'_n{len(splits[args.split])}'}.json"
-    floor = stored_floor(model, measure, splits[args.split], out / floor_name, progress=progress)
+    selection = f"{args.split}{'' if args.n_eval is None else f'_n{len(splits[args.split])}'}"  # names what was scored
+    floor = stored_floor(model, measure, splits[args.split], out / f"floor_{selection}.json", progress=progress)
     base = None
     if measure.kind == "dailydilemmas":
         from interp.protocol import base_scores
 
-        base = load_or_compute(out / f"base_{args.split}.nc", lambda: base_scores(model, splits[args.split], progress=progress))
+        base = load_or_compute(out / f"base_{selection}.nc", lambda: base_scores(model, splits[args.split], progress=progress))
     records = []
     for (name, seed), config in tqdm(configs.items(), desc="recipes", disable=not progress):
         records.append(run_recipe(model, name, config, measure, splits, out / name / f"seed_{seed}", split=args.split,
