@@ -275,7 +275,10 @@ def results_table(ds: xr.Dataset) -> pd.DataFrame:
                 "Normalized Gain (%)": fmt("normalized_gain", ".3f"), "Main metric": fmt("main_metric", ".3f"),
                 "Budget reached": bool(np.all(r["reached"].values > 0)),
             })
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    # a measure without a column's quantity (no answer bias for margins): leave the column out
+    empty = [c for c in table.columns if table[c].astype(str).str.startswith("nan").all()]
+    return table.drop(columns=empty)
 
 
 def figure(ds: xr.Dataset):
