@@ -277,7 +277,7 @@ def results_table(ds: xr.Dataset) -> pd.DataFrame:
             })
     table = pd.DataFrame(rows)
     # a measure without a column's quantity (no answer bias for margins): leave the column out
-    empty = [c for c in table.columns if table[c].astype(str).str.startswith("nan").all()]
+    empty = [c for c in table.columns if table[c].astype(str).str.match(r"^[+-]?nan").all()]
     return table.drop(columns=empty)
 
 
