@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import xarray as xr
 
@@ -109,12 +108,15 @@ def _eval_config(measure: Measure, seed: int = 0):
     return EvalConfig(target=measure.target, seed=seed)
 
 
-def score_fn(model, measure: Measure, items, *, seed: int = 0):
-    """``(method, c) -> per-item values`` on ``items``: the ScoreFn of :func:`interp.calibrate.calibrate_sign`."""
+def score_fn(model, measure: Measure, items, *, seed: int = 0, config=None):
+    """``(method, c) -> per-item values`` on ``items``: the ScoreFn of :func:`interp.calibrate.calibrate_sign`.
+
+    ``config``: the DailyDilemmas :class:`interp.evaluate.EvalConfig` (default: the measure's target, ``seed``).
+    """
     if measure.kind == "dailydilemmas":
         from interp.evaluate import target_score
 
-        config = _eval_config(measure, seed)
+        config = config or _eval_config(measure, seed)
         return lambda m, c: target_score(model, m, c, items, config)
     from interp.continuations import target_values
 
@@ -127,13 +129,12 @@ def calibrate_concept_sign(model, method, concept: str | Path | Measure, *, coef
 
     Returns the :class:`interp.calibrate.SignCalibration` (also recorded in ``method.calibration``).
     """
-    from interp.calibrate import calibrate_sign
+    from interp.protocol import calibrate_method_sign
 
     measure = concept if isinstance(concept, Measure) else measure_of(concept)
     calibration = measure_splits(measure, split_seed=split_seed, dilemmas=dilemmas)["calibration"]
-    result = calibrate_sign(method, score_fn(model, measure, calibration, seed=seed), coeff, seed=seed)
-    method.calibration["sign"] = {**method.calibration["sign"], "measure": measure.label, "split": "calibration",
-                                  "split_seed": split_seed}
+    result = calibrate_method_sign(model, method, calibration, coeff, seed=seed, measure=measure)
+    method.calibration["sign"]["split_seed"] = split_seed
     return result
 
 
@@ -197,12 +198,3 @@ def cost_tokens(model, measure: Measure | None, items):
     from interp.continuations import item_chats
 
     return tokenize_chats(model, item_chats(items), continue_final=True)
-
-
-def values_at(ds: xr.Dataset, measure: Measure, coeff: float) -> np.ndarray:
-    """Per-item values of a scored dataset at one coefficient (margins, or signed de-biased target values)."""
-    if measure.kind == "dailydilemmas":
-        from interp.evaluate import target_values
-
-        return target_values(ds.isel(method=0), measure.target).sel(coeff=coeff).values
-    return ds["margin"].isel(method=0).sel(coeff=coeff).values

@@ -75,10 +75,10 @@ def calibrate_method_sign(model, method: SteeringMethod, calibration, coeff: flo
     """
     from interp.evaluate import EvalConfig, target_score
 
-    if measure is not None and measure.kind != "dailydilemmas":
+    if measure is not None:
         from interp.measures import score_fn
 
-        result = calibrate_sign(method, score_fn(model, measure, calibration, seed=seed), coeff, seed=seed)
+        result = calibrate_sign(method, score_fn(model, measure, calibration, seed=seed, config=config), coeff, seed=seed)
         method.calibration["sign"] = {**method.calibration["sign"], "measure": measure.label, "split": "calibration"}
         return result
     config = config or EvalConfig()
