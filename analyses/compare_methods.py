@@ -115,7 +115,7 @@ def fit_method(model, method: str, config: CompareConfig, seed: int, folder: Pat
                measure=None):
     """A fitted, sign-calibrated steering method (trained ones are saved under ``folder``)."""
     from interp.measures import prompt_method
-    from interp.protocol import calibrate_method_sign, fit_innerpissa
+    from interp.protocol import calibrate_method_sign, fit_innerpissa, fit_vector_method
 
     train_config = config.train_config(method, seed)
     if method == "prompt":
@@ -128,7 +128,7 @@ def fit_method(model, method: str, config: CompareConfig, seed: int, folder: Pat
         return fit_innerpissa(model, train_config, folder, calibration, progress=progress, config=config.eval_config(seed),
                               measure=measure)[0]
     else:
-        m = _fit_vector(model, method, train_config, seed)
+        m = fit_vector_method(model, method, train_config, seed)
     calibrate_method_sign(model, m, calibration, seed=seed, config=config.eval_config(seed), measure=measure)
     return m
 
@@ -152,21 +152,6 @@ def _fit_lora(model, train_config: TrainConfig, folder: Path, *, progress: bool)
         adapter.detach()
         raise
     return adapter
-
-
-def _fit_vector(model, method: str, train_config: TrainConfig, seed: int):
-    from interp import baselines
-    from interp.data import tokenize_pairs
-    from interp.sites import parse_layers
-    from interp.train import build_pairs
-
-    layers = parse_layers(train_config.layers, int(model.cfg.n_layers))
-    pairs = build_pairs(train_config).train[: max(train_config.n_calibration, 64)]
-    batch = tokenize_pairs(model.tokenizer, pairs, system=train_config.system, max_length=train_config.max_length)
-    cls = {"pca": baselines.PCASteering, "mean_diff": baselines.MeanDiff, "s_mean_diff": baselines.SSpaceMeanDiff,
-           "random": baselines.RandomDirection}[method]
-    kwargs = {"seed": seed} if method == "random" else {"rank": train_config.rank} if method == "s_mean_diff" else {}
-    return cls.fit_pairs(model, batch, layers, **kwargs)
 
 
 # --------------------------------------------------------------------------- one method

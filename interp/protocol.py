@@ -200,6 +200,23 @@ def fit_innerpissa(model, train_config, folder: str | Path, calibration, *, coef
     return adapter, training
 
 
+def fit_vector_method(model, method: str, train_config, seed: int):
+    """A steering-vector baseline (``pca``, ``mean_diff``, ``s_mean_diff``, ``random``) fitted on the
+    training config's concept pairs at its layers, as every comparison fits it."""
+    from interp import baselines
+    from interp.data import tokenize_pairs
+    from interp.sites import parse_layers
+    from interp.train import build_pairs
+
+    layers = parse_layers(train_config.layers, int(model.cfg.n_layers))
+    pairs = build_pairs(train_config).train[: max(train_config.n_calibration, 64)]
+    batch = tokenize_pairs(model.tokenizer, pairs, system=train_config.system, max_length=train_config.max_length)
+    cls = {"pca": baselines.PCASteering, "mean_diff": baselines.MeanDiff, "s_mean_diff": baselines.SSpaceMeanDiff,
+           "random": baselines.RandomDirection}[method]
+    kwargs = {"seed": seed} if method == "random" else {"rank": train_config.rank} if method == "s_mean_diff" else {}
+    return cls.fit_pairs(model, batch, layers, **kwargs)
+
+
 def base_scores(model, dilemmas, *, progress: bool = True, config=None) -> xr.Dataset:
     """The unsteered model's scores on ``dilemmas`` (pass as ``base=`` to :func:`score_method`)."""
     from interp.evaluate import EvalConfig, score_dilemmas

@@ -1,0 +1,75 @@
+"""Command-line pieces every entry point shares: which model, on which device, in which dtype.
+
+``--model`` defaults to :data:`interp.models.DEFAULT_MODEL`; ``--device`` takes
+``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (the first of cuda, mps, cpu that
+this machine has); ``--dtype`` takes ``float32``, ``bfloat16`` or ``float16``. Bad values
+fail in the parser, naming the option and the valid choices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import torch
+
+from interp.models import DEFAULT_MODEL, SPECS_HELP, load_model
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DEVICE = re.compile(r"^(cpu|mps|auto|cuda(:\d+)?)$")
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` / ``mps`` / ``cpu`` (what this machine has); other names checked and kept."""
+    if not _DEVICE.match(name):
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but this machine has no CUDA device; use --device cpu")
+    return name
+
+
+def _device_arg(text: str) -> str:
+    try:
+        return resolve_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """``--model``, ``--device``, ``--dtype``."""
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec: {SPECS_HELP}")
+    p.add_argument("--device", type=_device_arg, default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model weights' dtype")
+
+
+def model_from_args(args: argparse.Namespace):
+    """The bridge that ``--model --device --dtype`` name."""
+    return load_model(args.model, dtype=DTYPES[args.dtype], device=args.device)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def float_list(text: str) -> list[float]:
+    """An argparse type: comma-separated finite numbers, e.g. ``-1,0,1``."""
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as -1,0,1, got {text!r}") from None
+    if not values or not all(torch.isfinite(torch.tensor(values))):
+        raise argparse.ArgumentTypeError(f"expected finite numbers such as -1,0,1, got {text!r}")
+    return values
