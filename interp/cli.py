@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Sequence
 
 import torch
 
@@ -73,3 +74,22 @@ def float_list(text: str) -> list[float]:
     if not values or not all(torch.isfinite(torch.tensor(values))):
         raise argparse.ArgumentTypeError(f"expected finite numbers such as -1,0,1, got {text!r}")
     return values
+
+
+def join_negative_values(argv: Sequence[str], options: Sequence[str]) -> list[str]:
+    """``["--coeffs", "-1,0,1"]`` -> ``["--coeffs=-1,0,1"]`` for the named options.
+
+    argparse reads a value such as ``-1,0,1`` as an unknown option; joining it to its
+    option lets users write the natural form.
+    """
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        if items[i] in options and i + 1 < len(items) and re.match(r"^-[\d.]", items[i + 1]):
+            out.append(f"{items[i]}={items[i + 1]}")
+            i += 2
+            continue
+        out.append(items[i])
+        i += 1
+    return out

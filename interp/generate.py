@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import textwrap
 import warnings
 from collections.abc import Iterator, Sequence
@@ -352,7 +353,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from interp.cli import add_model_args, float_list, positive_int
+    from interp.cli import add_model_args, float_list, join_negative_values, positive_int
 
     d = GenerateConfig()
     p = argparse.ArgumentParser(prog="python -m interp.generate", description=__doc__.split("\n\n")[0])
@@ -377,7 +378,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=positive_int, default=36, help="column width of the printed table")
     p.add_argument("--out", default=None, help="folder for generations.nc and generations.md")
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+    args = p.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv, ["--coeffs"]))
     if not args.prompt and not args.prompts:
         p.error("give at least one --prompt TEXT or --prompts FILE")
     try:

@@ -163,3 +163,8 @@ def test_default_model_greedy_parity_and_default_adapter_changes_the_text(smol, 
     changed = [all(_row_tokens(ds, p, c) != _row_tokens(ds, p, 0.0) for c in (-1.0, 1.0)) for p in range(len(prompts))]
     assert sum(changed) > len(prompts) / 2
     assert ds.nll_base.notnull().all() and ds.distinct_2.notnull().all()
+
+
+def test_cli_reads_a_leading_minus_coefficient_list(capsys):
+    ds = main(["--model", "tiny-random", "--prompt", "Hi", "--coeffs", "-1,0,1", "--max-new-tokens", "2", "--no-progress"])
+    assert list(ds.coeff.values) == [-1.0, 0.0, 1.0]

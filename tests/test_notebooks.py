@@ -20,7 +20,7 @@ PARAMETERS = {"MODEL": "tiny-random", "QUICK": True, "OUT": None, "SEED": 0}
 # ... merged with per-notebook overrides (by file stem), should one ever need them.
 OVERRIDES: dict[str, dict] = {}
 # Notebooks that read DailyDilemmas (skipped, not failed, where the data set is absent).
-NEEDS_DILEMMAS = {"01_layer_depth", "05_methods"}
+NEEDS_DILEMMAS = {"00_quickstart", "01_layer_depth", "05_methods"}
 CELL_TIMEOUT_S = 300
 FIGURE_MIME = ("application/vnd.plotly.v1+json", "text/html")
 
