@@ -30,11 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import xarray as xr
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from analyses._io import load_dataset, result_folder, write_html, write_netcdf
-from interp.adapters.io import TENSORS, read_adapter_config
+from interp.adapters.io import read_adapter_config, read_tensors
 from interp.adapters.innerpissa import InnerPiSSAConfig, config_from_options, generator, scaled_values
 from interp.cayley import cayley
 from interp.provenance import provenance
@@ -94,7 +93,7 @@ def run_summary(folder: Path) -> dict:
     if cfg["class"] != "innerpissa":
         raise ValueError(f"{folder}: rotation norms need an InnerPiSSA adapter, got {cfg['class']!r}")
     config = config_from_options(cfg["options"])
-    tensors = load_file(folder / "adapter" / TENSORS)
+    tensors = read_tensors(folder / "adapter", cfg)
     sites = []
     for name in cfg["sites"]:
         key = name.replace(".", "_")

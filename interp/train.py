@@ -382,9 +382,10 @@ RESUME_FREE = ("checkpoint_every", "diagnostics_every")
 
 
 def _checkpoint_state(adapter, opt, sched, step: int, direction: Tensor, scale: Tensor, history: list[dict],
-                      config: TrainConfig) -> dict:
+                      config: TrainConfig, base_hash: str) -> dict:
     return {
         "config": asdict(config),
+        "base_weight_hash": base_hash,
         "scale": scale,
         "step": step,
         "adapter": {name: p.detach().clone() for name, p in adapter.layers.named_parameters()},
@@ -454,6 +455,7 @@ def train(
         raise ValueError("no validation pairs")
     out = Path(out) if out is not None else None
     ckpt_path = out / CHECKPOINT if out else None
+    base_hash = weight_hash(getattr(model, "original_model", model)) if ckpt_path else ""
     if resume and not (ckpt_path and ckpt_path.is_file()):
         raise ValueError(f"--resume needs a checkpoint at {ckpt_path}, found none")
 
@@ -480,8 +482,14 @@ def train(
         except pickle.UnpicklingError as err:
             raise ValueError(f"{ckpt_path} is not a checkpoint this version wrote (it holds objects other than tensors "
                              f"and plain data, refused unloaded: {str(err).splitlines()[0]}); start afresh without --resume") from None
+        if not isinstance(state, dict) or "config" not in state or "base_weight_hash" not in state:
+            raise ValueError(f"{ckpt_path} records no training config or base-weight hash, so nothing says it belongs to "
+                             "this run; start afresh without --resume")
+        if state["base_weight_hash"] != base_hash:
+            raise ValueError(f"{ckpt_path} was written on other base weights (hash {state['base_weight_hash']}, here "
+                             f"{base_hash}): the same model spec now loads different weights; start afresh without --resume")
         # continuing with other settings would give an adapter neither run describes
-        diff = config_differences(state.get("config", asdict(config)), asdict(config), ignore=RESUME_FREE)
+        diff = config_differences(state["config"], asdict(config), ignore=RESUME_FREE)
         if diff:
             raise ValueError(f"{ckpt_path} was written with other settings ({said_differences(diff, 'in the checkpoint')}); "
                              "resume with those or start afresh")
@@ -530,7 +538,7 @@ def train(
                 with open(log_path, "a") as fh:
                     fh.write(json.dumps(record, default=str) + "\n")
             if ckpt_path and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
-                state = _checkpoint_state(adapter, opt, sched, step + 1, direction, scale, history, config)
+                state = _checkpoint_state(adapter, opt, sched, step + 1, direction, scale, history, config, base_hash)
                 atomic_write(ckpt_path, lambda p: torch.save(state, p))
             if callback is not None:
                 callback(record)

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from interp.adapters import innerpissa, lora
-from interp.adapters.io import AdapterLoadError, load_adapter, read_adapter_config, save_adapter
+from interp.adapters.io import (
+    AdapterLoadError,
+    load_adapter,
+    read_adapter_config,
+    save_adapter,
+    tensor_hashes,
+    tensors_file,
+)
 from interp.cayley import cayley, skew, soft_clamp
 from interp.models import load_model
 from interp.sites import Site
@@ -72,7 +79,8 @@ def test_save_is_atomic_and_overwrites(tiny, saved):
         save_adapter(adapter, saved)
     finally:
         adapter.detach()
-    assert sorted(p.name for p in saved.iterdir()) == ["adapter.json", "adapter.safetensors"]
+    names = sorted(p.name for p in saved.iterdir())
+    assert names == sorted(["adapter.json", read_adapter_config(saved)["tensors"]])
     from interp.store import current_umask
 
     assert saved.stat().st_mode & 0o777 == 0o777 & ~current_umask()  # not mkdtemp's 0700
@@ -98,8 +106,9 @@ def test_other_shape_is_refused(saved, tiny):
 def test_wrong_rank_is_refused_and_nothing_stays_attached(saved, tiny):
     cfg = json.loads((saved / "adapter.json").read_text())
     cfg["options"]["rank"] = 4
+    del cfg["hashes"]  # as an adapter saved before integrity hashes: the shape check is what refuses it
     (saved / "adapter.json").write_text(json.dumps(cfg))
-    with pytest.raises(AdapterLoadError, match="shape"):
+    with pytest.raises(AdapterLoadError, match="shape"), pytest.warns(UserWarning, match="unverified"):
         load_adapter(tiny, saved)
     innerpissa.attach(tiny, SITES, innerpissa.InnerPiSSAConfig(rank=4)).detach()  # sites are free again
 
@@ -109,8 +118,10 @@ def test_adapter_saved_before_the_angle_clamp_keeps_its_entry_clamp(saved, tiny)
     cfg = json.loads((saved / "adapter.json").read_text())
     assert cfg["options"]["clamp"] == "angle"
     del cfg["options"]["clamp"]
+    del cfg["hashes"]
     (saved / "adapter.json").write_text(json.dumps(cfg))
-    old = load_adapter(tiny, saved)
+    with pytest.warns(UserWarning, match="unverified"):
+        old = load_adapter(tiny, saved)
     try:
         layer = next(iter(old.layers.values()))
         assert layer.config.clamp == "entry"
@@ -123,8 +134,9 @@ def test_adapter_saved_before_the_angle_clamp_keeps_its_entry_clamp(saved, tiny)
 
 
 def test_truncated_tensors_are_refused(saved, tiny):
-    data = (saved / "adapter.safetensors").read_bytes()
-    (saved / "adapter.safetensors").write_bytes(data[: len(data) // 2])
+    file = tensors_file(saved)
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])
     with pytest.raises(AdapterLoadError, match="damaged or truncated"):
         load_adapter(tiny, saved)
 
@@ -140,8 +152,90 @@ def test_damaged_or_missing_files_are_refused(saved, tiny, tmp_path):
 def test_missing_tensor_is_refused(saved, tiny):
     from safetensors.torch import load_file, save_file
 
-    tensors = load_file(saved / "adapter.safetensors")
+    tensors = load_file(tensors_file(saved))
     tensors.pop("blocks_2_attn_o.theta_v")
-    save_file(tensors, saved / "adapter.safetensors")
+    save_file(tensors, tensors_file(saved))
     with pytest.raises(AdapterLoadError, match="missing"):
         load_adapter(tiny, saved)
+
+
+def _attach_works(tiny):
+    innerpissa.attach(tiny, SITES, innerpissa.InnerPiSSAConfig(rank=8)).detach()  # nothing stayed attached
+
+
+def test_a_flipped_byte_in_a_tensor_is_refused(saved, tiny):
+    file = tensors_file(saved)
+    data = bytearray(file.read_bytes())
+    data[-3] ^= 0x40  # inside the last tensor's values: still a valid safetensors file
+    file.write_bytes(bytes(data))
+    with pytest.raises(AdapterLoadError, match="differ from the hashes"):
+        load_adapter(tiny, saved)
+    _attach_works(tiny)
+
+
+def test_non_finite_values_are_refused_even_with_matching_hashes(saved, tiny):
+    from safetensors.torch import load_file, save_file
+
+    cfg = read_adapter_config(saved)
+    tensors = load_file(tensors_file(saved))
+    tensors["blocks_1_mlp_out.theta_v"][0, 1] = float("nan")
+    save_file(tensors, tensors_file(saved))
+    cfg["hashes"]["tensors"] = tensor_hashes(tensors)
+    (saved / "adapter.json").write_text(json.dumps(cfg))
+    with pytest.raises(AdapterLoadError, match="non-finite"):
+        load_adapter(tiny, saved)
+    _attach_works(tiny)
+
+
+@pytest.mark.parametrize("edit", [("orientation", 7), ("orientation", 0), ("max_angle", 3.0), ("scaling", "none")])
+def test_edited_options_and_bad_orientations_are_refused_before_attaching(saved, tiny, edit):
+    key, value = edit
+    cfg = json.loads((saved / "adapter.json").read_text())
+    if key == "orientation":
+        cfg[key] = value
+    else:
+        cfg["options"][key] = value
+    (saved / "adapter.json").write_text(json.dumps(cfg))
+    with pytest.raises(AdapterLoadError, match="orientation must be|edited"):
+        load_adapter(tiny, saved)
+    _attach_works(tiny)
+
+
+def test_non_finite_adapter_is_not_saved(tiny, tmp_path):
+    adapter = _randomised(innerpissa.attach(tiny, SITES, innerpissa.InnerPiSSAConfig(rank=8)))
+    try:
+        with torch.no_grad():
+            next(iter(adapter.parameters()))[0, 0] = float("inf")
+        with pytest.raises(ValueError, match="non-finite"):
+            save_adapter(adapter, tmp_path / "a")
+    finally:
+        adapter.detach()
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("fail_at", ["tensors", "json"])
+def test_a_save_killed_midway_leaves_the_previous_adapter_whole(saved, tiny, monkeypatch, fail_at):
+    from interp.adapters import io
+
+    before = _outputs(tiny, loaded := load_adapter(tiny, saved))
+    loaded.detach()
+    real = io.atomic_write
+
+    def dying(path, write):
+        if (fail_at == "tensors" and str(path).endswith(".safetensors")) or (fail_at == "json" and str(path).endswith(".json")):
+            raise KeyboardInterrupt("killed")
+        return real(path, write)
+
+    monkeypatch.setattr(io, "atomic_write", dying)
+    other = _randomised(innerpissa.attach(tiny, SITES, innerpissa.InnerPiSSAConfig(rank=8)), seed=5)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            save_adapter(other, saved)
+    finally:
+        other.detach()
+    again = load_adapter(tiny, saved)
+    try:
+        for got, want in zip(_outputs(tiny, again), before, strict=True):
+            assert torch.equal(got, want)
+    finally:
+        again.detach()

@@ -309,3 +309,40 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(tiny, tmp_path):
     finally:
         adapter.detach()
     assert not marker.exists()
+
+
+def _checkpointed_run(model, tmp_path):
+    sites = select_sites(model, layers=[1], modules=["mlp.out"])
+    config = TrainConfig(**{**SHORT, "steps": 2, "n_calibration": 4, "n_validation": 4}, checkpoint_every=1)
+    adapter = ToyAdapter(model, sites)
+    try:
+        train(model, adapter, build_pairs(config), config, out=tmp_path, progress=False)
+    finally:
+        adapter.detach()
+    return sites, config
+
+
+def test_resume_on_other_base_weights_is_refused(tiny, tmp_path):
+    from interp.models import load_model
+
+    _, config = _checkpointed_run(tiny, tmp_path)
+    other = load_model("tiny-random:1")  # same spec family and shapes, other weights
+    adapter = ToyAdapter(other, select_sites(other, layers=[1], modules=["mlp.out"]))
+    try:
+        with pytest.raises(ValueError, match="other base weights"):
+            train(other, adapter, build_pairs(config), config, out=tmp_path, resume=True, progress=False)
+    finally:
+        adapter.detach()
+
+
+def test_resume_from_a_checkpoint_without_config_is_refused(tiny, tmp_path):
+    sites, config = _checkpointed_run(tiny, tmp_path)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    del state["config"]
+    torch.save(state, tmp_path / CHECKPOINT)
+    adapter = ToyAdapter(tiny, sites)
+    try:
+        with pytest.raises(ValueError, match="records no training config"):
+            train(tiny, adapter, build_pairs(config), config, out=tmp_path, resume=True, progress=False)
+    finally:
+        adapter.detach()

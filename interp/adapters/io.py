@@ -1,4 +1,4 @@
-"""Saving and loading adapters: ``adapter.safetensors`` + ``adapter.json`` in one folder.
+"""Saving and loading adapters: ``adapter.json`` + the safetensors file it names, in one folder.
 
 The json names the base model (spec and a hash of the decomposed weights), the sites
 and their shapes, the adapter class and options, the orientation (the calibrated sign)
@@ -7,15 +7,22 @@ file holds the learned parameters and, for checking, each site's singular values
 the adapter has them. Loading rebuilds the adapter on the given model and refuses,
 with a message saying why, an adapter made for other weights, other shapes or another
 rank, and a damaged or incomplete file: nothing is ever loaded partially.
+
+Integrity: the json records a sha256 of every tensor and of the options (class, sites,
+options, orientation); loading verifies both, accepts only orientation +1 or -1 and
+refuses non-finite values, all before anything is attached. The tensors are written
+under a name that carries their hash (``adapter.<hash>.safetensors``) and the json,
+replaced atomically last, names them: a save killed at any moment leaves the previous
+adapter (or the new one) complete on disk, never none and never a mix. Folders saved
+before these hashes (format version 1, ``adapter.safetensors``) still load, unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
-import os
-import shutil
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +34,10 @@ from interp.adapters.base import AdapterSet
 from interp.models import weight_hash
 from interp.provenance import git_commit, package_version
 from interp.sites import Site, linear_of
-from interp.store import current_umask
+from interp.store import atomic_write
 
 FORMAT = "innerpissa-lab-adapter"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 TENSORS, CONFIG = "adapter.safetensors", "adapter.json"
 
 # Adapter classes by their ``name``; imported lazily so that io does not pull them all in.
@@ -57,8 +64,24 @@ def _tensors(adapter: AdapterSet) -> dict[str, torch.Tensor]:
     return out
 
 
+def tensor_hashes(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """sha256 (first 16 hex digits) of each tensor's dtype, shape and bytes."""
+    out = {}
+    for name, t in sorted(tensors.items()):
+        digest = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        out[name] = digest.hexdigest()[:16]
+    return out
+
+
+def options_hash(config: dict) -> str:
+    """sha256 of what decides how the tensors act: class, sites, options, orientation."""
+    keys = {k: config.get(k) for k in ("class", "sites", "options", "orientation")}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def save_adapter(adapter: AdapterSet, path: str | Path, *, extra: dict | None = None) -> Path:
-    """Write ``adapter`` to the folder ``path`` (replaced atomically); returns the folder.
+    """Write ``adapter`` to the folder ``path`` (an existing adapter there is replaced); returns the folder.
 
     ``extra`` entries (JSON-able) are merged into the json, e.g. ``{"training": ...}``.
     """
@@ -66,6 +89,14 @@ def save_adapter(adapter: AdapterSet, path: str | Path, *, extra: dict | None = 
     linears = {s.name: adapter._linears[s.name] for s in adapter.sites}
     if adapter._merged:
         raise ValueError("unmerge() the adapter before saving: the weights hold ΔW now")
+    if adapter.orientation not in (1, -1):
+        raise ValueError(f"orientation must be +1 or -1, got {adapter.orientation!r}")
+    tensors = _tensors(adapter)
+    bad = [n for n, t in tensors.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise ValueError(f"the adapter holds non-finite values in {bad}: nothing saved")
+    hashes = tensor_hashes(tensors)
+    file_name = f"adapter.{hashlib.sha256(json.dumps(hashes).encode()).hexdigest()[:12]}.safetensors"
     config: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -76,6 +107,7 @@ def save_adapter(adapter: AdapterSet, path: str | Path, *, extra: dict | None = 
         "shapes": {n: list(lin.weight.shape) for n, lin in linears.items()},
         "options": adapter.options(),
         "orientation": int(adapter.orientation),
+        "tensors": file_name,
         "package_version": package_version(),
         "git_commit": git_commit(),
     }
@@ -86,24 +118,51 @@ def save_adapter(adapter: AdapterSet, path: str | Path, *, extra: dict | None = 
         if key in config and key != "calibration":
             raise ValueError(f"extra key {key!r} would overwrite the adapter's own {key!r}")
         config[key] = value
+    config["hashes"] = {"tensors": hashes, "options": options_hash(config)}
     text = json.dumps(config, indent=2, default=str)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        save_file(_tensors(adapter), tmp / TENSORS, metadata={"format": FORMAT})
-        (tmp / CONFIG).write_text(text)
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; saved adapters are shared like other results
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # tensors first, under their own name; then the json that names them (the switch is one rename)
+    atomic_write(path / file_name, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    atomic_write(path / CONFIG, lambda tmp: Path(tmp).write_text(text))
+    for old in path.glob("adapter*.safetensors"):
+        if old.name != file_name:
+            old.unlink(missing_ok=True)
     return path
+
+
+def tensors_file(path: str | Path, config: dict | None = None) -> Path:
+    """The safetensors file a saved adapter's json names (``adapter.safetensors`` before version 2)."""
+    path = Path(path)
+    config = config if config is not None else read_adapter_config(path)
+    name = str(config.get("tensors", TENSORS))
+    if Path(name).name != name or not name.endswith(".safetensors"):
+        raise AdapterLoadError(f"{path / CONFIG} names tensors {name!r}: not a .safetensors file in its folder")
+    return path / name
+
+
+def read_tensors(path: str | Path, config: dict | None = None) -> dict[str, torch.Tensor]:
+    """A saved adapter's tensors, verified against the json's hashes and checked finite."""
+    path = Path(path)
+    config = config if config is not None else read_adapter_config(path)
+    file = tensors_file(path, config)
+    try:
+        tensors = load_file(file)
+    except FileNotFoundError:
+        raise AdapterLoadError(f"{file} is missing") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise AdapterLoadError(f"{file} is damaged or truncated ({err})") from None
+    recorded = (config.get("hashes") or {}).get("tensors")
+    if recorded is None:
+        warnings.warn(f"{path} was saved without integrity hashes (format version 1): loaded unverified", stacklevel=2)
+    else:
+        here = tensor_hashes(tensors)
+        changed = sorted(n for n in set(here) & set(recorded) if here[n] != recorded[n])
+        if changed:
+            raise AdapterLoadError(f"{file}: {changed} differ from the hashes in {CONFIG} (damaged or edited); "
+                                   "re-save or re-train the adapter")
+    bad = [n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise AdapterLoadError(f"{file} holds non-finite values in {bad}")
+    return tensors
 
 
 def read_adapter_config(path: str | Path) -> dict:
@@ -121,6 +180,12 @@ def read_adapter_config(path: str | Path) -> dict:
     missing = [k for k in ("class", "sites", "shapes", "options", "weight_hash") if k not in config]
     if missing:
         raise AdapterLoadError(f"{file} lacks {missing}")
+    if config.get("orientation", 1) not in (1, -1):
+        raise AdapterLoadError(f"{file}: orientation must be +1 or -1, got {config.get('orientation')!r}")
+    recorded = (config.get("hashes") or {}).get("options")
+    if recorded is not None and recorded != options_hash(config):
+        raise AdapterLoadError(f"{file}: the class, sites, options or orientation differ from the ones it was saved "
+                               "with (edited?); re-save the adapter instead of editing its json")
     return config
 
 
@@ -154,35 +219,30 @@ def load_adapter(model, path: str | Path) -> AdapterSet:
             f"the adapter at {path} was made for model {config.get('model_spec')!r} (weight hash {config['weight_hash']}), "
             f"but this model ({getattr(model, 'spec', '?')!r}) has weight hash {here} at those sites"
         )
-    try:
-        tensors = load_file(path / TENSORS)
-    except FileNotFoundError:
-        raise AdapterLoadError(f"{path / TENSORS} is missing") from None
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise AdapterLoadError(f"{path / TENSORS} is damaged or truncated ({err})") from None
+    tensors = read_tensors(path, config)
     cls = _adapter_class(config["class"])
     try:
         adapter = cls.from_options(model, sites, dict(config["options"]))
     except (TypeError, ValueError) as err:
         raise AdapterLoadError(f"the adapter options {config['options']} do not build on this model: {err}") from None
-    try:
-        _copy_tensors(adapter, tensors, path)
-    except AdapterLoadError:
+    try:  # attached now: any failure from here on detaches again, so a retry finds the model clean
+        _copy_tensors(adapter, tensors, tensors_file(path, config))
+        adapter.orientation = int(config.get("orientation", 1))
+        if config.get("calibration"):
+            adapter.calibration = dict(config["calibration"])
+        adapter.metadata = config
+    except BaseException:
         adapter.detach()
         raise
-    adapter.orientation = int(config.get("orientation", 1))
-    if config.get("calibration"):
-        adapter.calibration = dict(config["calibration"])
-    adapter.metadata = config
     return adapter
 
 
-def _copy_tensors(adapter: AdapterSet, tensors: dict[str, torch.Tensor], path: Path) -> None:
+def _copy_tensors(adapter: AdapterSet, tensors: dict[str, torch.Tensor], file: Path) -> None:
     expected = _tensors(adapter)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise AdapterLoadError(f"{path / TENSORS} does not match the adapter's parameters: missing {missing}, unexpected {unexpected}")
+        raise AdapterLoadError(f"{file} does not match the adapter's parameters: missing {missing}, unexpected {unexpected}")
     for name, value in expected.items():
         if tuple(tensors[name].shape) != tuple(value.shape):
             raise AdapterLoadError(f"{name} has shape {tuple(tensors[name].shape)} in the file but {tuple(value.shape)} here (another rank?)")
