@@ -4,16 +4,26 @@ figures written the same way, and their common CLI bits."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from interp.store import atomic_write, check_run_config, load_dataset, load_or_compute, write_netcdf, write_text
+from interp.store import (
+    RunLocked,
+    atomic_write,
+    check_run_config,
+    load_dataset,
+    load_or_compute,
+    run_lock,
+    write_netcdf,
+    write_text,
+)
 
 __all__ = ["atomic_write", "load_dataset", "load_or_compute", "write_netcdf", "write_text", "write_html",
-           "result_folder", "resumable_folder", "add_common_args", "analysis_layers"]
+           "result_folder", "resumable_run", "run_lock", "add_common_args", "analysis_layers"]
 
 
 def write_html(fig, path: str | Path) -> Path:
@@ -27,17 +37,25 @@ def result_folder(analysis: str, model: str, quick: bool = False) -> Path:
     return Path("results") / analysis / (model.replace("/", "_") + ("-quick" if quick else ""))
 
 
-def resumable_folder(out: str | None, analysis: str, config, *, quick: bool, ignore: Sequence[str] = ()) -> Path:
-    """The results folder of a resumable run (``out`` or :func:`result_folder`), created, with
-    ``config`` (a dataclass with a ``model``) checked against the run that started it: a
-    re-run with other settings exits with the reason instead of mixing results."""
+@contextmanager
+def resumable_run(out: str | None, analysis: str, config, *, quick: bool, ignore: Sequence[str] = ()) -> Iterator[Path]:
+    """The results folder of a resumable run (``out`` or :func:`result_folder`), held for this run.
+
+    The folder is created and locked (:func:`interp.store.run_lock`: a second writer fails at
+    once, naming the holder) *before* ``config`` (a dataclass with a ``model``) is checked
+    against the run that started it, so two runs cannot both pass the check. A re-run with
+    other settings exits with the reason instead of mixing results.
+    """
     folder = Path(out) if out else result_folder(analysis, config.model, quick)
-    folder.mkdir(parents=True, exist_ok=True)
     try:
-        check_run_config(folder, asdict(config), ignore=ignore)
-    except ValueError as err:
+        with run_lock(folder):
+            try:
+                check_run_config(folder, asdict(config), ignore=ignore)
+            except ValueError as err:
+                raise SystemExit(f"error: {err}") from None
+            yield folder
+    except RunLocked as err:
         raise SystemExit(f"error: {err}") from None
-    return folder
 
 
 # --------------------------------------------------------------------------- CLI pieces

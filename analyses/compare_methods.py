@@ -42,7 +42,7 @@ import pandas as pd
 import xarray as xr
 from tqdm.auto import tqdm
 
-from analyses._io import load_dataset, load_or_compute, resumable_folder, write_html, write_netcdf, write_text
+from analyses._io import load_dataset, load_or_compute, resumable_run, write_html, write_netcdf, write_text
 from interp.baselines import ablation_configs
 from interp.protocol import COLUMNS, ProtocolConfig
 from interp.provenance import provenance
@@ -344,39 +344,39 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     folder = args.out or (None if config.concept == "honesty" else
                           str(Path("results") / "compare_methods" / f"{config.model.replace('/', '_')}-{measure.concept}"
                               f"{'-quick' if args.quick else ''}"))
-    out = resumable_folder(folder, "compare_methods", config, quick=args.quick, ignore=("methods", "seeds"))
-    progress = not args.no_progress
-    model = load_model(config.model)
-    if measure.kind == "dailydilemmas":
-        splits = dilemma_splits(ProtocolConfig(n_calibration=config.n_calibration, n_test=config.n_test,
-                                               dilemmas=config.dilemmas))
-        base = load_or_compute(out / "base_scores.nc",
-                               lambda: base_scores(model, splits["test"], progress=progress, config=config.eval_config(0)))
-    else:
-        from interp.continuations import score_continuations
+    with resumable_run(folder, "compare_methods", config, quick=args.quick, ignore=("methods", "seeds")) as out:
+        progress = not args.no_progress
+        model = load_model(config.model)
+        if measure.kind == "dailydilemmas":
+            splits = dilemma_splits(ProtocolConfig(n_calibration=config.n_calibration, n_test=config.n_test,
+                                                   dilemmas=config.dilemmas))
+            base = load_or_compute(out / "base_scores.nc",
+                                   lambda: base_scores(model, splits["test"], progress=progress, config=config.eval_config(0)))
+        else:
+            from interp.continuations import score_continuations
 
-        splits = measure_splits(measure)
-        splits["test"] = splits["test"].head(config.n_test) if config.n_test else splits["test"]
-        base = load_or_compute(out / "base_scores.nc",
-                               lambda: score_continuations(model, None, (0.0,), splits["test"], progress=progress))
-    floor = stored_floor(model, measure, splits["test"], out / "floor_test.json", base=base, progress=progress)
-    jobs = [(m, s) for s in range(config.seeds) for m in config.methods]
-    records = []
-    for method, seed in tqdm(jobs, desc="methods", disable=not progress):
-        records.append(run_method(model, method, config, seed, splits, out, progress=progress, base=base,
-                                  measure=measure))
-    written = {"dataset": write_netcdf(compare_dataset(records, model, config), out / "compare_methods.nc")}
-    stored = load_dataset(written["dataset"])
-    table = results_table(stored)
-    written["csv"] = write_text(out / "compare_methods.csv", table.to_csv(index=False))
-    header = (f"Methods on {stored.attrs.get('model_spec', '')}, concept {measure.concept} ({measure.label}), test split "
-              f"({len(splits['test'])} items), layers {config.train_config('innerpissa', 0).layers}, "
-              f"recipe {config.recipe or 'default'}, {config.seeds} seed(s); budgets are next-token KL on calibration "
-              f"prompts\n\n{floor_line(floor)} (test split)\n\n")
-    written["table"] = write_text(out / "compare_methods.md", header + table.to_markdown(index=False) + "\n")
-    written["figure"] = write_html(figure(stored), Path(args.figures) / "compare_methods.html")
-    print(header + table.to_markdown(index=False))
-    return written
+            splits = measure_splits(measure)
+            splits["test"] = splits["test"].head(config.n_test) if config.n_test else splits["test"]
+            base = load_or_compute(out / "base_scores.nc",
+                                   lambda: score_continuations(model, None, (0.0,), splits["test"], progress=progress))
+        floor = stored_floor(model, measure, splits["test"], out / "floor_test.json", base=base, progress=progress)
+        jobs = [(m, s) for s in range(config.seeds) for m in config.methods]
+        records = []
+        for method, seed in tqdm(jobs, desc="methods", disable=not progress):
+            records.append(run_method(model, method, config, seed, splits, out, progress=progress, base=base,
+                                      measure=measure))
+        written = {"dataset": write_netcdf(compare_dataset(records, model, config), out / "compare_methods.nc")}
+        stored = load_dataset(written["dataset"])
+        table = results_table(stored)
+        written["csv"] = write_text(out / "compare_methods.csv", table.to_csv(index=False))
+        header = (f"Methods on {stored.attrs.get('model_spec', '')}, concept {measure.concept} ({measure.label}), test split "
+                  f"({len(splits['test'])} items), layers {config.train_config('innerpissa', 0).layers}, "
+                  f"recipe {config.recipe or 'default'}, {config.seeds} seed(s); budgets are next-token KL on calibration "
+                  f"prompts\n\n{floor_line(floor)} (test split)\n\n")
+        written["table"] = write_text(out / "compare_methods.md", header + table.to_markdown(index=False) + "\n")
+        written["figure"] = write_html(figure(stored), Path(args.figures) / "compare_methods.html")
+        print(header + table.to_markdown(index=False))
+        return written
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from analyses._io import load_dataset, load_or_compute, resumable_folder, write_html, write_netcdf, write_text
+from analyses._io import load_dataset, load_or_compute, resumable_run, write_html, write_netcdf, write_text
 from interp.provenance import provenance
 from interp.sites import LINEAR_MODULES, depth_to_layer
 from interp.train import TrainConfig
@@ -273,38 +273,37 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
 
     default = result_folder("layer_sweep", config.model, args.quick)  # honesty, one site: the main job's folder
     suffix = ("" if config.concept == "honesty" else f"-{Path(config.concept).stem}") + (f"-band{config.band:g}" if config.band else "")
-    out = resumable_folder(args.out or (str(default) + suffix if suffix else None), "layer_sweep", config,
-                           quick=args.quick, ignore=("depths",))
-    progress = not args.no_progress
-    model = load_model(config.model)
-    measure = measure_of(config.concept)
-    eval_config = EvalConfig(min_pmass=config.min_pmass, seed=config.seed, target=measure.target)
-    if measure.kind == "dailydilemmas":
-        splits = dilemma_splits(ProtocolConfig(n_calibration=config.n_calibration,
-                                               n_validation=config.n_eval, dilemmas=config.dilemmas))
-        base = load_or_compute(out / "base_scores.nc",
-                               lambda: base_scores(model, splits["validation"], progress=progress, config=eval_config))
-    else:
-        splits = measure_splits(measure)
-        splits["validation"] = splits["validation"].head(config.n_eval)
-        base = None
-    floor = stored_floor(model, measure, splits["validation"], out / "floor_validation.json", base=base,
-                         progress=progress)
-    records = []
-    bar = tqdm(config.depths, desc="depths", disable=not progress)
-    for depth in bar:
-        bar.set_postfix(depth=f"{depth:.2f}")
-        record = run_depth(model, depth, config, splits, out, progress=progress, base=base, measure=measure)
-        records.append(record)
-        tqdm.write(f"depth {depth:.2f} (layer {record['layer']}): Δtarget {record.get('delta_target', float('nan')):+.4f} "
-                   f"p={record.get('p_value', float('nan')):.3g} ΔNLL {record.get('delta_nll', float('nan')):.4f} "
-                   f"main {record.get('main_metric', float('nan')):.3f}")
-    written = {"dataset": write_netcdf(sweep_dataset(records, model, config), out / "layer_sweep.nc")}
-    stored = load_dataset(written["dataset"])
-    written["table"] = write_text(out / "layer_sweep.md", markdown(stored, floor))
-    written["figure"] = write_html(figure(stored), Path(args.figures) / "layer_sweep.html")
-    print(markdown(stored, floor))
-    return written
+    with resumable_run(args.out or (str(default) + suffix if suffix else None), "layer_sweep", config, quick=args.quick, ignore=("depths",)) as out:
+        progress = not args.no_progress
+        model = load_model(config.model)
+        measure = measure_of(config.concept)
+        eval_config = EvalConfig(min_pmass=config.min_pmass, seed=config.seed, target=measure.target)
+        if measure.kind == "dailydilemmas":
+            splits = dilemma_splits(ProtocolConfig(n_calibration=config.n_calibration,
+                                                   n_validation=config.n_eval, dilemmas=config.dilemmas))
+            base = load_or_compute(out / "base_scores.nc",
+                                   lambda: base_scores(model, splits["validation"], progress=progress, config=eval_config))
+        else:
+            splits = measure_splits(measure)
+            splits["validation"] = splits["validation"].head(config.n_eval)
+            base = None
+        floor = stored_floor(model, measure, splits["validation"], out / "floor_validation.json", base=base,
+                             progress=progress)
+        records = []
+        bar = tqdm(config.depths, desc="depths", disable=not progress)
+        for depth in bar:
+            bar.set_postfix(depth=f"{depth:.2f}")
+            record = run_depth(model, depth, config, splits, out, progress=progress, base=base, measure=measure)
+            records.append(record)
+            tqdm.write(f"depth {depth:.2f} (layer {record['layer']}): Δtarget {record.get('delta_target', float('nan')):+.4f} "
+                       f"p={record.get('p_value', float('nan')):.3g} ΔNLL {record.get('delta_nll', float('nan')):.4f} "
+                       f"main {record.get('main_metric', float('nan')):.3f}")
+        written = {"dataset": write_netcdf(sweep_dataset(records, model, config), out / "layer_sweep.nc")}
+        stored = load_dataset(written["dataset"])
+        written["table"] = write_text(out / "layer_sweep.md", markdown(stored, floor))
+        written["figure"] = write_html(figure(stored), Path(args.figures) / "layer_sweep.html")
+        print(markdown(stored, floor))
+        return written
 
 
 if __name__ == "__main__":

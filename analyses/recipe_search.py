@@ -260,48 +260,48 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     from interp.measures import measure_of, measure_splits, stored_floor
     from interp.models import load_model
     from interp.provenance import provenance
-    from interp.store import load_or_compute
+    from interp.store import load_or_compute, run_lock
 
     measure = measure_of(args.concept)
     out = Path(args.out or Path("results") / "recipe_search" / args.model.replace("/", "_") / measure.concept)
-    out.mkdir(parents=True, exist_ok=True)
-    progress = not args.no_progress
-    model = load_model(args.model)
-    splits = measure_splits(measure)
-    if measure.kind == "dailydilemmas":  # a search reads the target only: score the dilemmas that carry it
-        part = splits[args.split]
-        _, signs = part.label_signs([measure.target])
-        splits[args.split] = part.subset(part.ids[signs[:, 0] != 0])
-    if args.n_eval is not None:
-        if args.n_eval < 2:
-            raise SystemExit(f"error: --n-eval must be >= 2, got {args.n_eval}")
-        splits[args.split] = splits[args.split].head(args.n_eval)
-    selection = f"{args.split}{'' if args.n_eval is None else f'_n{len(splits[args.split])}'}"  # names what was scored
-    floor = stored_floor(model, measure, splits[args.split], out / f"floor_{selection}.json", progress=progress)
-    base = None
-    if measure.kind == "dailydilemmas":
-        from interp.protocol import base_scores
+    with run_lock(out):
+        progress = not args.no_progress
+        model = load_model(args.model)
+        splits = measure_splits(measure)
+        if measure.kind == "dailydilemmas":  # a search reads the target only: score the dilemmas that carry it
+            part = splits[args.split]
+            _, signs = part.label_signs([measure.target])
+            splits[args.split] = part.subset(part.ids[signs[:, 0] != 0])
+        if args.n_eval is not None:
+            if args.n_eval < 2:
+                raise SystemExit(f"error: --n-eval must be >= 2, got {args.n_eval}")
+            splits[args.split] = splits[args.split].head(args.n_eval)
+        selection = f"{args.split}{'' if args.n_eval is None else f'_n{len(splits[args.split])}'}"  # names what was scored
+        floor = stored_floor(model, measure, splits[args.split], out / f"floor_{selection}.json", progress=progress)
+        base = None
+        if measure.kind == "dailydilemmas":
+            from interp.protocol import base_scores
 
-        base = load_or_compute(out / f"base_{selection}.nc", lambda: base_scores(model, splits[args.split], progress=progress))
-    records = []
-    for (name, seed), config in tqdm(configs.items(), desc="recipes", disable=not progress):
-        records.append(run_recipe(model, name, config, measure, splits, out / name / f"seed_{seed}", split=args.split,
-                                  base=base, progress=progress))
-        table = search_table(finished_records(out, args.split))  # every finished run in the folder, this one's or not
-        header = (f"Recipe search, concept {measure.concept} ({measure.label}), {args.split} split, model {args.model}.\n\n"
-                  f"{floor_line(floor)}\n\n")
-        write_text(out / f"table_{args.split}.md", header + table.to_markdown(index=False, floatfmt=".4g") + "\n")
-        write_text(out / f"table_{args.split}.csv", table.to_csv(index=False))
-    ds = search_dataset(records, provenance(model, config={"recipes": {n: asdict(c) for (n, _), c in configs.items()}},
-                                            concept=measure.concept, split=args.split, floor_check=json.dumps(floor)))
-    written = {"dataset": write_netcdf(ds, out / f"recipe_search_{args.split}.nc"),
-               "table": out / f"table_{args.split}.md"}
-    if args.figures:
-        from analyses._io import write_html
+            base = load_or_compute(out / f"base_{selection}.nc", lambda: base_scores(model, splits[args.split], progress=progress))
+        records = []
+        for (name, seed), config in tqdm(configs.items(), desc="recipes", disable=not progress):
+            records.append(run_recipe(model, name, config, measure, splits, out / name / f"seed_{seed}", split=args.split,
+                                      base=base, progress=progress))
+            table = search_table(finished_records(out, args.split))  # every finished run in the folder, this one's or not
+            header = (f"Recipe search, concept {measure.concept} ({measure.label}), {args.split} split, model {args.model}.\n\n"
+                      f"{floor_line(floor)}\n\n")
+            write_text(out / f"table_{args.split}.md", header + table.to_markdown(index=False, floatfmt=".4g") + "\n")
+            write_text(out / f"table_{args.split}.csv", table.to_csv(index=False))
+        ds = search_dataset(records, provenance(model, config={"recipes": {n: asdict(c) for (n, _), c in configs.items()}},
+                                                concept=measure.concept, split=args.split, floor_check=json.dumps(floor)))
+        written = {"dataset": write_netcdf(ds, out / f"recipe_search_{args.split}.nc"),
+                   "table": out / f"table_{args.split}.md"}
+        if args.figures:
+            from analyses._io import write_html
 
-        written["figure"] = write_html(figure(ds), Path(args.figures) / "recipe_search.html")
-    print(search_table(records).to_markdown(index=False, floatfmt=".4g"))
-    return written
+            written["figure"] = write_html(figure(ds), Path(args.figures) / "recipe_search.html")
+        print(search_table(records).to_markdown(index=False, floatfmt=".4g"))
+        return written
 
 
 if __name__ == "__main__":

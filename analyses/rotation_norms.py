@@ -32,7 +32,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from analyses._io import load_dataset, result_folder, write_html, write_netcdf
+from analyses._io import run_lock, load_dataset, result_folder, write_html, write_netcdf
 from interp.adapters.io import read_adapter_config, read_tensors
 from interp.adapters.innerpissa import InnerPiSSAConfig, config_from_options, generator, scaled_values
 from interp.cayley import cayley
@@ -229,40 +229,41 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.out or result_folder("rotation_norms", args.model))
-    if args.runs is not None and not Path(args.runs).is_dir():
-        p.error(f"--runs {args.runs}: not a folder (give the layer sweep's output folder, or use --train)")
-    runs_dir = Path(args.runs or result_folder("layer_sweep", args.model))
-    if args.train or not runs_dir.is_dir():
-        if not args.train:
-            print(f"no run folders at {runs_dir}; training small adapters into {out / 'runs'}")
-        try:
-            depths = [float(d) for d in args.depths.split(",")]
-        except ValueError:
-            p.error(f"--depths {args.depths!r}: give comma-separated fractions in (0, 1], e.g. 0.3,0.6")
-        if not all(0 < d <= 1 for d in depths):
-            p.error(f"--depths {args.depths!r}: every depth must be a fraction in (0, 1]")
-        folders = _train_runs(args.model, depths, args.steps, out, not args.no_progress)
-    else:
-        folders = sorted(f for f in runs_dir.iterdir() if (f / "adapter" / "adapter.json").is_file())
-    if not folders:
-        p.error(f"no run folders with a saved adapter under {runs_dir}")
-    runs = [run_summary(f) for f in tqdm(folders, desc="runs", disable=args.no_progress)]
-    ds = norms_dataset(runs)
-    hashes = sorted({r["weight_hash"] for r in runs})
-    ds.attrs.update(provenance(None, config=vars(args), runs=[str(f) for f in folders],
-                               sites=sorted({s["site"] for r in runs for s in r["sites"]}),
-                               weight_hash=",".join(hashes),
-                               question="rotation norms of InnerPiSSA adapters by depth and training step"))
-    ds.attrs["model_spec"] = ",".join(sorted({r["model_spec"] for r in runs}))  # from the adapters (no model loaded)
-    written = {"dataset": write_netcdf(ds, out / "rotation_norms.nc")}
-    stored = load_dataset(written["dataset"])
-    written["figure"] = write_html(figure_depth(stored), Path(args.figures) / "rotation_norms.html")
-    written["figure_steps"] = write_html(figure_steps(stored), Path(args.figures) / "rotation_norms_steps.html")
-    for run in stored["run"].values:
-        r = stored.sel({"run": run})
-        print(f"{run}: |R_v(1)-I| {float(r['rot_v_norm'].mean()):.4f}, max angle {float(r['angles_v'].max()):.4f} rad, "
-              f"scale [{float(r['scale'].min()):.3f}, {float(r['scale'].max()):.3f}], Δtruth {float(r['delta_target']):+.4f}")
-    return written
+    with run_lock(out):
+        if args.runs is not None and not Path(args.runs).is_dir():
+            p.error(f"--runs {args.runs}: not a folder (give the layer sweep's output folder, or use --train)")
+        runs_dir = Path(args.runs or result_folder("layer_sweep", args.model))
+        if args.train or not runs_dir.is_dir():
+            if not args.train:
+                print(f"no run folders at {runs_dir}; training small adapters into {out / 'runs'}")
+            try:
+                depths = [float(d) for d in args.depths.split(",")]
+            except ValueError:
+                p.error(f"--depths {args.depths!r}: give comma-separated fractions in (0, 1], e.g. 0.3,0.6")
+            if not all(0 < d <= 1 for d in depths):
+                p.error(f"--depths {args.depths!r}: every depth must be a fraction in (0, 1]")
+            folders = _train_runs(args.model, depths, args.steps, out, not args.no_progress)
+        else:
+            folders = sorted(f for f in runs_dir.iterdir() if (f / "adapter" / "adapter.json").is_file())
+        if not folders:
+            p.error(f"no run folders with a saved adapter under {runs_dir}")
+        runs = [run_summary(f) for f in tqdm(folders, desc="runs", disable=args.no_progress)]
+        ds = norms_dataset(runs)
+        hashes = sorted({r["weight_hash"] for r in runs})
+        ds.attrs.update(provenance(None, config=vars(args), runs=[str(f) for f in folders],
+                                   sites=sorted({s["site"] for r in runs for s in r["sites"]}),
+                                   weight_hash=",".join(hashes),
+                                   question="rotation norms of InnerPiSSA adapters by depth and training step"))
+        ds.attrs["model_spec"] = ",".join(sorted({r["model_spec"] for r in runs}))  # from the adapters (no model loaded)
+        written = {"dataset": write_netcdf(ds, out / "rotation_norms.nc")}
+        stored = load_dataset(written["dataset"])
+        written["figure"] = write_html(figure_depth(stored), Path(args.figures) / "rotation_norms.html")
+        written["figure_steps"] = write_html(figure_steps(stored), Path(args.figures) / "rotation_norms_steps.html")
+        for run in stored["run"].values:
+            r = stored.sel({"run": run})
+            print(f"{run}: |R_v(1)-I| {float(r['rot_v_norm'].mean()):.4f}, max angle {float(r['angles_v'].max()):.4f} rad, "
+                  f"scale [{float(r['scale'].min()):.3f}, {float(r['scale'].max()):.3f}], Δtruth {float(r['delta_target']):+.4f}")
+        return written
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from analyses._io import add_common_args, analysis_layers, load_dataset, result_folder, write_html, write_netcdf
+from analyses._io import run_lock, add_common_args, analysis_layers, load_dataset, result_folder, write_html, write_netcdf
 from interp.geometry import METRICS, SPACES, GeometryConfig, left_singular_basis, space_metrics
 from interp.sites import Site, linear_of, parse_layers, resid_hook
 from interp.store import Runner
@@ -208,42 +208,43 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run the analysis; returns the paths written (``dataset``, ``figure``)."""
     args = parse_args(argv)
     out = Path(args.out or result_folder("space_compare", args.model, args.quick))
-    if args.backend == "nnsight":
-        from interp.backends.nnsight import load_nnsight
+    with run_lock(out):
+        if args.backend == "nnsight":
+            from interp.backends.nnsight import load_nnsight
 
-        model = load_nnsight(args.model)
-    else:
-        from interp.models import load_model
+            model = load_nnsight(args.model)
+        else:
+            from interp.models import load_model
 
-        model = load_model(args.model)
-    n_layers, d_model, *_ = _backend(model)
-    layers = analysis_layers(args.layers, n_layers, quick=args.quick)
-    n_pairs, draws, folds = args.n_pairs, args.draws, args.folds
-    if args.quick:
-        n_pairs, draws, folds = min(n_pairs, 32), min(draws, 5), min(folds, 3)
-    rank = min(args.rank, d_model // 2)
-    if rank != args.rank:
-        print(f"rank {args.rank} clipped to {rank} (d_model = {d_model}): a subspace near the whole space compares nothing")
-    ds = compare_dataset(model, layers, rank=rank, n_pairs=n_pairs, concept=args.concept,
-                         config=GeometryConfig(draws=draws, folds=folds, seed=args.seed),
-                         batch_size=args.batch_size, progress=not args.no_progress)
-    written = {"dataset": write_netcdf(ds, out / "space_compare.nc")}
-    stored = load_dataset(written["dataset"])
-    written["figure"] = write_html(figure(stored), Path(args.figures) / "space_compare.html")
-    e = stored["energy_fraction"]
-    print(f"energy in span(U_{rank}): mean over layers {float(e.sel(space='dHS@U').mean()):.3f} vs random "
-          f"{float(e.sel(space='random').mean()):.3f} (r/d = {rank / d_model:.3f}); probe AUROC dHS "
-          f"{float(stored['probe_auroc'].sel(space='dHS').mean()):.3f}, dHS@U {float(stored['probe_auroc'].sel(space='dHS@U').mean()):.3f}"
-          f" -> {written['dataset']}")
-    if args.train:
-        # Training needs gradients through a bridge; the comparison keeps its own results folder.
-        from analyses import compare_methods
+            model = load_model(args.model)
+        n_layers, d_model, *_ = _backend(model)
+        layers = analysis_layers(args.layers, n_layers, quick=args.quick)
+        n_pairs, draws, folds = args.n_pairs, args.draws, args.folds
+        if args.quick:
+            n_pairs, draws, folds = min(n_pairs, 32), min(draws, 5), min(folds, 3)
+        rank = min(args.rank, d_model // 2)
+        if rank != args.rank:
+            print(f"rank {args.rank} clipped to {rank} (d_model = {d_model}): a subspace near the whole space compares nothing")
+        ds = compare_dataset(model, layers, rank=rank, n_pairs=n_pairs, concept=args.concept,
+                             config=GeometryConfig(draws=draws, folds=folds, seed=args.seed),
+                             batch_size=args.batch_size, progress=not args.no_progress)
+        written = {"dataset": write_netcdf(ds, out / "space_compare.nc")}
+        stored = load_dataset(written["dataset"])
+        written["figure"] = write_html(figure(stored), Path(args.figures) / "space_compare.html")
+        e = stored["energy_fraction"]
+        print(f"energy in span(U_{rank}): mean over layers {float(e.sel(space='dHS@U').mean()):.3f} vs random "
+              f"{float(e.sel(space='random').mean()):.3f} (r/d = {rank / d_model:.3f}); probe AUROC dHS "
+              f"{float(stored['probe_auroc'].sel(space='dHS').mean()):.3f}, dHS@U {float(stored['probe_auroc'].sel(space='dHS@U').mean()):.3f}"
+              f" -> {written['dataset']}")
+        if args.train:
+            # Training needs gradients through a bridge; the comparison keeps its own results folder.
+            from analyses import compare_methods
 
-        written.update({f"train_{k}": v for k, v in compare_methods.main(
-            ["--model", args.model, "--methods", "innerpissa,loss_dHS@U", "--figures", args.figures,
-             "--out", str(out / "trained"), *(["--quick"] if args.quick else []),
-             *(["--no-progress"] if args.no_progress else [])]).items()})
-    return written
+            written.update({f"train_{k}": v for k, v in compare_methods.main(
+                ["--model", args.model, "--methods", "innerpissa,loss_dHS@U", "--figures", args.figures,
+                 "--out", str(out / "trained"), *(["--quick"] if args.quick else []),
+                 *(["--no-progress"] if args.no_progress else [])]).items()})
+        return written
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from analyses._io import add_common_args, analysis_layers, load_dataset, result_folder, write_html, write_netcdf
+from analyses._io import run_lock, add_common_args, analysis_layers, load_dataset, result_folder, write_html, write_netcdf
 from interp.neurons import (
     NEURON_CLASSES,
     NeuronConfig,
@@ -287,40 +287,41 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     config = NeuronConfig(kurtosis_threshold=args.kurtosis_threshold, skew_threshold=args.skew_threshold)
     sign_correct = {"auto": None, "yes": True, "no": False}[args.sign_correct]
     out, figures = Path(args.out or result_folder("suppression", args.model, args.quick)), Path(args.figures)
-    written: dict[str, Path] = {}
+    with run_lock(out):
+        written: dict[str, Path] = {}
 
-    ds = neuron_dataset(model, layers, config=config, n_prompts=n_prompts, sign_correct=sign_correct,
-                        seed=args.seed, progress=progress)
-    written["neurons"] = write_netcdf(ds, out / "neurons.nc")
-    stored = load_dataset(written["neurons"])
-    written["figure_layers"] = write_html(figure_by_layer(stored), figures / "suppression_by_layer.html")
-    shares = class_shares(stored)
-    print(f"neurons: {int(stored.sizes['layer'])} layers x {int(stored.sizes['neuron'])}; "
-          f"suppression {float(shares['suppression'].mean()):.4f}, prediction {float(shares['prediction'].mean()):.4f} "
-          f"of all neurons -> {written['neurons']}")
+        ds = neuron_dataset(model, layers, config=config, n_prompts=n_prompts, sign_correct=sign_correct,
+                            seed=args.seed, progress=progress)
+        written["neurons"] = write_netcdf(ds, out / "neurons.nc")
+        stored = load_dataset(written["neurons"])
+        written["figure_layers"] = write_html(figure_by_layer(stored), figures / "suppression_by_layer.html")
+        shares = class_shares(stored)
+        print(f"neurons: {int(stored.sizes['layer'])} layers x {int(stored.sizes['neuron'])}; "
+              f"suppression {float(shares['suppression'].mean()):.4f}, prediction {float(shares['prediction'].mean()):.4f} "
+              f"of all neurons -> {written['neurons']}")
 
-    if args.adapter:
-        from interp.adapters.io import load_adapter
+        if args.adapter:
+            from interp.adapters.io import load_adapter
 
-        adapter = load_adapter(model, args.adapter)
-        ov = overlap_dataset(model, adapter, stored, top_k=args.top_k, draws=draws, seed=args.seed,
-                             config=config, progress=progress)
-        ov.attrs.update({k: v for k, v in stored.attrs.items() if k not in ("sites", "config")})
-        ov.attrs.update({
-            "adapter_path": str(args.adapter),
-            "adapter_sites": ",".join(s.name for s in adapter.sites),
-            "adapter_config": _json(adapter.config()),
-            "neuron_config": stored.attrs.get("config", ""),
-        })
-        written["overlap"] = write_netcdf(ov, out / "overlap.nc")
-        written["figure_overlap"] = write_html(figure_overlap(load_dataset(written["overlap"])),
-                                               figures / "suppression_overlap.html")
-        for site in ov["site"].values:
-            for kind in OVERLAP_KINDS:
-                r = ov.sel(site=site, kind=kind)
-                print(f"{site} {kind}: n={int(r['n_neurons'])} energy {float(r['energy']):.4f} vs random "
-                      f"{float(r['energy_random_mean']):.4f} ± {float(r['energy_random_std']):.4f}")
-    return written
+            adapter = load_adapter(model, args.adapter)
+            ov = overlap_dataset(model, adapter, stored, top_k=args.top_k, draws=draws, seed=args.seed,
+                                 config=config, progress=progress)
+            ov.attrs.update({k: v for k, v in stored.attrs.items() if k not in ("sites", "config")})
+            ov.attrs.update({
+                "adapter_path": str(args.adapter),
+                "adapter_sites": ",".join(s.name for s in adapter.sites),
+                "adapter_config": _json(adapter.config()),
+                "neuron_config": stored.attrs.get("config", ""),
+            })
+            written["overlap"] = write_netcdf(ov, out / "overlap.nc")
+            written["figure_overlap"] = write_html(figure_overlap(load_dataset(written["overlap"])),
+                                                   figures / "suppression_overlap.html")
+            for site in ov["site"].values:
+                for kind in OVERLAP_KINDS:
+                    r = ov.sel(site=site, kind=kind)
+                    print(f"{site} {kind}: n={int(r['n_neurons'])} energy {float(r['energy']):.4f} vs random "
+                          f"{float(r['energy_random_mean']):.4f} ± {float(r['energy_random_std']):.4f}")
+        return written
 
 
 def _json(value) -> str:

@@ -53,8 +53,17 @@ class Template:
     rejected: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        if self.text.count("{}") != 1:
-            raise ValueError(f"template {self.text!r} must contain exactly one '{{}}' slot")
+        if not isinstance(self.text, str) or self.text.count("{}") != 1:
+            raise ValueError(f"template {self.text!r} must be a string with exactly one '{{}}' slot")
+        for side in ("chosen", "rejected"):
+            words = getattr(self, side)
+            if isinstance(words, str) or not all(isinstance(w, str) and w.strip() for w in words):
+                raise ValueError(f"template {self.text!r}: {side} must be a list of non-empty strings, "
+                                 f"got {words!r}")
+        same = [c for c, r in zip(self.chosen, self.rejected) if c.strip() == r.strip()]
+        if same:
+            raise ValueError(f"template {self.text!r}: chosen and rejected are equal for {same}: a pair of equal "
+                             "prompts carries no contrast")
         if not self.chosen or len(self.chosen) != len(self.rejected):
             raise ValueError(
                 f"template {self.text!r}: chosen ({len(self.chosen)}) and rejected ({len(self.rejected)}) "
@@ -90,6 +99,13 @@ def available_concepts() -> list[str]:
     return sorted(p.stem for p in concepts_dir().glob("*.json") if '"templates"' in p.read_text(encoding="utf-8"))
 
 
+def _word_list(words, path: Path) -> tuple[str, ...]:
+    # tuple("agreeable") would split a string into letters: a list is required
+    if not isinstance(words, list):
+        raise ValueError(f"chosen and rejected must be JSON lists of strings, got {words!r}")
+    return tuple(words)
+
+
 def load_concept(concept: str | Path = DEFAULT_CONCEPT) -> Concept:
     """A shipped concept by name (``"honesty"``) or any json file path with the same layout."""
     path = Path(concept)
@@ -100,8 +116,10 @@ def load_concept(concept: str | Path = DEFAULT_CONCEPT) -> Concept:
     raw = json.loads(path.read_text())
     try:
         templates = tuple(
-            Template(t["text"], tuple(t["chosen"]), tuple(t["rejected"])) for t in raw["templates"]
+            Template(t["text"], _word_list(t["chosen"], path), _word_list(t["rejected"], path)) for t in raw["templates"]
         )
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     except (KeyError, TypeError) as err:
         raise ValueError(
             f"{path}: expected {{'concept': ..., 'templates': [{{'text': '... {{}} ...', 'chosen': [...], 'rejected': [...]}}]}} ({err})"

@@ -7,6 +7,12 @@ Maslow; 37 labels written ``"Virtue/Truthfulness"``). The folder comes from the 
 else ``$INTERP_DILEMMAS_DIR``, else ``../shared/data/daily_dilemmas`` next to the repo;
 otherwise the Hugging Face dataset is tried (needs ``datasets`` and a reachable hub).
 
+Integrity on load: the two files must have the published row counts (2,720 and 301);
+a file cut short is refused unless a subset is meant (``subset=True``, or the environment
+variable ``INTERP_DILEMMAS_SUBSET=1``), and content that differs from the published
+sha256 is loaded with a warning. Every result scored on them records the files' hashes
+(``Dilemmas.sources``). Empty or header-only files are refused naming the file.
+
 Validation on load: columns present, exactly a to_do and a not_to_do row per dilemma,
 parsable value lists, every value in the taxonomy; errors name the row. Values repeated
 within a list (357 rows, see SOURCES.md) are de-duplicated. Six situations lost their
@@ -18,9 +24,11 @@ stray ``">`` after its closing question is dropped.
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -37,6 +45,12 @@ TARGET = "Virtue/Truthfulness"
 HF_DATASET = "kellycyy/daily_dilemmas"
 _REPO = Path(__file__).resolve().parents[1]
 _COLUMNS = ("dilemma_idx", "dilemma_situation", "action_type", "action", "values_aggregated")
+# The published files (kellycyy/daily_dilemmas): rows and sha256, checked on every load.
+KNOWN_FILES: dict[str, tuple[int, str]] = {
+    ACTIONS_FILE: (2720, "d01bea2d079fb815f69fc0a5635b294c38c6bb02661dc59c57551ea64e9d5c10"),
+    VALUES_FILE: (301, "4dfea050737fd9d5b3d185f5c9cb782d26e76d1c6dd32636367764573d128838"),
+}
+SUBSET_ENV = "INTERP_DILEMMAS_SUBSET"
 
 
 class DilemmasError(ValueError):
@@ -53,6 +67,7 @@ class Dilemmas:
 
     frame: pd.DataFrame
     taxonomy: pd.DataFrame
+    sources: dict[str, str] = field(default_factory=dict)  # file name -> sha256 (first 16 hex digits)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -68,11 +83,11 @@ class Dilemmas:
         pos = index.get_indexer(np.asarray(ids))
         if (pos < 0).any():
             raise KeyError(f"unknown dilemma ids: {np.asarray(ids)[pos < 0][:5].tolist()}")
-        return Dilemmas(self.frame.iloc[pos].reset_index(drop=True), self.taxonomy)
+        return Dilemmas(self.frame.iloc[pos].reset_index(drop=True), self.taxonomy, self.sources)
 
     def head(self, n: int) -> Dilemmas:
         """The first ``n`` dilemmas (a split's order is seeded-random, so this is a sample)."""
-        return Dilemmas(self.frame.iloc[:n].reset_index(drop=True), self.taxonomy)
+        return Dilemmas(self.frame.iloc[:n].reset_index(drop=True), self.taxonomy, self.sources)
 
     @property
     def labels(self) -> list[str]:
@@ -172,23 +187,66 @@ def parse_dilemmas(actions: pd.DataFrame, values: pd.DataFrame) -> Dilemmas:
     return Dilemmas(frame, taxonomy)
 
 
-def load_dilemmas(path: str | Path | None = None) -> Dilemmas:
-    """Load and validate DailyDilemmas from a folder (see the module docstring for where)."""
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_csv(file: Path) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(file, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DilemmasError(f"{file} is empty; restore it from the DailyDilemmas release") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DilemmasError(f"cannot parse {file}: {err}") from None
+    if table.empty:
+        raise DilemmasError(f"{file} holds a header but no rows; restore it from the DailyDilemmas release")
+    return table
+
+
+def check_published(files: dict[str, Path], tables: dict[str, pd.DataFrame], *, subset: bool) -> dict[str, str]:
+    """Row counts and hashes against the published files; returns ``{name: sha256[:16]}``."""
+    sources = {}
+    for name, file in files.items():
+        rows, sha = KNOWN_FILES[name]
+        here = file_sha256(file)
+        sources[name] = here[:16]
+        if len(tables[name]) != rows:
+            said = (f"{file} has {len(tables[name])} rows but the published DailyDilemmas file has {rows} "
+                    "(cut short, or another version?)")
+            if not subset:
+                raise DilemmasError(f"{said}; restore the file, or set {SUBSET_ENV}=1 (load_dilemmas(subset=True)) "
+                                    "if a subset is meant")
+            warnings.warn(f"{said}: loaded as a subset, as asked", stacklevel=3)
+        elif here != sha:
+            warnings.warn(f"{file} differs from the published file (sha256 {here[:16]}, published {sha[:16]}); "
+                          "results record its hash", stacklevel=3)
+    return sources
+
+
+def load_dilemmas(path: str | Path | None = None, *, subset: bool | None = None) -> Dilemmas:
+    """Load and validate DailyDilemmas from a folder (see the module docstring for where).
+
+    ``subset``: accept files with fewer rows than published (default: ``$INTERP_DILEMMAS_SUBSET``).
+    """
     folder = find_dilemmas_dir(path)
     if folder is None:
         return _load_from_hub()
+    if subset is None:
+        subset = os.environ.get(SUBSET_ENV, "") not in ("", "0")
     files = {name: folder / name for name in (ACTIONS_FILE, VALUES_FILE)}
     for name, file in files.items():
         if not file.is_file():
             raise DilemmasError(f"{folder} lacks {name}")
-    try:
-        actions = pd.read_csv(files[ACTIONS_FILE], keep_default_na=False)
-        values = pd.read_csv(files[VALUES_FILE], keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise DilemmasError(f"cannot parse DailyDilemmas in {folder}: {err}") from None
-    dilemmas = parse_dilemmas(actions, values)
+    tables = {name: _read_csv(file) for name, file in files.items()}
+    dilemmas = parse_dilemmas(tables[ACTIONS_FILE], tables[VALUES_FILE])
+    dilemmas = Dilemmas(dilemmas.frame, dilemmas.taxonomy, check_published(files, tables, subset=subset))
     if (folder / INTACT_FILE).is_file():
-        dilemmas = repair_situations(dilemmas, pd.read_csv(folder / INTACT_FILE, keep_default_na=False))
+        dilemmas = repair_situations(dilemmas, _read_csv(folder / INTACT_FILE))
     return dilemmas
 
 
@@ -200,7 +258,7 @@ def repair_situations(dilemmas: Dilemmas, intact: pd.DataFrame) -> Dilemmas:
     frame = dilemmas.frame.copy()
     damaged = frame["situation"].str.contains("\ufffd")
     frame.loc[damaged, "situation"] = [good.get(i, s) for i, s in zip(frame.loc[damaged, "id"], frame.loc[damaged, "situation"])]
-    return Dilemmas(frame, dilemmas.taxonomy)
+    return Dilemmas(frame, dilemmas.taxonomy, dilemmas.sources)
 
 
 def _load_from_hub() -> Dilemmas:

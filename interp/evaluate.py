@@ -263,7 +263,8 @@ def score_dilemmas(
     add_choice_variables(ds)
     hashed = getattr(model, "nn_model", model)  # the nnsight evaluation wrapper keeps its model here
     ds.attrs.update(provenance(hashed, config=method.config(), seed=config.seed, target=config.target,
-                               eval_config=asdict(config), nan_rows=int((~valid).sum()), min_pmass=config.min_pmass))
+                               eval_config=asdict(config), nan_rows=int((~valid).sum()), min_pmass=config.min_pmass,
+                               data_files=getattr(dilemmas, "sources", {})))
     return ds
 
 
@@ -484,14 +485,15 @@ def write_results(ds: xr.Dataset, table: pd.DataFrame, out_dir: str | Path, floo
     """``scores.nc``, ``table.md`` and ``table.csv`` in ``out_dir`` (atomic writes); ``floor``
     (a :class:`interp.floor.FloorCheck`) heads the markdown and is stored in the dataset's attrs."""
     from interp.provenance import to_attr
-    from interp.store import write_netcdf, write_text
+    from interp.store import run_lock, write_netcdf, write_text
 
     out = Path(out_dir)
     if floor is not None:
         ds = ds.assign_attrs(floor_check=to_attr(floor.to_dict()))
-    return {"dataset": write_netcdf(ds, out / "scores.nc"),
-            "markdown": write_text(out / "table.md", table_text(table, floor)),
-            "csv": write_text(out / "table.csv", table.to_csv(index=False))}
+    with run_lock(out):  # the three files come from one run
+        return {"dataset": write_netcdf(ds, out / "scores.nc"),
+                "markdown": write_text(out / "table.md", table_text(table, floor)),
+                "csv": write_text(out / "table.csv", table.to_csv(index=False))}
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:

@@ -409,11 +409,12 @@ def main(argv: Sequence[str] | None = None) -> xr.Dataset:
     table = side_by_side(ds, args.width)
     print(table)
     if args.out:
-        from interp.store import write_netcdf, write_text
+        from interp.store import run_lock, write_netcdf, write_text
 
         out = Path(args.out)
-        write_netcdf(ds, out / "generations.nc")
-        write_text(out / "generations.md", table + "\n")
+        with run_lock(out):
+            write_netcdf(ds, out / "generations.nc")
+            write_text(out / "generations.md", table + "\n")
         print(f"\nwrote {out / 'generations.nc'} and {out / 'generations.md'}")
     return ds
 

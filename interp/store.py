@@ -47,7 +47,8 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -151,6 +152,66 @@ def check_run_config(folder: str | Path, config: Mapping, *, ignore: Sequence[st
             raise ValueError(f"{folder} holds results made with other settings ({said_differences(diff, 'there')}); "
                              "pass another --out, or delete the folder to start over")
     write_text(path, json.dumps(dict(config), indent=1, sort_keys=True, default=str))
+
+
+# --------------------------------------------------------------------------- one writer per folder
+
+LOCK_FILE = ".lock"
+_HELD: dict[Path, list] = {}  # folder -> [open lock file, depth]: re-entrant within a process
+
+
+class RunLocked(RuntimeError):
+    """Another live process is writing this results folder (the message names it)."""
+
+
+@contextmanager
+def run_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold ``folder`` for one writer while the block runs (the folder is created).
+
+    An exclusive ``fcntl.flock`` on ``<folder>/.lock``, which holds the writer's pid and
+    command line. A second writer fails at once with :class:`RunLocked` naming the holder.
+    The kernel drops the lock when its process dies, so a killed run's lock file is stale
+    by construction and the next run simply takes it over. Re-entrant in one process
+    (an analysis may train into its own folder).
+    """
+    import fcntl
+    import socket
+    import sys
+
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    if folder in _HELD:
+        _HELD[folder][1] += 1
+        try:
+            yield folder
+        finally:
+            _HELD[folder][1] -= 1
+        return
+    fh = open(folder / LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "a process that wrote nothing yet"
+        fh.close()
+        raise RunLocked(f"{folder} is being written by another run ({holder}); wait for it to finish or pass "
+                        "another --out") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()}: {' '.join(sys.argv)[:300]}\n")
+    fh.flush()
+    _HELD[folder] = [fh, 1]
+    try:
+        yield folder
+    finally:
+        if _HELD[folder][1] == 1:
+            del _HELD[folder]
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+        else:
+            _HELD[folder][1] -= 1
 
 
 POSITIONS = ("last", "all")

@@ -75,7 +75,7 @@ from interp.losses import (
 )
 from interp.models import DEFAULT_MODEL, weight_hash
 from interp.sites import LINEAR_MODULES, Site, linear_of, parse_layers, resid_hook, select_sites
-from interp.store import atomic_write, config_differences, said_differences, write_text
+from interp.store import RunLocked, atomic_write, config_differences, run_lock, said_differences, write_text
 
 SCALINGS = ("mult", "add", "none")
 CHECKPOINT = "checkpoint.pt"
@@ -446,14 +446,22 @@ def train(
     gets each step's metrics dict (after the checkpoint of that step is written).
     On return ``adapter.orientation`` is set so that ``+c`` means more of the concept;
     the adapter is not saved here (see :func:`main` / :func:`interp.adapters.io.save_adapter`).
+    ``out`` is held for this run (:func:`interp.store.run_lock`): a second run into it fails at once.
     """
+    if out is None:
+        return _train(model, adapter, pairs, config, None, resume, progress, callback)
+    with run_lock(out):
+        return _train(model, adapter, pairs, config, Path(out), resume, progress, callback)
+
+
+def _train(model, adapter, pairs, config: TrainConfig, out: Path | None, resume: bool, progress: bool,
+           callback: Callable[[dict], None] | None) -> TrainResult:
     t0 = time.perf_counter()
     split = pairs if isinstance(pairs, PairSplit) else split_by_suffix(pairs, config.val_fraction, config.seed)
     if len(split.train) < max(2, config.n_calibration) and len(split.train) < 2:
         raise ValueError(f"need at least 2 training pairs, got {len(split.train)}")
     if not split.val:
         raise ValueError("no validation pairs")
-    out = Path(out) if out is not None else None
     ckpt_path = out / CHECKPOINT if out else None
     base_hash = weight_hash(getattr(model, "original_model", model)) if ckpt_path else ""
     if resume and not (ckpt_path and ckpt_path.is_file()):
@@ -653,10 +661,18 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
 
 def main(argv: Sequence[str] | None = None) -> TrainResult:
     config, args = parse_args(argv)
+    out = Path(args.out or f"runs/{Path(config.concept).stem}-{config.model.replace('/', '_')}-s{config.seed}")
+    try:
+        with run_lock(out):
+            return _main(config, args, out)
+    except RunLocked as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def _main(config: TrainConfig, args: argparse.Namespace, out: Path) -> TrainResult:
     from interp.adapters.io import save_adapter
     from interp.models import load_model
 
-    out = Path(args.out or f"runs/{Path(config.concept).stem}-{config.model.replace('/', '_')}-s{config.seed}")
     model = load_model(config.model)
     sites = select_sites(model, layers=config.layers, modules=list(config.modules))
     adapter, result = train_adapter(model, sites, config, out=out, resume=args.resume, progress=not args.no_progress)

@@ -131,3 +131,21 @@ def test_batch_indices_pure_and_cover_each_epoch():
     assert set(epoch0[:10].tolist()) == set(range(10))
     assert not all((x == y).all() for x, y in zip(again, [batch_indices(n, bs, s, seed=4) for s in range(6)]))
     assert all(len(x) == bs for x in again)
+
+
+@pytest.mark.parametrize("template, says", [
+    ({"text": "Pretend you are {} person.", "chosen": "an agreeable", "rejected": ["a rude"]}, "JSON lists of strings"),
+    ({"text": "Pretend you are {} person.", "chosen": ["an honest", 3], "rejected": ["a dishonest", "a lying"]},
+     "list of non-empty strings"),
+    ({"text": "Pretend you are {} person.", "chosen": ["an honest"], "rejected": ["an honest"]}, "carries no contrast"),
+])
+def test_malformed_concept_files_are_refused_naming_the_file(tmp_path, template, says):
+    import json
+
+    from interp.data import load_concept
+
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"concept": "mine", "templates": [template]}))
+    with pytest.raises(ValueError, match=says) as err:
+        load_concept(path)
+    assert str(path) in str(err.value)

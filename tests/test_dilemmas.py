@@ -105,3 +105,50 @@ def test_subset_keeps_order_and_rejects_unknown_ids(data):
     assert np.array_equal(data.subset(ids).ids, ids)
     with pytest.raises(KeyError, match="unknown dilemma ids"):
         data.subset([-1])
+
+
+def test_a_file_cut_at_a_pair_boundary_is_refused_unless_a_subset_is_meant(dilemmas_dir, tmp_path, monkeypatch):
+    df = _copy(dilemmas_dir, tmp_path)
+    df.iloc[:1000].to_csv(tmp_path / ACTIONS_FILE, index=False)  # 500 whole dilemmas: structurally fine
+    with pytest.raises(DilemmasError, match="1000 rows but the published DailyDilemmas file has 2720"):
+        load_dilemmas(tmp_path)
+    with pytest.warns(UserWarning, match="as a subset"):
+        assert len(load_dilemmas(tmp_path, subset=True)) == 500
+    monkeypatch.setenv("INTERP_DILEMMAS_SUBSET", "1")
+    with pytest.warns(UserWarning, match="as a subset"):
+        assert len(load_dilemmas(tmp_path)) == 500
+
+
+def test_empty_and_header_only_files_are_refused_naming_the_file(dilemmas_dir, tmp_path):
+    df = _copy(dilemmas_dir, tmp_path)
+    (tmp_path / VALUES_FILE).write_text("")
+    with pytest.raises(DilemmasError, match=f"{VALUES_FILE} is empty"):
+        load_dilemmas(tmp_path)
+    _copy(dilemmas_dir, tmp_path)
+    df.iloc[:0].to_csv(tmp_path / ACTIONS_FILE, index=False)
+    with pytest.raises(DilemmasError, match=f"{ACTIONS_FILE} holds a header but no rows"):
+        load_dilemmas(tmp_path)
+
+
+def test_the_data_files_hashes_travel_with_every_subset_and_scored_result(data, tiny):
+    from interp.dilemmas import KNOWN_FILES
+    from interp.evaluate import score_dilemmas
+    from interp.provenance import read_json_attr
+
+    assert data.sources == {name: sha[:16] for name, (_, sha) in KNOWN_FILES.items()}
+    part = data.subset(data.ids[:3]).head(2)
+    assert part.sources == data.sources
+    ds = score_dilemmas(tiny, None, [0.0], part, progress=False)
+    assert read_json_attr(ds.attrs, "data_files") == data.sources
+
+
+def test_edited_content_with_the_published_row_count_loads_with_a_warning(dilemmas_dir, tmp_path):
+    df = _copy(dilemmas_dir, tmp_path)
+    df.loc[5, "action"] = df.loc[5, "action"] + " (edited)"
+    df.to_csv(tmp_path / ACTIONS_FILE, index=False)
+    with pytest.warns(UserWarning, match="differs from the published file"):
+        data = load_dilemmas(tmp_path)
+    assert data.sources[ACTIONS_FILE] != KNOWN_SHA[:16]
+
+
+KNOWN_SHA = "d01bea2d079fb815f69fc0a5635b294c38c6bb02661dc59c57551ea64e9d5c10"

@@ -278,3 +278,21 @@ def test_default_model_parity(smol):
         with torch.no_grad(), adapter.steer(smol, c):
             want = smol(tokens, attention_mask=mask)
         _close_real(got, want, mask, atol=1e-4)
+
+
+def test_evaluate_remote_without_key_says_why_before_building_anything(monkeypatch, capsys):
+    from nnsight import CONFIG
+
+    from interp import evaluate
+    from interp.backends import nnsight as backend
+
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    monkeypatch.setattr(CONFIG.API, "APIKEY", None)
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was built before the key was checked")
+
+    monkeypatch.setattr(backend, "load_nnsight", never)
+    with pytest.raises(SystemExit):
+        evaluate.main(["--remote", "--model", "meta-llama/Llama-3.1-8B", "--limit", "2"])
+    assert "NDIF_API_KEY" in capsys.readouterr().err

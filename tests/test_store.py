@@ -205,3 +205,77 @@ def test_run_config_recorded_then_checked(tmp_path):
     with pytest.raises(ValueError, match="steps 6 there, 40 now"):
         check_run_config(tmp_path, {"steps": 40, "depths": (0.3,)}, ignore=("depths",))
     assert json.loads((tmp_path / RUN_CONFIG).read_text())["depths"] == [0.3, 0.6]  # a refused run writes nothing
+
+
+# --------------------------------------------------------------------------- one writer per folder
+
+HOLD = """
+import sys, time
+from interp.store import run_lock
+with run_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture()
+def held_folder(tmp_path):
+    """A results folder locked by another live process (killed at teardown)."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    yield folder, proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_second_writer_fails_at_once_naming_the_holder(held_folder):
+    from interp.store import RunLocked, run_lock
+
+    folder, proc = held_folder
+    with pytest.raises(RunLocked, match=f"pid {proc.pid}"):
+        with run_lock(folder):
+            pass
+
+
+def test_a_dead_writers_lock_is_taken_over(held_folder):
+    from interp.store import run_lock
+
+    folder, proc = held_folder
+    proc.kill()
+    proc.wait()
+    assert (folder / ".lock").is_file()  # the stale file is still there ...
+    with run_lock(folder):  # ... and does not block
+        assert "pid" in (folder / ".lock").read_text()
+
+
+def test_the_lock_is_reentrant_in_one_process_and_released_after(tmp_path):
+    import subprocess
+    import sys
+
+    from interp.store import run_lock
+
+    with run_lock(tmp_path / "r"):
+        with run_lock(tmp_path / "r"):
+            pass
+        probe = subprocess.run([sys.executable, "-c", HOLD.replace("time.sleep(120)", "pass"), str(tmp_path / "r")],
+                               capture_output=True, text=True)
+        assert probe.returncode != 0 and "RunLocked" in probe.stderr  # still held after the inner block
+    done = subprocess.run([sys.executable, "-c", HOLD.replace("time.sleep(120)", "pass"), str(tmp_path / "r")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_training_and_analyses_refuse_a_held_folder(held_folder):
+    from analyses import compare_methods
+    from interp import train
+
+    folder, proc = held_folder
+    with pytest.raises(SystemExit, match=f"pid {proc.pid}"):
+        train.main(["--model", "tiny-random", "--out", str(folder), "--steps", "1", "--no-progress"])
+    with pytest.raises(SystemExit, match="another run"):
+        compare_methods.main(["--model", "tiny-random", "--quick", "--out", str(folder), "--no-progress"])
+    assert not (folder / "run_config.json").exists()  # the settings check never ran: nothing written

@@ -504,7 +504,10 @@ def for_evaluate(nn_model, method: SteeringMethod | None, *, remote: Remote = Fa
 
 def evaluation_pair(spec: str, adapter_path=None, *, remote: bool = False) -> tuple[NNsightModel, NNsightSteered]:
     """``(model, method)`` for :func:`interp.evaluate.score_dilemmas` through nnsight, from a
-    model spec and an optional saved adapter; ``remote=True`` checks NDIF before any work."""
+    model spec and an optional saved adapter; ``remote=True`` checks NDIF before any work
+    (key and network first: building a remote model already reads its config from the Hub)."""
+    if remote:
+        check_remote()
     nn_model = load_nnsight(spec, remote=remote)
     if remote:
         check_remote(nn_model)
