@@ -99,11 +99,30 @@ def eos_ids(model) -> set[int]:
     tok_eos = getattr(model.tokenizer, "eos_token_id", None)
     if tok_eos is not None:
         ids.add(int(tok_eos))
-    gen = getattr(getattr(model, "original_model", None), "generation_config", None)
+    hf = model._module if _is_nnsight(model) else getattr(model, "original_model", None)
+    gen = getattr(hf, "generation_config", None)
     cfg_eos = getattr(gen, "eos_token_id", None)
     if cfg_eos is not None:
         ids.update(int(i) for i in (cfg_eos if isinstance(cfg_eos, (list, tuple)) else [cfg_eos]))
     return ids
+
+
+def _is_nnsight(model) -> bool:
+    from interp.backends.nnsight import is_nnsight
+
+    return is_nnsight(model)
+
+
+def _logits(model, ids: Tensor, mask: Tensor) -> Tensor:
+    if _is_nnsight(model):
+        from interp.backends.nnsight import nnsight_logits
+
+        return nnsight_logits(model, ids, mask)
+    return model(ids, attention_mask=mask)
+
+
+def _device(model) -> torch.device:
+    return next((model._module if _is_nnsight(model) else model).parameters()).device
 
 
 def _next_token(logits: Float[Tensor, "batch vocab"], config: GenerateConfig, generator: torch.Generator | None) -> Tensor:
@@ -172,13 +191,13 @@ def continuation_nll(
     lengths: Int[Tensor, "batch"],
 ) -> Float[Tensor, "batch"]:
     """Mean NLL (nats/token) of each continuation after its prompt, under the model as it is now."""
-    device = next(model.parameters()).device
+    device = _device(model)
     n_new = new_tokens.shape[1]
     steps = torch.arange(n_new)
     new_mask = (steps[None] < lengths[:, None]).long()
     ids = torch.cat([tokens, new_tokens.clamp(min=0)], 1).to(device)
     mask = torch.cat([attention_mask, new_mask], 1).to(device)
-    logp = torch.log_softmax(model(ids, attention_mask=mask).float(), -1)
+    logp = torch.log_softmax(_logits(model, ids, mask).float(), -1)
     start = tokens.shape[1]
     # logits at position t predict token t + 1
     pred = logp[:, start - 1 : start - 1 + n_new].cpu()
@@ -239,8 +258,16 @@ def generate(
         part = slice(start, start + config.batch_size)
         ids, mask = tokenize_chats(model, chats[part])
         c = torch.tensor([c for _, c in rows[part]], dtype=torch.float32)
-        with method.steer(model, c):
-            new, lengths = decode(model, ids, mask, config, generator=generator, progress=progress)
+        if _is_nnsight(model):  # the same method, as the nnsight backend's steering tensors
+            from interp.backends.nnsight import nnsight_generate, steering_from
+
+            new, lengths = nnsight_generate(model, ids, mask, steering_from(method, c), max_new_tokens=config.max_new_tokens,
+                                            sample=config.sample, temperature=config.temperature, top_p=config.top_p,
+                                            seed=config.seed + start, eos=sorted(eos_ids(model)))
+            new = new[:, : int(lengths.max())]
+        else:
+            with method.steer(model, c):
+                new, lengths = decode(model, ids, mask, config, generator=generator, progress=progress)
         base_ids, base_mask = tokenize_chats(model, base_chats[part])
         nll += continuation_nll(model, base_ids, base_mask, new, lengths).tolist()
         new_rows += [new[i, : int(lengths[i])].tolist() for i in range(new.shape[0])]
@@ -307,28 +334,11 @@ def fitted_method(model, name: str, concept: str, *, layers: str | None = None, 
     method = fit_vector_method(model, name, train_config, seed)
     if budget is not None:
         calibration = measure_splits(measure)["calibration"]
-        strength = calibrate_method_strength(model, method, calibration, budget, measure=measure)
-        method = ScaledMethod(method, float(strength))
+        strength = float(calibrate_method_strength(model, method, calibration, budget, measure=measure))
+        # the vectors themselves scaled: c = 1 is the budget on every backend
+        method = type(method)({L: v * strength for L, v in method.vectors.items()}, model_spec=method.model_spec,
+                              options={**method.options, "strength": strength, "budget_kl": budget})
     return method
-
-
-class ScaledMethod(SteeringMethod):
-    """Another method with its coefficient multiplied by a fixed strength (``c = 1`` at the budget)."""
-
-    def __init__(self, inner: SteeringMethod, strength: float):
-        self.inner, self.strength = inner, float(strength)
-        self.name = inner.name
-
-    @contextmanager
-    def steer(self, model, coeff) -> Iterator[None]:
-        with self.inner.steer(model, self.effective(coeff) * self.strength):
-            yield
-
-    def messages(self, messages: Messages, coeff: float) -> Messages:
-        return self.inner.messages(messages, float(self.effective(coeff)) * self.strength)
-
-    def config(self) -> dict:
-        return {**self.inner.config(), "strength": self.strength}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -376,11 +386,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--system", default=None, help="a system message for every prompt")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="rows per batched generation")
     p.add_argument("--width", type=positive_int, default=36, help="column width of the printed table")
+    p.add_argument("--backend", choices=("bridge", "nnsight"), default="bridge",
+                   help="run the model as a TransformerBridge or through nnsight (local; same tokens)")
     p.add_argument("--out", default=None, help="folder for generations.nc and generations.md")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv, ["--coeffs"]))
     if not args.prompt and not args.prompts:
         p.error("give at least one --prompt TEXT or --prompts FILE")
+    if args.backend == "nnsight" and args.method and args.method != "prompt":
+        p.error("--method vectors are fitted on the bridge; use --backend bridge (or --adapter / --method prompt)")
     try:
         args.config = GenerateConfig(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature,
                                      top_p=args.top_p, seed=args.seed, system=args.system, batch_size=args.batch_size)
@@ -394,11 +408,19 @@ def main(argv: Sequence[str] | None = None) -> xr.Dataset:
 
     args = parse_args(argv)
     prompts = read_prompts(args)
-    model = model_from_args(args)
-    if args.adapter:
+    if args.backend == "nnsight":
+        from interp.backends.nnsight import load_adapter_nnsight, load_nnsight
+        from interp.cli import DTYPES
+
+        model = load_nnsight(args.model, dtype=DTYPES[args.dtype])
+        load = load_adapter_nnsight
+    else:
         from interp.adapters.io import load_adapter
 
-        method = load_adapter(model, args.adapter)
+        model = model_from_args(args)
+        load = load_adapter
+    if args.adapter:
+        method = load(model, args.adapter)
     elif args.method:
         method = fitted_method(model, args.method, args.concept, layers=args.layers, seed=args.seed,
                                budget=args.budget or None, progress=not args.no_progress)

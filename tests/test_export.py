@@ -48,6 +48,14 @@ def _randomised(adapter, scale: float):
     return adapter
 
 
+def _save_random_adapter(model, path):
+    adapter = _randomised(innerpissa.attach(model, [Site(1, "mlp.out")]), 0.3)
+    try:
+        save_adapter(adapter, path)
+    finally:
+        adapter.detach()
+
+
 def _export_and_compare(model, adapter, coeff, tmp_path, atol):
     save_adapter(adapter, tmp_path / "adapter")
     with torch.no_grad(), adapter.steer(model, coeff):
@@ -76,11 +84,7 @@ def test_export_loads_in_plain_transformers_with_the_steered_logits(tiny, tmp_pa
 
 
 def test_export_refuses_an_adapter_made_for_another_model(tiny, tmp_path):
-    adapter = _randomised(innerpissa.attach(tiny, [Site(1, "mlp.out")]), 0.3)
-    try:
-        save_adapter(adapter, tmp_path / "adapter")
-    finally:
-        adapter.detach()
+    _save_random_adapter(tiny, tmp_path / "adapter")
     with pytest.raises(SystemExit, match="weight hash"):
         main(["--adapter", str(tmp_path / "adapter"), "--coeff", "1", "--out", str(tmp_path / "hf"),
               "--model", "tiny-random:1"])
@@ -88,11 +92,7 @@ def test_export_refuses_an_adapter_made_for_another_model(tiny, tmp_path):
 
 
 def test_export_refuses_to_overwrite_a_folder(tiny, tmp_path):
-    adapter = _randomised(innerpissa.attach(tiny, [Site(1, "mlp.out")]), 0.3)
-    try:
-        save_adapter(adapter, tmp_path / "adapter")
-    finally:
-        adapter.detach()
+    _save_random_adapter(tiny, tmp_path / "adapter")
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "keep.txt").write_text("mine")
     with pytest.raises(SystemExit, match="not empty"):

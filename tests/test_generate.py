@@ -168,3 +168,28 @@ def test_default_model_greedy_parity_and_default_adapter_changes_the_text(smol, 
 def test_cli_reads_a_leading_minus_coefficient_list(capsys):
     ds = main(["--model", "tiny-random", "--prompt", "Hi", "--coeffs", "-1,0,1", "--max-new-tokens", "2", "--no-progress"])
     assert list(ds.coeff.values) == [-1.0, 0.0, 1.0]
+
+
+def test_nnsight_backend_generates_the_bridges_tokens(tiny):
+    from interp.backends.nnsight import load_nnsight
+
+    nn_model = load_nnsight("tiny-random")
+    vector = MeanDiff({2: torch.randn(64, generator=torch.Generator().manual_seed(1)) * 4})
+    adapter = _randomised(innerpissa.attach(tiny, [Site(1, "mlp.out"), Site(2, "attn.o")]))
+    try:
+        for method in (None, vector, adapter, PromptSteering()):
+            coeffs = [0.0] if method is None else [-1.0, 0.0, 1.0]
+            bridge = generate(tiny, method, PROMPTS, coeffs, SHORT, progress=False)
+            nn = generate(nn_model, method, PROMPTS, coeffs, SHORT, progress=False)
+            for c in coeffs:
+                for p in range(len(PROMPTS)):
+                    assert _row_tokens(nn, p, c) == _row_tokens(bridge, p, c), (type(method).__name__, c, p)
+            assert abs(nn.nll_base - bridge.nll_base).max() < 1e-3
+    finally:
+        adapter.detach()
+
+
+def test_cli_on_the_nnsight_backend(tmp_path, capsys):
+    ds = main(["--backend", "nnsight", "--model", "tiny-random", "--prompt", "Hi", "--coeffs", "0",
+               "--max-new-tokens", "4", "--no-progress"])
+    assert ds.n_tokens.values.max() <= 4 and "## Hi" in capsys.readouterr().out

@@ -398,6 +398,80 @@ def nnsight_logits(
     return logits
 
 
+# --------------------------------------------------------------------------- generation
+
+
+def is_nnsight(model) -> bool:
+    """Whether ``model`` is an nnsight model (as :func:`load_nnsight` builds), not a bridge."""
+    return type(model).__module__.split(".")[0] == "nnsight"
+
+
+@contextmanager
+def hooked(nn_model, steering: NNSteering) -> Iterator[None]:
+    """The steering tensors as plain torch hooks on the wrapped Hugging Face modules.
+
+    The same maths as inside a trace (``x @ ΔW.T`` added to a site's output, ``vector``
+    added to a decoder layer's output), for running the model's own ``generate``: its KV
+    cache and stopping rules stay Hugging Face's. Local models only (the hooks run here).
+    """
+    n = _n_layers(nn_model)
+    handles = []
+
+    def delta_hook(dw: Tensor):
+        def hook(module, inputs, output):
+            x = inputs[0]
+            add = torch.einsum("bpi,boi->bpo", x, dw.to(x.dtype)) if dw.ndim == 3 else x @ dw.to(x.dtype).T
+            return output + add
+
+        return hook
+
+    def vector_hook(v: Tensor):
+        def hook(module, inputs, output):
+            if isinstance(output, tuple):
+                return (output[0] + v.to(output[0].dtype), *output[1:])
+            return output + v.to(output.dtype)
+
+        return hook
+
+    try:
+        for name, dw in steering.deltas.items():
+            handles.append(module_of(nn_model, Site.parse(name).hook_out).register_forward_hook(delta_hook(dw)))
+        for layer, v in steering.vectors.items():
+            site = resolve(f"blocks.{int(layer)}.hook_resid_post", n)
+            handles.append(module_of(nn_model, site.name).register_forward_hook(vector_hook(v)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def nnsight_generate(nn_model, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"],
+                     steering: NNSteering | None = None, *, max_new_tokens: int, sample: bool = False,
+                     temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                     eos: Sequence[int] = ()) -> tuple[Int[Tensor, "batch new"], Int[Tensor, "batch"]]:
+    """Continue left-padded prompts on a local nnsight model, steered; ``(new tokens, lengths)``.
+
+    Rows end at their first token in ``eos`` (kept); tokens after a row's end are -1.
+    """
+    hf = nn_model._module
+    tok = nn_model.tokenizer
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=tok.pad_token_id)
+    if eos:
+        kwargs["eos_token_id"] = sorted(eos)
+    if sample:
+        kwargs.update(temperature=temperature, top_p=top_p)
+    with hooked(nn_model, steering or NNSteering()), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = hf.generate(input_ids=tokens, attention_mask=attention_mask, **kwargs)[:, tokens.shape[1]:].cpu()
+    ended = torch.isin(out, torch.tensor(sorted(eos), dtype=out.dtype)) if eos else torch.zeros_like(out, dtype=torch.bool)
+    steps = torch.arange(out.shape[1])
+    first = torch.where(ended, steps, out.shape[1]).min(1).values
+    lengths = torch.minimum(first + 1, torch.tensor(out.shape[1]))
+    out = torch.where(steps[None] < lengths[:, None], out, torch.full_like(out, -1))
+    return out, lengths
+
+
 # --------------------------------------------------------------------------- store + evaluate
 
 
