@@ -287,6 +287,8 @@ def figure(ds: xr.Dataset):
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[CompareConfig, argparse.Namespace]:
+    from interp.cli import fraction, positive_int
+
     d = CompareConfig()
     p = argparse.ArgumentParser(prog="python -m analyses.compare_methods", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -297,13 +299,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CompareConfig, argpar
     p.add_argument("--recipe", default=d.recipe, help="InnerPiSSA recipe, 'field=value;...' TrainConfig overrides, or a name "
                                                       "from analyses.recipe_search.RECIPES")
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
-    p.add_argument("--seeds", type=int, default=d.seeds, help="training / fitting seeds (mean ± std in the table)")
+    p.add_argument("--seeds", type=positive_int, default=d.seeds, help="training / fitting seeds (mean ± std in the table)")
     p.add_argument("--budgets", default=None, help="coherence budgets in nats of next-token KL (default 0.1,0.3,1.0; --quick: 0.3)")
-    p.add_argument("--steps", type=int, default=None, help=f"training steps (default {d.steps}; --quick: 6)")
-    p.add_argument("--n-test", type=int, default=None, help="test dilemmas scored (default 200; --quick: 16)")
-    p.add_argument("--n-calibration", type=int, default=None, help="calibration dilemmas (default 64; --quick: 16)")
+    p.add_argument("--steps", type=positive_int, default=None, help=f"training steps (default {d.steps}; --quick: 6)")
+    p.add_argument("--n-test", type=positive_int, default=None, help="test dilemmas scored (default 200; --quick: 16)")
+    p.add_argument("--n-calibration", type=positive_int, default=None, help="calibration dilemmas (default 64; --quick: 16)")
     p.add_argument("--dilemmas", default=None, help="DailyDilemmas folder")
-    p.add_argument("--min-pmass", type=float, default=d.min_pmass, help="rows with p(Yes)+p(No) below this are NaN")
+    p.add_argument("--min-pmass", type=fraction, default=d.min_pmass, help="rows with p(Yes)+p(No) below this are NaN")
     p.add_argument("--quick", action="store_true", help="every method, short training, few dilemmas, one budget")
     p.add_argument("--out", default=None, help="results folder (default results/compare_methods/<model>[-quick])")
     p.add_argument("--figures", default="figures")

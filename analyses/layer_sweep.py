@@ -223,21 +223,23 @@ def markdown(ds: xr.Dataset, floor: dict | None = None) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[SweepConfig, argparse.Namespace]:
+    from interp.cli import fraction, positive_int
+
     d = SweepConfig()
     p = argparse.ArgumentParser(prog="python -m analyses.layer_sweep", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=d.model, help="model spec (see interp.models)")
     p.add_argument("--depths", default=None, help=f"comma-separated depth fractions (default {','.join(map(str, d.depths))})")
     p.add_argument("--modules", default=",".join(d.modules), help=f"comma-separated, from {list(LINEAR_MODULES)}")
-    p.add_argument("--steps", type=int, default=None, help=f"training steps per depth (default {d.steps}; --quick: 6)")
-    p.add_argument("--n-eval", type=int, default=None, help=f"validation dilemmas scored per depth (default {d.n_eval}; --quick: 16)")
-    p.add_argument("--n-calibration", type=int, default=None, help=f"calibration dilemmas for the sign (default {d.n_calibration}; --quick: 16)")
+    p.add_argument("--steps", type=positive_int, default=None, help=f"training steps per depth (default {d.steps}; --quick: 6)")
+    p.add_argument("--n-eval", type=positive_int, default=None, help=f"validation dilemmas scored per depth (default {d.n_eval}; --quick: 16)")
+    p.add_argument("--n-calibration", type=positive_int, default=None, help=f"calibration dilemmas for the sign (default {d.n_calibration}; --quick: 16)")
     p.add_argument("--coeff", type=float, default=d.coeff)
     p.add_argument("--concept", default=d.concept, help="concept whose own measure judges (honesty: DailyDilemmas; sentiment: margins)")
     p.add_argument("--band", type=float, default=None, help="sweep a band of layers this wide (depth fraction) instead of one site")
     p.add_argument("--recipe", default=d.recipe, help="further training settings, 'field=value;...'")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--min-pmass", type=float, default=d.min_pmass, help="rows with p(Yes)+p(No) below this are NaN")
+    p.add_argument("--min-pmass", type=fraction, default=d.min_pmass, help="rows with p(Yes)+p(No) below this are NaN")
     p.add_argument("--dilemmas", default=None, help="DailyDilemmas folder (default: $INTERP_DILEMMAS_DIR or ../shared/data/daily_dilemmas)")
     p.add_argument("--quick", action="store_true", help="2 depths, 6 steps, 16 dilemmas: a smoke run")
     p.add_argument("--out", default=None, help="results folder (default results/layer_sweep/<model>[-quick])")

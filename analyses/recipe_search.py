@@ -217,6 +217,8 @@ def figure(ds: xr.Dataset):
 
 
 def parse_args(argv: Sequence[str] | None = None):
+    from interp.cli import positive_int
+
     p = argparse.ArgumentParser(prog="python -m analyses.recipe_search", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=TrainConfig.model, help="model spec (see interp.models)")
     p.add_argument("--concept", default="sentiment", help="shipped concept name or a concept .json path")
@@ -224,10 +226,10 @@ def parse_args(argv: Sequence[str] | None = None):
     p.add_argument("--recipe", action="append", default=[], metavar="NAME=SPEC",
                    help="an extra recipe, e.g. 'mine=layers=0.2:0.6;loss_layer=0.7' (repeatable)")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds")
-    p.add_argument("--steps", type=int, default=None, help="override every recipe's steps")
+    p.add_argument("--steps", type=positive_int, default=None, help="override every recipe's steps")
     p.add_argument("--split", choices=("validation", "test"), default="validation",
                    help="scored split (test: only for the final measurement of a chosen recipe)")
-    p.add_argument("--n-eval", type=int, default=None,
+    p.add_argument("--n-eval", type=positive_int, default=None,
                    help="score at most this many items of the split (DailyDilemmas: dilemmas with a target sign only)")
     p.add_argument("--out", default=None, help="results folder (default results/recipe_search/<model>/<concept>)")
     p.add_argument("--figures", default="figures", help="folder for the HTML figure ('' for none)")

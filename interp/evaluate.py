@@ -497,6 +497,8 @@ def write_results(ds: xr.Dataset, table: pd.DataFrame, out_dir: str | Path, floo
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
+    from interp.cli import fraction, positive_int
+
     p = argparse.ArgumentParser(prog="python -m interp.evaluate", description="Score a saved adapter (or the base model) on DailyDilemmas.")
     p.add_argument("--adapter", default=None, help="saved adapter folder (default: the base model only)")
     p.add_argument("--model", default="smollm2-135m")
@@ -505,8 +507,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     p.add_argument("--limit", type=int, default=None, help="score only the first N dilemmas of the split")
     p.add_argument("--split", choices=("calibration", "validation", "test", "all"), default="test")
     p.add_argument("--dilemmas", default=None, help="DailyDilemmas folder")
-    p.add_argument("--batch-size", type=int, default=EvalConfig.batch_size)
-    p.add_argument("--min-pmass", type=float, default=EvalConfig.min_pmass, help="rows with p(Yes)+p(No) below are NaN")
+    p.add_argument("--batch-size", type=positive_int, default=EvalConfig.batch_size)
+    p.add_argument("--min-pmass", type=fraction, default=EvalConfig.min_pmass, help="rows with p(Yes)+p(No) below are NaN")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--split-seed", type=int, default=None,
                    help="seed of the calibration/validation/test split (default: the protocol's one split for every analysis)")

@@ -609,6 +609,8 @@ def train_adapter(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    from interp.cli import positive_int
+
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m interp.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -619,8 +621,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--concept", default=d.concept, help="shipped concept name or path to a concept .json")
     p.add_argument("--suffixes", default=d.suffixes, help="text file of suffixes (default: the shipped list)")
     p.add_argument("--n-pairs", type=int, default=d.n_pairs)
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per step")
+    p.add_argument("--steps", type=positive_int, default=d.steps)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="pairs per step")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--space", choices=SPACES, default=d.space)
     p.add_argument("--loss", choices=LOSS_KINDS, default=d.loss)

@@ -93,3 +93,15 @@ def test_a_continuation_concept_with_a_recipe(mini_concept, tmp_path):
     assert len(read_adapter_config(tmp_path / "res" / "innerpissa" / "seed_0" / "adapter")["sites"]) == 4
     text = written["table"].read_text()
     assert "Floor check" in text and "sentiment" in text and (tmp_path / "res" / "floor_test.json").is_file()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--n-test", "0"], "--n-test: must be >= 1"),
+    (["--steps", "-2"], "--steps: must be >= 1"),
+    (["--min-pmass", "1.5"], "--min-pmass: must lie in"),
+])
+def test_out_of_range_numbers_are_refused_by_the_parser(argv, says, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        compare_methods.main(["--model", "tiny-random", "--out", str(tmp_path / "x"), *argv])
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -193,3 +193,15 @@ def test_cli_on_the_nnsight_backend(tmp_path, capsys):
     ds = main(["--backend", "nnsight", "--model", "tiny-random", "--prompt", "Hi", "--coeffs", "0",
                "--max-new-tokens", "4", "--no-progress"])
     assert ds.n_tokens.values.max() <= 4 and "## Hi" in capsys.readouterr().out
+
+
+def test_cli_fits_a_baseline_scaled_to_its_budget(mini_concept, capsys):
+    from interp.provenance import read_json_attr
+
+    ds = main(["--model", "tiny-random", "--method", "mean_diff", "--concept", str(mini_concept), "--layers", "1:2",
+               "--budget", "0.3", "--prompt", "Hi", "--coeffs", "-1,0,1", "--max-new-tokens", "3", "--no-progress"])
+    method = read_json_attr(ds.attrs, "config")["method"]
+    assert method["name"] == "mean_diff" and method["options"]["budget_kl"] == 0.3 and method["options"]["strength"] > 0
+    raw = main(["--model", "tiny-random", "--method", "mean_diff", "--concept", str(mini_concept), "--layers", "1:2",
+                "--budget", "0", "--prompt", "Hi", "--coeffs", "1", "--max-new-tokens", "3", "--no-progress"])
+    assert "strength" not in read_json_attr(raw.attrs, "config")["method"]["options"]

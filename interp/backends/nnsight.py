@@ -74,6 +74,15 @@ class RemoteUnavailable(RuntimeError):
 # --------------------------------------------------------------------------- loading
 
 
+def check_remote_spec(spec: str) -> None:
+    """Refuse, before anything is built, a spec NDIF cannot serve (the embedded, tiny or a local model)."""
+    if spec == DEFAULT_MODEL or spec.startswith(TINY_PREFIX) or os.path.isdir(spec):
+        raise RemoteUnavailable(
+            f"{spec!r} is built locally; NDIF only runs Hub models it serves (see nnsight.ndif.status()). "
+            "Use a Hub id such as 'meta-llama/Llama-3.1-8B' with remote=True, or remote=False here."
+        )
+
+
 def load_nnsight(
     spec: str = DEFAULT_MODEL,
     *,
@@ -91,11 +100,7 @@ def load_nnsight(
     from nnsight.modeling.transformers import TransformersModel
 
     if remote:
-        if spec == DEFAULT_MODEL or spec.startswith(TINY_PREFIX) or os.path.isdir(spec):
-            raise RemoteUnavailable(
-                f"{spec!r} is built locally; NDIF only runs Hub models it serves (see nnsight.ndif.status()). "
-                "Use a Hub id such as 'meta-llama/Llama-3.1-8B' with remote=True, or remote=False here."
-            )
+        check_remote_spec(spec)
         nn_model = TransformersModel(spec)
         nn_model.spec = spec
         return nn_model
@@ -581,6 +586,7 @@ def evaluation_pair(spec: str, adapter_path=None, *, remote: bool = False) -> tu
     model spec and an optional saved adapter; ``remote=True`` checks NDIF before any work
     (key and network first: building a remote model already reads its config from the Hub)."""
     if remote:
+        check_remote_spec(spec)
         check_remote()
     nn_model = load_nnsight(spec, remote=remote)
     if remote:
