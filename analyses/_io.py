@@ -23,7 +23,7 @@ from interp.store import (
 )
 
 __all__ = ["atomic_write", "load_dataset", "load_or_compute", "write_netcdf", "write_text", "write_html",
-           "result_folder", "resumable_run", "run_lock", "add_common_args", "analysis_layers"]
+           "result_folder", "resumable_run", "locked", "add_common_args", "analysis_layers"]
 
 
 def write_html(fig, path: str | Path) -> Path:
@@ -38,6 +38,16 @@ def result_folder(analysis: str, model: str, quick: bool = False) -> Path:
 
 
 @contextmanager
+def locked(folder: str | Path) -> Iterator[Path]:
+    """:func:`interp.store.run_lock` for a command line: a held folder exits with the holder named."""
+    try:
+        with run_lock(folder) as held:
+            yield held
+    except RunLocked as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+@contextmanager
 def resumable_run(out: str | None, analysis: str, config, *, quick: bool, ignore: Sequence[str] = ()) -> Iterator[Path]:
     """The results folder of a resumable run (``out`` or :func:`result_folder`), held for this run.
 
@@ -47,15 +57,12 @@ def resumable_run(out: str | None, analysis: str, config, *, quick: bool, ignore
     other settings exits with the reason instead of mixing results.
     """
     folder = Path(out) if out else result_folder(analysis, config.model, quick)
-    try:
-        with run_lock(folder):
-            try:
-                check_run_config(folder, asdict(config), ignore=ignore)
-            except ValueError as err:
-                raise SystemExit(f"error: {err}") from None
-            yield folder
-    except RunLocked as err:
-        raise SystemExit(f"error: {err}") from None
+    with locked(folder):
+        try:
+            check_run_config(folder, asdict(config), ignore=ignore)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+        yield folder
 
 
 # --------------------------------------------------------------------------- CLI pieces

@@ -262,11 +262,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     from interp.measures import measure_of, measure_splits, stored_floor
     from interp.models import load_model
     from interp.provenance import provenance
-    from interp.store import load_or_compute, run_lock
+    from analyses._io import locked
+    from interp.store import load_or_compute
 
     measure = measure_of(args.concept)
     out = Path(args.out or Path("results") / "recipe_search" / args.model.replace("/", "_") / measure.concept)
-    with run_lock(out):
+    with locked(out):
         progress = not args.no_progress
         model = load_model(args.model)
         splits = measure_splits(measure)

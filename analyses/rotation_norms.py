@@ -32,7 +32,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from analyses._io import run_lock, load_dataset, result_folder, write_html, write_netcdf
+from analyses._io import locked, load_dataset, result_folder, write_html, write_netcdf
 from interp.adapters.io import read_adapter_config, read_tensors
 from interp.adapters.innerpissa import InnerPiSSAConfig, config_from_options, generator, scaled_values
 from interp.cayley import cayley
@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.out or result_folder("rotation_norms", args.model))
-    with run_lock(out):
+    with locked(out):
         if args.runs is not None and not Path(args.runs).is_dir():
             p.error(f"--runs {args.runs}: not a folder (give the layer sweep's output folder, or use --train)")
         runs_dir = Path(args.runs or result_folder("layer_sweep", args.model))

@@ -36,7 +36,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from analyses._io import run_lock, add_common_args, analysis_layers, load_dataset, result_folder, write_html, write_netcdf
+from analyses._io import locked, add_common_args, analysis_layers, load_dataset, result_folder, write_html, write_netcdf
 from interp.geometry import METRICS, SPACES, GeometryConfig, left_singular_basis, space_metrics
 from interp.sites import Site, linear_of, parse_layers, resid_hook
 from interp.store import Runner
@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run the analysis; returns the paths written (``dataset``, ``figure``)."""
     args = parse_args(argv)
     out = Path(args.out or result_folder("space_compare", args.model, args.quick))
-    with run_lock(out):
+    with locked(out):
         if args.backend == "nnsight":
             from interp.backends.nnsight import load_nnsight
 

@@ -35,7 +35,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from analyses._io import run_lock, add_common_args, analysis_layers, load_dataset, result_folder, write_html, write_netcdf
+from analyses._io import locked, add_common_args, analysis_layers, load_dataset, result_folder, write_html, write_netcdf
 from interp.neurons import (
     NEURON_CLASSES,
     NeuronConfig,
@@ -287,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     config = NeuronConfig(kurtosis_threshold=args.kurtosis_threshold, skew_threshold=args.skew_threshold)
     sign_correct = {"auto": None, "yes": True, "no": False}[args.sign_correct]
     out, figures = Path(args.out or result_folder("suppression", args.model, args.quick)), Path(args.figures)
-    with run_lock(out):
+    with locked(out):
         written: dict[str, Path] = {}
 
         ds = neuron_dataset(model, layers, config=config, n_prompts=n_prompts, sign_correct=sign_correct,

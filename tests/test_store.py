@@ -279,3 +279,7 @@ def test_training_and_analyses_refuse_a_held_folder(held_folder):
     with pytest.raises(SystemExit, match="another run"):
         compare_methods.main(["--model", "tiny-random", "--quick", "--out", str(folder), "--no-progress"])
     assert not (folder / "run_config.json").exists()  # the settings check never ran: nothing written
+    from analyses import space_compare
+
+    with pytest.raises(SystemExit, match=f"pid {proc.pid}"):
+        space_compare.main(["--model", "tiny-random", "--quick", "--out", str(folder), "--no-progress"])
