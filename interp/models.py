@@ -228,11 +228,6 @@ def _load_pretrained(spec: str, dtype: torch.dtype):
     return hf_model, tokenizer, spec
 
 
-def hf_model_of(bridge) -> nn.Module:
-    """The wrapped Hugging Face model (its modules are the ones adapters decompose)."""
-    return bridge.original_model
-
-
 def weight_hash(tensors: dict[str, torch.Tensor] | nn.Module, length: int = 16) -> str:
     """A short sha256 over named tensors (sorted by name): identifies base weights."""
     if isinstance(tensors, nn.Module):

@@ -48,7 +48,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -331,7 +331,7 @@ def bridge_runner(model, sites: Sequence[str], method: SteeringMethod | None = N
 
             return hook
 
-        steer = method.steer(model, coeff) if method is not None else _nullcontext()
+        steer = method.steer(model, coeff) if method is not None else nullcontext()
         with torch.no_grad(), steer, model.hooks(fwd_hooks=[(s, keep(s)) for s in sites]):
             model(tokens, attention_mask=attention_mask)
         missing = [s for s in sites if s not in found]
@@ -340,14 +340,6 @@ def bridge_runner(model, sites: Sequence[str], method: SteeringMethod | None = N
         return found
 
     return run
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 # --------------------------------------------------------------------------- collection
