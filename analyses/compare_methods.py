@@ -254,6 +254,8 @@ def results_table(ds: xr.Dataset) -> pd.DataFrame:
                 "Method": method, "Budget": budget if budget == NO_BUDGET else f"{float(budget):g} nats",
                 "Coeff": fmt("coeff", ".3g"), "Δ target (+c)": truth, "Δ target (-c)": fmt("delta_target_neg"),
                 "monotonic (every seed)": bool(np.all((neg < 0) & (r["delta_target"].values > 0))),
+                "Δ target to-do half": fmt("delta_target_to_do_half"),
+                "Δ target not-to-do half": fmt("delta_target_not_to_do_half"),
                 "Δ target balanced": fmt("delta_target_balanced"), "Answer bias": fmt("answer_bias", "+.3f"),
                 "Δ single-question": fmt("delta_target_single"), "Δ Other": fmt("delta_other", ".4f"),
                 "p-value": fmt("p_value", ".3g"), "Δ NLL": fmt("delta_nll", ".4f"), "Δ NLL (-c)": fmt("delta_nll_neg", ".4f"),
