@@ -153,7 +153,7 @@ def decode(
     Returns the new tokens (``PAD`` after each row's end; the EOS token is kept) and each
     row's length. Steering is whatever is active around the call.
     """
-    device = next(model.parameters()).device
+    device = _device(model)
     ids, mask = tokens.to(device), attention_mask.to(device)
     stop = torch.tensor(sorted(eos_ids(model)), device=device, dtype=torch.long)
     batch = ids.shape[0]
@@ -314,7 +314,7 @@ def side_by_side(ds: xr.Dataset, width: int = 36) -> str:
 
 
 def fitted_method(model, name: str, concept: str, *, layers: str | None = None, seed: int = 0,
-                  budget: float | None = 0.3, progress: bool = True) -> SteeringMethod:
+                  budget: float | None = 0.3) -> SteeringMethod:
     """A baseline fitted on the concept's pairs as the comparisons fit it.
 
     Vectors are scaled so that ``c = ±1`` costs ``budget`` nats of next-token KL on the
@@ -423,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> xr.Dataset:
         method = load(model, args.adapter)
     elif args.method:
         method = fitted_method(model, args.method, args.concept, layers=args.layers, seed=args.seed,
-                               budget=args.budget or None, progress=not args.no_progress)
+                               budget=args.budget or None)
     else:
         method = NoSteering()
     ds = generate(model, method, prompts, args.coeffs, args.config, progress=not args.no_progress)
