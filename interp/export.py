@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from interp.adapters.base import AdapterSet, layer_key
-from interp.models import weight_hash
-from interp.sites import linear_of
+from interp.provenance import model_weight_hash
+from interp.sites import Site, linear_of
 
 # The bridge wraps each Hugging Face module in a component that keeps it under this name.
 _WRAPPED = "._original_component"
@@ -34,12 +34,16 @@ class ExportError(ValueError):
     """The adapter cannot be exported as asked; the message says why and what to do."""
 
 
-def hf_name(model, module: nn.Module) -> str:
-    """The dotted name of a bridge's wrapped module inside the plain Hugging Face model."""
-    for name, candidate in model.original_model.named_modules():
-        if candidate is module:
-            return name.replace(_WRAPPED, "")
-    raise ExportError(f"{type(module).__name__} is not a module of this model")
+def site_weights(model, adapter: AdapterSet) -> dict[str, tuple[Site, nn.Linear]]:
+    """``{hf parameter name: (site, bridge linear)}`` for every adapted site, in one pass over the modules."""
+    names = {id(m): n.replace(_WRAPPED, "") for n, m in model.original_model.named_modules()}
+    out = {}
+    for site in adapter.sites:
+        linear = linear_of(model, site)
+        if id(linear) not in names:
+            raise ExportError(f"{site.name} is not a module of this model")
+        out[names[id(linear)] + ".weight"] = (site, linear)
+    return out
 
 
 @torch.no_grad()
@@ -47,10 +51,9 @@ def merged_weights(model, adapter: AdapterSet, coeff: float) -> dict[str, torch.
     """``{hf parameter name: W + ΔW(c)}`` for every adapted site (orientation applied)."""
     eff = float(adapter.effective(float(coeff)))
     out = {}
-    for site in adapter.sites:
-        linear = linear_of(model, site)
+    for name, (site, linear) in site_weights(model, adapter).items():
         delta = adapter.layers[layer_key(site)].delta_weight(eff)
-        out[hf_name(model, linear) + ".weight"] = (linear.weight.float() + delta.float()).to(linear.weight.dtype).cpu()
+        out[name] = (linear.weight.float() + delta.float()).to(linear.weight.dtype).cpu()
     return out
 
 
@@ -82,7 +85,7 @@ tokenizer = AutoTokenizer.from_pretrained("<this folder>")
 | coefficient | {info["coeff"]:+g} |
 | sites ({len(info["sites"])}) | {sites} |
 | base weight hash (sha256, adapted sites) | `{info["site_weight_hash"]}` |
-| base weight hash (sha256, all weights) | `{info["base_weight_hash"]}` |
+| base weight hash (sha256, all weights; the `weight_hash` results record) | `{info["base_weight_hash"]}` |
 | merged weight hash (sha256, all weights) | `{info["merged_weight_hash"]}` |
 """
 
@@ -103,17 +106,16 @@ def export_merged(model, adapter: AdapterSet, coeff: float, out: str | Path, *, 
         raise ExportError(f"{out} exists and is not empty; pick another --out or pass --overwrite")
     merged = merged_weights(model, adapter, coeff)
     hf, tokenizer = load_hf(model.spec, dtype=torch.float32)
-    base_hash = weight_hash(hf)
+    base_hash = model_weight_hash(hf)
     params = dict(hf.named_parameters())
-    for site in adapter.sites:
-        name = hf_name(model, linear_of(model, site)) + ".weight"
-        if name not in params or not torch.equal(params[name].data, linear_of(model, site).weight.detach().cpu().float()):
+    for name, (site, linear) in site_weights(model, adapter).items():
+        if name not in params or not torch.equal(params[name].data, linear.weight.detach().cpu().float()):
             raise ExportError(f"the plain model of {model.spec!r} does not hold the bridge's base weight at {site.name} "
                               f"({name}): cannot merge there")
         params[name].data.copy_(merged[name].to(params[name].dtype))
     hf = hf.to(dtype)
     info = {
-        "base_model": model.spec if "/" in model.spec else _hub_id(model),
+        "base_model": _hub_id(model),
         "model_spec": model.spec,
         "adapter": adapter_path,
         "adapter_class": type(adapter).__name__,
@@ -123,7 +125,7 @@ def export_merged(model, adapter: AdapterSet, coeff: float, out: str | Path, *, 
         "sites": [s.name for s in adapter.sites],
         "site_weight_hash": str(adapter.metadata.get("weight_hash", "")),
         "base_weight_hash": base_hash,
-        "merged_weight_hash": weight_hash(hf),
+        "merged_weight_hash": model_weight_hash(hf),
         "dtype": str(dtype).replace("torch.", ""),
     }
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -393,6 +393,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv, ["--coeffs"]))
     if not args.prompt and not args.prompts:
         p.error("give at least one --prompt TEXT or --prompts FILE")
+    if args.backend == "nnsight" and args.device != "cpu":
+        p.error("--backend nnsight runs locally on the CPU here; use --backend bridge for --device " + args.device)
     if args.backend == "nnsight" and args.method and args.method != "prompt":
         p.error("--method vectors are fitted on the bridge; use --backend bridge (or --adapter / --method prompt)")
     try:

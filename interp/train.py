@@ -74,6 +74,7 @@ from interp.losses import (
     token_nll,
 )
 from interp.models import DEFAULT_MODEL, weight_hash
+from interp.provenance import model_weight_hash
 from interp.sites import LINEAR_MODULES, Site, linear_of, parse_layers, resid_hook, select_sites
 from interp.store import RunLocked, atomic_write, config_differences, run_lock, said_differences, write_text
 
@@ -463,7 +464,7 @@ def _train(model, adapter, pairs, config: TrainConfig, out: Path | None, resume:
     if not split.val:
         raise ValueError("no validation pairs")
     ckpt_path = out / CHECKPOINT if out else None
-    base_hash = weight_hash(getattr(model, "original_model", model)) if ckpt_path else ""
+    base_hash = model_weight_hash(model) if ckpt_path else ""
     if resume and not (ckpt_path and ckpt_path.is_file()):
         raise ValueError(f"--resume needs a checkpoint at {ckpt_path}, found none")
 
