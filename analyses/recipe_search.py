@@ -101,61 +101,133 @@ def recipe_config(base: TrainConfig, spec: str, seed: int) -> TrainConfig:
 
 
 def run_recipe(model, name: str, config: TrainConfig, measure, splits: dict, folder: Path, *, split: str = "validation",
-               base=None, progress: bool = True) -> dict:
-    """Train (or reload), calibrate the sign and score one recipe -> its ``result.json`` record."""
-    from interp.adapters.io import load_adapter, read_adapter_config, save_adapter
-    from interp.measures import calibrate_concept_sign, score_measure
-    from interp.store import check_run_config
-    from interp.train import CHECKPOINT, train_adapter
+               base=None, budget: float | None = None, progress: bool = True) -> dict:
+    """Train (or reload), calibrate the sign and score one recipe -> its ``result.json`` record.
+
+    With ``budget`` (nats of next-token KL on the concept's calibration prompts) the adapter is
+    also scaled to that cost and scored there (``record["budgets"][f"{budget:g}"]``): the
+    matched-cost effect the baselines are compared at. A finished run gains a missing budget
+    without retraining. ``folder`` is held for this run only, so searches in parallel
+    processes can share one results folder.
+    """
+    from interp.store import check_run_config, run_lock
 
     done = folder / "result.json"
-    folder.mkdir(parents=True, exist_ok=True)
-    check_run_config(folder, asdict(config))
-    if done.is_file():
-        return json.loads(done.read_text())
-    saved = folder / "adapter"
-    t0 = time.perf_counter()
-    if (saved / "adapter.json").is_file():
-        adapter = load_adapter(model, saved)
-        training = read_adapter_config(saved).get("training", {})
-    else:
-        adapter, result = train_adapter(model, None, config, out=folder, resume=(folder / CHECKPOINT).is_file(),
-                                        progress=progress)
+    with run_lock(folder):
+        check_run_config(folder, asdict(config))
+        record = json.loads(done.read_text()) if done.is_file() else None
+        if record is not None and (budget is None or _budget_key(budget) in record.get("budgets", {})):
+            return record
+        t0 = time.perf_counter()
+        adapter, training = _trained_adapter(model, config, measure, folder, progress=progress)
         try:
-            calibrate_concept_sign(model, adapter, measure, seed=config.seed)
-            training = result.training_extra()
-            save_adapter(adapter, saved, extra={"training": training})
-        except BaseException:
+            if record is None:
+                ds, table = score_measure_at(model, adapter, measure, splits[split], 1.0, seed=config.seed, base=base,
+                                             progress=progress)
+                write_netcdf(ds, folder / "eval.nc")
+                record = {"recipe": name, "seed": config.seed, "split": split, "n_items": len(splits[split]),
+                          "orientation": int(adapter.orientation),
+                          "sign": (adapter.calibration or {}).get("sign", {}), "train_seconds": training.get("seconds", math.nan),
+                          "seconds": round(time.perf_counter() - t0, 1), "n_sites": len(adapter.sites),
+                          "val_gaps": {k: training.get("metrics", {}).get(k) for k in ("gap@-1", "gap@+0", "gap@+1")},
+                          **row_metrics(table, measure)}
+            if budget is not None:
+                record.setdefault("budgets", {})[_budget_key(budget)] = budget_row(
+                    model, adapter, measure, splits, budget, folder, split=split, seed=config.seed, base=base, progress=progress)
+        finally:
             adapter.detach()
-            raise
+        write_text(done, json.dumps(record, indent=1, default=str))
+        return record
+
+
+def _trained_adapter(model, config: TrainConfig, measure, folder: Path, *, progress: bool):
+    """The run's saved adapter, or a freshly trained and sign-calibrated one (saved) -> ``(adapter, training record)``."""
+    from interp.adapters.io import load_adapter, read_adapter_config, save_adapter
+    from interp.measures import calibrate_concept_sign
+    from interp.train import CHECKPOINT, train_adapter
+
+    saved = folder / "adapter"
+    if (saved / "adapter.json").is_file():
+        return load_adapter(model, saved), read_adapter_config(saved).get("training", {})
+    adapter, result = train_adapter(model, None, config, out=folder, resume=(folder / CHECKPOINT).is_file(), progress=progress)
     try:
-        ds, table = score_measure(model, adapter, measure, splits[split], (-1.0, 0.0, 1.0), progress=progress,
-                                  seed=config.seed, base=base)
-    finally:
+        calibrate_concept_sign(model, adapter, measure, seed=config.seed)
+        training = result.training_extra()
+        save_adapter(adapter, saved, extra={"training": training})
+    except BaseException:
         adapter.detach()
-    write_netcdf(ds, folder / "eval.nc")
-    record = {"recipe": name, "seed": config.seed, "split": split, "n_items": len(splits[split]),
-              "orientation": int(adapter.orientation),
-              "sign": (adapter.calibration or {}).get("sign", {}), "train_seconds": training.get("seconds", math.nan),
-              "seconds": round(time.perf_counter() - t0, 1), "n_sites": len(adapter.sites),
-              "val_gaps": {k: training.get("metrics", {}).get(k) for k in ("gap@-1", "gap@+0", "gap@+1")},
-              **row_metrics(table, measure)}
-    write_text(done, json.dumps(record, indent=1, default=str))
-    return record
+        raise
+    return adapter, training
 
 
-def row_metrics(table: pd.DataFrame, measure) -> dict:
-    """The +1 / -1 rows of a measure's table as one flat record (names shared by both measures)."""
-    t = table.set_index("Coeff")
+def _budget_key(budget: float) -> str:
+    return f"{float(budget):g}"
+
+
+def score_measure_at(model, method, measure, items, coeff: float, *, seed: int, base=None, progress: bool = True):
+    """``method`` scored at ``-coeff, 0, +coeff`` on ``items`` -> ``(dataset, table)``."""
+    from interp.measures import score_measure
+
+    return score_measure(model, method, measure, items, (-coeff, 0.0, coeff), progress=progress, seed=seed, base=base)
+
+
+def budget_row(model, method, measure, splits: dict, budget: float, folder: Path, *, split: str, seed: int, base=None,
+               progress: bool = True) -> dict:
+    """``method`` scaled so its next-token KL on the calibration prompts is ``budget`` nats, scored on ``split``.
+
+    Returns the coefficient found, whether the budget was reached, and :func:`row_metrics` at it;
+    the scores go to ``eval_budget<budget>.nc``.
+    """
+    from interp.protocol import calibrate_method_strength
+
+    strength = calibrate_method_strength(model, method, splits["calibration"], float(budget), measure=measure)
+    ds, table = score_measure_at(model, method, measure, splits[split], float(strength), seed=seed, base=base,
+                                 progress=progress)
+    write_netcdf(ds, folder / f"eval_budget{_budget_key(budget)}.nc")
+    return {"coeff": float(strength), "reached": bool(strength.reached), **row_metrics(table, measure, float(strength))}
+
+
+def run_baseline(model, method: str, config: TrainConfig, measure, splits: dict, folder: Path, *, split: str = "validation",
+                 base=None, budget: float | None = None, progress: bool = True) -> dict:
+    """A baseline scored as the recipes are: a steering vector fitted on the same pairs at ``config``'s
+    layers (or prompting), its sign calibrated, scored at ``c = ±1`` and at ``budget``."""
+    from interp.measures import calibrate_concept_sign, prompt_method
+    from interp.protocol import fit_vector_method
+    from interp.store import check_run_config, run_lock
+
+    done = folder / "result.json"
+    with run_lock(folder):
+        check_run_config(folder, {"baseline": method, **asdict(config)})
+        record = json.loads(done.read_text()) if done.is_file() else None
+        want_budget = budget is not None and method != "prompt"  # prompting has no continuous dose
+        if record is not None and (not want_budget or _budget_key(budget) in record.get("budgets", {})):
+            return record
+        m = prompt_method(measure) if method == "prompt" else fit_vector_method(model, method, config, config.seed)
+        calibrate_concept_sign(model, m, measure, seed=config.seed)
+        if record is None:
+            ds, table = score_measure_at(model, m, measure, splits[split], 1.0, seed=config.seed, base=base, progress=progress)
+            write_netcdf(ds, folder / "eval.nc")
+            record = {"recipe": f"[{method}]", "seed": config.seed, "split": split, "n_items": len(splits[split]),
+                      "orientation": int(m.orientation), "sign": (m.calibration or {}).get("sign", {}),
+                      "n_sites": len(getattr(m, "vectors", {})), **row_metrics(table, measure)}
+        if want_budget:
+            record.setdefault("budgets", {})[_budget_key(budget)] = budget_row(
+                model, m, measure, splits, budget, folder, split=split, seed=config.seed, base=base, progress=progress)
+        write_text(done, json.dumps(record, indent=1, default=str))
+        return record
+
+
+def row_metrics(table: pd.DataFrame, measure, coeff: float = 1.0) -> dict:
+    """The ``+coeff`` / ``-coeff`` rows of a measure's table as one flat record (names shared by both measures)."""
+    coeffs = table["Coeff"].astype(float).to_numpy()
+    pos, neg = (table[np.isclose(coeffs, c)].iloc[0] for c in (coeff, -coeff))
     if measure.kind == "dailydilemmas":
-        pos, neg = t.loc[1.0], t.loc[-1.0]
         return {"effect": float(pos["Δ Truth"]), "effect_neg": float(neg["Δ Truth"]), "p_value": float(pos["p-value"]),
                 "delta_nll": float(pos["Δ NLL"]), "delta_nll_neg": float(neg["Δ NLL"]),
                 "answer_bias": float(pos["Answer bias"]), "effect_single": float(pos["Δ Truth single-question"]),
                 "effect_to_do_half": float(pos["Δ Truth to-do half"]),
                 "effect_not_to_do_half": float(pos["Δ Truth not-to-do half"]),
                 "monotonic": bool(neg["Δ Truth"] < 0 < pos["Δ Truth"])}
-    pos, neg = t.loc[1.0], t.loc[-1.0]
     return {"effect": float(pos["Δ margin"]), "effect_neg": float(neg["Δ margin"]), "p_value": float(pos["p-value"]),
             "delta_nll": float(pos["Δ NLL"]), "delta_nll_neg": float(pos["Δ NLL (-c)"]),
             "monotonic": bool(neg["Δ margin"] < 0 < pos["Δ margin"])}
@@ -166,37 +238,52 @@ def row_metrics(table: pd.DataFrame, measure) -> dict:
 
 TABLE = ("recipe", "seed", "n_items", "effect", "effect_neg", "monotonic", "p_value", "delta_nll", "delta_nll_neg", "answer_bias",
          "effect_single", "n_sites", "train_seconds")
+# the matched-cost columns: the run scaled to a KL budget (:func:`budget_row`)
+AT_BUDGET = ("coeff", "reached", "effect", "effect_neg", "p_value", "delta_nll", "delta_nll_neg", "answer_bias")
 
 
 def finished_records(out: Path, split: str) -> list[dict]:
     """The records of every finished run under ``out`` on ``split`` (oldest first): searches run
-    in parallel processes into one folder share one table."""
-    paths = sorted(out.glob("*/seed_*/result.json"), key=lambda p: p.stat().st_mtime)
+    in parallel processes into one folder share one table. Baselines (``out/baselines/``) come too."""
+    paths = sorted([*out.glob("*/seed_*/result.json"), *out.glob("baselines/*/seed_*/result.json")],
+                   key=lambda p: p.stat().st_mtime)
     return [r for r in (json.loads(p.read_text()) for p in paths) if r.get("split") == split]
 
 
-def search_table(records: Sequence[dict]) -> pd.DataFrame:
-    """One row per (recipe, seed), in the order run."""
-    return pd.DataFrame([{k: r.get(k, math.nan) for k in TABLE} for r in records])
+def flat_record(record: dict, budget: float | None = None) -> dict:
+    """A record's table fields, with its ``budget`` row (if scored) as ``<field>_at_budget``."""
+    row = {k: record.get(k, math.nan) for k in TABLE}
+    if budget is not None:
+        at = record.get("budgets", {}).get(_budget_key(budget), {})
+        row.update({f"{k}_at_budget": at.get(k, math.nan) for k in AT_BUDGET})
+    return row
 
 
-def search_dataset(records: Sequence[dict], attrs: dict) -> xr.Dataset:
+def search_table(records: Sequence[dict], budget: float | None = None) -> pd.DataFrame:
+    """One row per (recipe, seed), in the order run; with ``budget``, the matched-cost columns too."""
+    return pd.DataFrame([flat_record(r, budget) for r in records])
+
+
+def search_dataset(records: Sequence[dict], attrs: dict, budget: float | None = None) -> xr.Dataset:
     """Records -> Dataset with dims (recipe, seed)."""
     recipes = list(dict.fromkeys(r["recipe"] for r in records))
     seeds = sorted({r["seed"] for r in records})
-    keys = [k for k in TABLE[2:] if k != "monotonic"]
+    flat = [flat_record(r, budget) for r in records]
+    keys = [k for k in flat[0] if k not in ("recipe", "seed", "monotonic")] if flat else []
     data = {k: np.full((len(recipes), len(seeds)), np.nan) for k in keys}
-    for r in records:
+    for r, f in zip(records, flat):
         for k in keys:
-            v = r.get(k)
+            v = f.get(k)
             data[k][recipes.index(r["recipe"]), seeds.index(r["seed"])] = np.nan if v is None else float(v)
     ds = xr.Dataset({k: (("recipe", "seed"), v) for k, v in data.items()}, coords={"recipe": recipes, "seed": seeds})
     ds.attrs.update(attrs)
+    if budget is not None:
+        ds.attrs["budget"] = f"{float(budget):g} nats of next-token KL on the calibration prompts (*_at_budget)"
     return ds
 
 
 def figure(ds: xr.Dataset):
-    """Effect at +1 and -1 (bars, mean over seeds) per recipe, with ΔNLL at +1 on the right axis."""
+    """Effect at +1 and -1 and at the matched budget (bars, mean over seeds) per recipe, with ΔNLL at +1 on the right axis."""
     import plotly.graph_objects as go
 
     mean = ds.mean("seed")
@@ -204,6 +291,9 @@ def figure(ds: xr.Dataset):
     fig = go.Figure()
     fig.add_bar(x=recipes, y=mean["effect"].values, name="Δ at c = +1")
     fig.add_bar(x=recipes, y=mean["effect_neg"].values, name="Δ at c = -1")
+    if "effect_at_budget" in mean:
+        fig.add_bar(x=recipes, y=mean["effect_at_budget"].values, name="Δ at +c, matched KL budget")
+        fig.add_bar(x=recipes, y=mean["effect_neg_at_budget"].values, name="Δ at -c, matched KL budget")
     fig.add_scatter(x=recipes, y=mean["delta_nll"].values, name="ΔNLL at +1 (nats/token)", yaxis="y2", mode="markers",
                     marker=dict(size=10, symbol="diamond"))
     fig.update_layout(title=f"Recipe search: {ds.attrs.get('model_spec', '')}, {ds.attrs.get('concept', '')} "
@@ -217,7 +307,7 @@ def figure(ds: xr.Dataset):
 
 
 def parse_args(argv: Sequence[str] | None = None):
-    from interp.cli import positive_int
+    from interp.cli import positive_float, positive_int
 
     p = argparse.ArgumentParser(prog="python -m analyses.recipe_search", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=TrainConfig.model, help="model spec (see interp.models)")
@@ -225,6 +315,12 @@ def parse_args(argv: Sequence[str] | None = None):
     p.add_argument("--recipes", default="default,band", help=f"comma-separated names from {sorted(RECIPES)}")
     p.add_argument("--recipe", action="append", default=[], metavar="NAME=SPEC",
                    help="an extra recipe, e.g. 'mine=layers=0.2:0.6;loss_layer=0.7' (repeatable)")
+    p.add_argument("--baselines", default="", help=f"comma-separated baselines scored alike, from {list(BASELINES)}: "
+                                                    "vectors fitted on the same pairs at the default recipe's layers")
+    p.add_argument("--budget", type=positive_float, default=0.3,
+                   help="also score every run scaled to this next-token KL (nats) on the calibration prompts: the "
+                        "matched-cost comparison ('0' is refused; pass --no-budget to skip)")
+    p.add_argument("--no-budget", action="store_true", help="score at c = ±1 only")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds")
     p.add_argument("--steps", type=positive_int, default=None, help="override every recipe's steps")
     p.add_argument("--split", choices=("validation", "test"), default="validation",
@@ -245,6 +341,14 @@ def parse_args(argv: Sequence[str] | None = None):
         if not sep or not name.strip():
             p.error(f"--recipe needs NAME=SPEC, got {extra!r}")
         recipes[name.strip()] = spec
+    args.baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    bad = [b for b in args.baselines if b not in BASELINES]
+    if bad:
+        p.error(f"unknown baseline(s) {bad}; choose from {list(BASELINES)}")
+    if args.no_budget:
+        args.budget = None
+    if args.n_eval is not None and args.n_eval < 2:
+        p.error(f"--n-eval must be >= 2, got {args.n_eval}")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
         base = replace(TrainConfig(), model=args.model, concept=args.concept,
@@ -252,59 +356,74 @@ def parse_args(argv: Sequence[str] | None = None):
         configs = {(name, s): recipe_config(base, spec, s) for name, spec in recipes.items() for s in seeds}
     except (ValueError, TypeError) as err:
         p.error(str(err))
+    args.base_configs = {s: replace(base, seed=s) for s in seeds}
     return args, configs
 
 
+BASELINES: tuple[str, ...] = ("mean_diff", "pca", "s_mean_diff", "random", "prompt")
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
-    """Run (or resume) the search; returns the paths written (``dataset``, ``table``, ``figure``)."""
+    """Run (or resume) the search; returns the paths written (``dataset``, ``table``, ``figure``).
+
+    Each run folder is held by its own process while it runs, so several processes may search
+    into one results folder (different recipes or seeds) and share one table.
+    """
     args, configs = parse_args(argv)
     from interp.floor import floor_line
     from interp.measures import measure_of, measure_splits, stored_floor
     from interp.models import load_model
     from interp.provenance import provenance
-    from analyses._io import locked
-    from interp.store import load_or_compute
+    from interp.store import RunLocked, load_or_compute
 
     measure = measure_of(args.concept)
     out = Path(args.out or Path("results") / "recipe_search" / args.model.replace("/", "_") / measure.concept)
-    with locked(out):
-        progress = not args.no_progress
-        model = load_model(args.model)
-        splits = measure_splits(measure)
-        if measure.kind == "dailydilemmas":  # a search reads the target only: score the dilemmas that carry it
-            part = splits[args.split]
-            _, signs = part.label_signs([measure.target])
-            splits[args.split] = part.subset(part.ids[signs[:, 0] != 0])
-        if args.n_eval is not None:
-            if args.n_eval < 2:
-                raise SystemExit(f"error: --n-eval must be >= 2, got {args.n_eval}")
-            splits[args.split] = splits[args.split].head(args.n_eval)
-        selection = f"{args.split}{'' if args.n_eval is None else f'_n{len(splits[args.split])}'}"  # names what was scored
-        floor = stored_floor(model, measure, splits[args.split], out / f"floor_{selection}.json", progress=progress)
-        base = None
-        if measure.kind == "dailydilemmas":
-            from interp.protocol import base_scores
+    progress = not args.no_progress
+    model = load_model(args.model)
+    splits = measure_splits(measure)
+    if measure.kind == "dailydilemmas":  # a search reads the target only: score the dilemmas that carry it
+        part = splits[args.split]
+        _, signs = part.label_signs([measure.target])
+        splits[args.split] = part.subset(part.ids[signs[:, 0] != 0])
+    if args.n_eval is not None:
+        splits[args.split] = splits[args.split].head(args.n_eval)
+    selection = f"{args.split}{'' if args.n_eval is None else f'_n{len(splits[args.split])}'}"  # names what was scored
+    floor = stored_floor(model, measure, splits[args.split], out / f"floor_{selection}.json", progress=progress)
+    base = None
+    if measure.kind == "dailydilemmas":
+        from interp.protocol import base_scores
 
-            base = load_or_compute(out / f"base_{selection}.nc", lambda: base_scores(model, splits[args.split], progress=progress))
-        records = []
-        for (name, seed), config in tqdm(configs.items(), desc="recipes", disable=not progress):
-            records.append(run_recipe(model, name, config, measure, splits, out / name / f"seed_{seed}", split=args.split,
-                                      base=base, progress=progress))
-            table = search_table(finished_records(out, args.split))  # every finished run in the folder, this one's or not
-            header = (f"Recipe search, concept {measure.concept} ({measure.label}), {args.split} split, model {args.model}.\n\n"
-                      f"{floor_line(floor)}\n\n")
+        base = load_or_compute(out / f"base_{selection}.nc", lambda: base_scores(model, splits[args.split], progress=progress))
+    jobs = [(name, seed, config) for (name, seed), config in configs.items()]
+    jobs += [(f"[{b}]", seed, config) for b in args.baselines for seed, config in args.base_configs.items()]
+    records = []
+    header = (f"Recipe search, concept {measure.concept} ({measure.label}), {args.split} split, model {args.model}"
+              + (f"; *_at_budget: scaled to {args.budget:g} nats of next-token KL on the calibration prompts" if args.budget
+                 else "") + f".\n\n{floor_line(floor)}\n\n")
+    kw = dict(split=args.split, base=base, budget=args.budget, progress=progress)
+    try:
+        for name, seed, config in tqdm(jobs, desc="recipes", disable=not progress):
+            if name.startswith("["):
+                method = name[1:-1]
+                records.append(run_baseline(model, method, config, measure, splits, out / "baselines" / method / f"seed_{seed}", **kw))
+            else:
+                records.append(run_recipe(model, name, config, measure, splits, out / name / f"seed_{seed}", **kw))
+            table = search_table(finished_records(out, args.split), args.budget)  # every finished run in the folder
             write_text(out / f"table_{args.split}.md", header + table.to_markdown(index=False, floatfmt=".4g") + "\n")
             write_text(out / f"table_{args.split}.csv", table.to_csv(index=False))
-        ds = search_dataset(records, provenance(model, config={"recipes": {n: asdict(c) for (n, _), c in configs.items()}},
-                                                concept=measure.concept, split=args.split, floor_check=json.dumps(floor)))
-        written = {"dataset": write_netcdf(ds, out / f"recipe_search_{args.split}.nc"),
-                   "table": out / f"table_{args.split}.md"}
-        if args.figures:
-            from analyses._io import write_html
+    except RunLocked as err:
+        raise SystemExit(f"error: {err}") from None
+    ds = search_dataset(records, provenance(model, config={"recipes": {n: asdict(c) for (n, _), c in configs.items()},
+                                                           "baselines": args.baselines},
+                                            concept=measure.concept, split=args.split, floor_check=json.dumps(floor)),
+                        args.budget)
+    written = {"dataset": write_netcdf(ds, out / f"recipe_search_{args.split}.nc"), "table": out / f"table_{args.split}.md"}
+    if args.figures:
+        from analyses._io import write_html
 
-            written["figure"] = write_html(figure(ds), Path(args.figures) / "recipe_search.html")
-        print(search_table(records).to_markdown(index=False, floatfmt=".4g"))
-        return written
+        written["figure"] = write_html(figure(ds), Path(args.figures) / "recipe_search.html")
+    print(search_table(records, args.budget).to_markdown(index=False, floatfmt=".4g"))
+    return written
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.calibrate import next_token_kl
 from interp.data import (
     DEFAULT_CONCEPT,
     ContrastivePair,
@@ -133,6 +134,11 @@ class TrainConfig:
     coherence_temperature: float = 0.1
     ordering_weight: float = 1.0
     margin: float = 0.1
+    # read the loss's hidden state as the mean over the last n suffix tokens (1: the last token only)
+    last_tokens: int = 1
+    # weight of the mean next-token KL(base || steered) over every position of the training rows,
+    # at c = +1 and -1: the coherence cost the strength calibration matches, paid during training
+    kl_weight: float = 0.0
     # bookkeeping
     eval_batch_size: int = 16
     diagnostics_every: int = 10
@@ -149,11 +155,13 @@ class TrainConfig:
         if bad:
             raise ValueError(f"unknown module(s) {bad}; valid modules: {list(LINEAR_MODULES)}")
         for name in ("steps", "batch_size", "rank", "n_calibration", "n_validation", "eval_batch_size",
-                     "diagnostics_every", "checkpoint_every"):
+                     "diagnostics_every", "checkpoint_every", "last_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_calibration < 2:
             raise ValueError("n_calibration must be >= 2 (a direction needs two pairs)")
+        if not self.kl_weight >= 0:
+            raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
 
@@ -224,8 +232,10 @@ def _orientation(adapter, value: int):
         adapter.orientation = saved
 
 
-def _forward(model, batch: PairBatch, hook: str) -> tuple[Float[Tensor, "rows d_model"], Float[Tensor, "rows"]]:
-    """Last-token hidden state at ``hook`` and per-row next-token NLL (over real tokens)."""
+def _forward(model, batch: PairBatch, hook: str, *, last_tokens: int = 1, keep_logits: bool = False):
+    """Hidden state at ``hook`` read at the last token (or the mean of the last ``last_tokens``
+    suffix tokens) and per-row next-token NLL over real tokens; with ``keep_logits`` the
+    logits too: ``(h [rows, d_model], nll [rows][, logits [rows, pos, vocab]])``."""
     grabbed: list[Tensor] = []
 
     def grab(x: Tensor, hook) -> Tensor:
@@ -234,9 +244,22 @@ def _forward(model, batch: PairBatch, hook: str) -> tuple[Float[Tensor, "rows d_
 
     with model.hooks(fwd_hooks=[(hook, grab)]):
         logits = model(batch.tokens, attention_mask=batch.attention_mask)
-    rows = torch.arange(batch.tokens.shape[0], device=batch.tokens.device)
     nll, _ = token_nll(logits.float(), batch.tokens, batch.attention_mask)
-    return grabbed[-1][rows, batch.last].float(), nll
+    h = read_states(grabbed[-1], batch, last_tokens)
+    return (h, nll, logits) if keep_logits else (h, nll)
+
+
+def read_states(x: Float[Tensor, "rows pos d_model"], batch: PairBatch, last_tokens: int = 1) -> Float[Tensor, "rows d_model"]:
+    """The state a loss reads per row: at the last real token, or the mean over the last
+    ``last_tokens`` tokens of the assistant suffix (fewer where the suffix is shorter)."""
+    rows = torch.arange(x.shape[0], device=x.device)
+    if last_tokens == 1:
+        return x[rows, batch.last].float()
+    pos = torch.arange(x.shape[1], device=x.device)
+    window = batch.suffix_mask & (pos[None, :] > (batch.last[:, None] - last_tokens))
+    window[rows, batch.last] = True
+    w = window.to(torch.float32)
+    return torch.einsum("rp,rpd->rd", w, x.float()) / w.sum(1, keepdim=True)
 
 
 def _stack(batch: PairBatch, times: int) -> PairBatch:
@@ -291,6 +314,7 @@ def evaluate_separation(
     batch_size: int = 16,
     system: str | None = "",
     max_length: int | None = None,
+    last_tokens: int = 1,
     progress: bool = False,
 ) -> dict[str, float]:
     """Mean gap along ``direction`` and ΔNLL per coefficient on ``pairs`` (orientation applied).
@@ -307,7 +331,7 @@ def evaluate_separation(
         rows, n = chunk.tokens.shape[0], chunk.n_pairs
         coeff = torch.tensor([c for c in coeffs for _ in range(rows)], device=device)
         with adapter.steer(model, coeff):
-            h, nll = _forward(model, _stack(chunk, len(coeffs)), hook)
+            h, nll = _forward(model, _stack(chunk, len(coeffs)), hook, last_tokens=last_tokens)
         for k, c in enumerate(coeffs):
             hk = h[k * rows : (k + 1) * rows]
             sums[f"gap@{c:+g}"].append(gaps(hk[:n], hk[n:], direction, space, U))
@@ -341,11 +365,12 @@ def step_loss(
     separation summed over earlier steps (the guard's memory).
     """
     n, rows = batch.n_pairs, batch.tokens.shape[0]
+    kw = dict(last_tokens=config.last_tokens, keep_logits=config.kl_weight > 0)
     with torch.no_grad():
-        h_ref, nll_ref = _forward(model, batch, hook)
+        h_ref, nll_ref, *ref_logits = _forward(model, batch, hook, **kw)
     coeff = torch.cat([torch.ones(rows), -torch.ones(rows)]).to(batch.tokens.device)
     with adapter.steer(model, coeff):
-        h, nll = _forward(model, _stack(batch, 2), hook)
+        h, nll, *logits = _forward(model, _stack(batch, 2), hook, **kw)
     g_ref = gaps(h_ref[:n], h_ref[n:], direction, config.space, U)
     g_pos = gaps(h[:n], h[n:rows], direction, config.space, U)
     g_neg = gaps(h[rows : rows + n], h[rows + n :], direction, config.space, U)
@@ -361,6 +386,12 @@ def step_loss(
     order = ordering_loss(g_neg, g_ref, g_pos, proj.orientation, config.margin, scale=scale)
     coh, w = coherence_loss(nll[:rows], nll[rows:], nll_ref, config.tau, config.coherence_temperature)
     loss = proj.loss + config.coherence_weight * coh + config.ordering_weight * order
+    kls = {}
+    if config.kl_weight > 0:
+        kl_pos, kl_neg = (next_token_kl(ref_logits[0], logits[0][part], batch.attention_mask)
+                          for part in (slice(0, rows), slice(rows, None)))
+        loss = loss + config.kl_weight * (kl_pos + kl_neg) / 2
+        kls = {"kl_pos": float(kl_pos.detach()), "kl_neg": float(kl_neg.detach())}
     parts = {
         "loss": float(loss.detach()),
         "proj": float(proj.loss.detach()),
@@ -372,6 +403,7 @@ def step_loss(
         "dnll_neg": float((nll[rows:] - nll_ref).mean().detach()),
         "w_pos": float(w[0]),
         "w_neg": float(w[1]),
+        **kls,
     }
     return loss, parts
 
@@ -512,7 +544,7 @@ def _train(model, adapter, pairs, config: TrainConfig, out: Path | None, resume:
             h = []
             for i in range(0, len(calib), config.eval_batch_size):
                 b = tokenize_pairs(model.tokenizer, calib[i : i + config.eval_batch_size], **tok_kw).to(device)
-                hb, _ = _forward(model, b, hook)
+                hb, _ = _forward(model, b, hook, last_tokens=config.last_tokens)
                 h.append((hb[: b.n_pairs], hb[b.n_pairs :]))
             h_cho, h_rej = torch.cat([x for x, _ in h]), torch.cat([y for _, y in h])
             direction = preference_direction(h_cho, h_rej, config.space, U)
@@ -559,7 +591,7 @@ def _train(model, adapter, pairs, config: TrainConfig, out: Path | None, resume:
     adapter.orientation = orientation
     metrics = evaluate_separation(
         model, adapter, split.val[: config.n_validation], direction, hook=hook, space=config.space, U=U,
-        batch_size=config.eval_batch_size, progress=progress, **tok_kw,
+        batch_size=config.eval_batch_size, last_tokens=config.last_tokens, progress=progress, **tok_kw,
     )
     metrics["train_separation_mean"] = total / max(1, len(history))
     metrics["ordered"] = float(metrics["gap@-1"] < metrics["gap@+0"] < metrics["gap@+1"])

@@ -59,3 +59,33 @@ def mini_concept(tmp_path):
     path = tmp_path / "mini.json"
     path.write_text(json.dumps(concept))
     return path
+
+
+HOLD = """
+import sys, time
+from interp.store import run_lock
+with run_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture()
+def hold_folder():
+    """``hold_folder(path)`` locks ``path`` (:func:`interp.store.run_lock`) from another live process
+    and returns it; every such process is killed at teardown."""
+    import subprocess
+    import sys
+
+    procs = []
+
+    def hold(folder):
+        proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    yield hold
+    for proc in procs:
+        proc.kill()
+        proc.wait()

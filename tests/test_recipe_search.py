@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from analyses._io import load_dataset
@@ -26,7 +27,7 @@ def test_recipes_parse_into_train_configs():
 def test_search_end_to_end_and_resume(mini_concept, tmp_path):
     out = tmp_path / "out"
     args = ["--model", "tiny-random", "--concept", str(mini_concept), "--recipes", "single",
-            "--recipe", "band=layers=1:2;modules=attn.o,mlp.out;loss_layer=3", "--steps", "2", "--out", str(out),
+            "--recipe", "band=layers=1:2;modules=attn.o,mlp.out;loss_layer=3", "--steps", "2", "--no-budget", "--out", str(out),
             "--no-progress", "--figures", str(tmp_path / "fig")]
     written = main(args)
     table = search_table(finished_records(out, "validation"))
@@ -44,3 +45,51 @@ def test_search_end_to_end_and_resume(mini_concept, tmp_path):
     # the same recipe name with other settings is refused
     with pytest.raises(ValueError, match="other settings"):
         main([*args[:6], "--recipe", "band=layers=1:3;modules=attn.o,mlp.out;loss_layer=3", *args[8:]])
+
+
+def test_matched_budget_and_baselines_scored_alike(mini_concept, tmp_path):
+    """Every run is also scaled to a KL budget on the calibration prompts and scored there; baselines
+    (a vector and prompting) get the same columns; a finished run gains a new budget without retraining."""
+    from interp.calibrate import coherence_cost
+    from interp.measures import cost_tokens, measure_of, measure_splits
+    from interp.models import load_model
+    from interp.adapters.io import load_adapter
+
+    out = tmp_path / "out"
+    args = ["--model", "tiny-random", "--concept", str(mini_concept), "--recipes", "",
+            "--recipe", "band=layers=1:2;modules=attn.o,mlp.out;loss_layer=3;max_angle=1.0", "--steps", "2",
+            "--baselines", "mean_diff,prompt", "--budget", "0.001", "--out", str(out), "--no-progress", "--figures", ""]
+    main(args)
+    table = search_table(finished_records(out, "validation"), 0.001)
+    assert list(table["recipe"]) == ["band", "[mean_diff]", "[prompt]"]
+    band, vector, prompt = (table.iloc[i] for i in range(3))
+    for row in (band, vector):
+        assert row["reached_at_budget"] and 0 < row["coeff_at_budget"] < 16 and row["n_items"] == 3
+        assert np.isfinite(row["effect_at_budget"]) and np.isfinite(row["delta_nll_neg_at_budget"])
+    assert np.isnan(prompt["coeff_at_budget"])  # prompting has no continuous dose
+    # the coefficient found costs the budget: KL on the first calibration prompts, the larger of +c and -c
+    model = load_model("tiny-random")
+    measure = measure_of(mini_concept)
+    tokens, mask = cost_tokens(model, measure, measure_splits(measure)["calibration"].head(16))
+    adapter = load_adapter(model, out / "band" / "seed_0" / "adapter")
+    cost = coherence_cost(model, adapter, tokens, mask)
+    c = band["coeff_at_budget"]
+    assert max(cost(c), cost(-c)) == pytest.approx(0.001, rel=0.01)
+    adapter.detach()
+    # a second budget is added to the finished runs (adapter reused: its file is not rewritten)
+    saved = (out / "band" / "seed_0" / "adapter" / "adapter.json").stat().st_mtime_ns
+    main([*args[:-7], "--budget", "0.002", *args[-5:]])
+    record = json.loads((out / "band" / "seed_0" / "result.json").read_text())
+    assert set(record["budgets"]) == {"0.001", "0.002"} and record["budgets"]["0.002"]["coeff"] > c
+    assert (out / "band" / "seed_0" / "adapter" / "adapter.json").stat().st_mtime_ns == saved
+
+
+def test_parallel_searches_share_a_folder_but_not_a_run(mini_concept, tmp_path, hold_folder):
+    out = tmp_path / "out"
+    proc = hold_folder(out / "band" / "seed_0")
+    base = ["--model", "tiny-random", "--concept", str(mini_concept), "--steps", "2", "--no-budget", "--out", str(out),
+            "--no-progress", "--figures", ""]
+    main([*base, "--recipes", "single"])  # another run in the same folder goes ahead
+    assert (out / "single" / "seed_0" / "result.json").is_file()
+    with pytest.raises(SystemExit, match=f"pid {proc.pid}"):
+        main([*base, "--recipes", "", "--recipe", "band=layers=1:2;modules=attn.o,mlp.out;loss_layer=3"])

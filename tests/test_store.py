@@ -209,27 +209,11 @@ def test_run_config_recorded_then_checked(tmp_path):
 
 # --------------------------------------------------------------------------- one writer per folder
 
-HOLD = """
-import sys, time
-from interp.store import run_lock
-with run_lock(sys.argv[1]):
-    print("held", flush=True)
-    time.sleep(120)
-"""
-
-
 @pytest.fixture()
-def held_folder(tmp_path):
+def held_folder(tmp_path, hold_folder):
     """A results folder locked by another live process (killed at teardown)."""
-    import subprocess
-    import sys
-
     folder = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    yield folder, proc
-    proc.kill()
-    proc.wait()
+    return folder, hold_folder(folder)
 
 
 def test_a_second_writer_fails_at_once_naming_the_holder(held_folder):

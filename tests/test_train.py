@@ -346,3 +346,50 @@ def test_resume_from_a_checkpoint_without_config_is_refused(tiny, tmp_path):
             train(tiny, adapter, build_pairs(config), config, out=tmp_path, resume=True, progress=False)
     finally:
         adapter.detach()
+
+
+def test_read_states_averages_the_last_suffix_tokens():
+    from interp.data import PairBatch
+    from interp.train import read_states
+
+    x = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3)
+    # row 0: suffix at positions 2..4; row 1 (left padded): suffix at 3..4 only
+    suffix = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 1, 1]], dtype=torch.bool)
+    batch = PairBatch(tokens=torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 5, dtype=torch.long),
+                      last=torch.tensor([4, 4]), suffix_mask=suffix)
+    assert torch.equal(read_states(x, batch, 1), x[:, 4])
+    got = read_states(x, batch, 3)
+    assert torch.allclose(got[0], x[0, 2:5].mean(0)) and torch.allclose(got[1], x[1, 3:5].mean(0))  # the suffix bounds it
+
+
+@pytest.mark.parametrize("kind", ["toy", "innerpissa"])
+def test_kl_term_is_the_weighted_next_token_kl_of_both_directions(tiny, kind):
+    from interp.calibrate import next_token_kl
+    from interp.data import tokenize_pairs
+    from interp.losses import gap_scale
+    from interp.train import resid_hook, step_loss
+
+    sites = select_sites(tiny, layers=[1], modules=["mlp.out"])
+    adapter = ADAPTERS[kind](tiny, sites, 0)
+    try:
+        with torch.no_grad():  # move the adapter off its near-identity start so the KL is not ~0
+            for p in adapter.parameters():
+                p.add_(torch.randn_like(p) * 3.0)
+        config = TrainConfig(**SHORT)
+        batch = tokenize_pairs(tiny.tokenizer, build_pairs(config).train[:4], system="")
+        direction = torch.nn.functional.normalize(torch.randn(int(tiny.cfg.d_model)), dim=0)
+        kw = dict(hook=resid_hook(2))
+        plain, _ = step_loss(tiny, adapter, batch, direction, gap_scale(torch.ones(4)), config, **kw)
+        loss, parts = step_loss(tiny, adapter, batch, direction, gap_scale(torch.ones(4)), replace(config, kl_weight=2.0), **kw)
+        with torch.no_grad():
+            base = tiny(batch.tokens, attention_mask=batch.attention_mask)
+            expect = []
+            for c in (1.0, -1.0):
+                with adapter.steer(tiny, c):
+                    expect.append(float(next_token_kl(base, tiny(batch.tokens, attention_mask=batch.attention_mask),
+                                                      batch.attention_mask)))
+        assert parts["kl_pos"] == pytest.approx(expect[0], rel=1e-3) and parts["kl_neg"] == pytest.approx(expect[1], rel=1e-3)
+        assert min(expect) > 1e-4
+        assert float(loss - plain) == pytest.approx(2.0 * (expect[0] + expect[1]) / 2, rel=1e-3)
+    finally:
+        adapter.detach()
