@@ -38,7 +38,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from analyses._io import write_netcdf, write_text
-from interp.train import TrainConfig
+from interp.train import ADDED_SETTINGS, TrainConfig
 
 # Named recipes: TrainConfig overrides as "field=value;field=value" (see parse_recipe).
 # Every recipe names what it changes from the earlier single-site default, so the names keep
@@ -114,7 +114,7 @@ def run_recipe(model, name: str, config: TrainConfig, measure, splits: dict, fol
 
     done = folder / "result.json"
     with run_lock(folder):
-        check_run_config(folder, asdict(config))
+        check_run_config(folder, asdict(config), absent_means=ADDED_SETTINGS)
         record = json.loads(done.read_text()) if done.is_file() else None
         if record is not None and (budget is None or _budget_key(budget) in record.get("budgets", {})):
             return record
@@ -197,7 +197,7 @@ def run_baseline(model, method: str, config: TrainConfig, measure, splits: dict,
 
     done = folder / "result.json"
     with run_lock(folder):
-        check_run_config(folder, {"baseline": method, **asdict(config)})
+        check_run_config(folder, {"baseline": method, **asdict(config)}, absent_means=ADDED_SETTINGS)
         record = json.loads(done.read_text()) if done.is_file() else None
         want_budget = budget is not None and method != "prompt"  # prompting has no continuous dose
         if record is not None and (not want_budget or _budget_key(budget) in record.get("budgets", {})):

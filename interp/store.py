@@ -125,9 +125,15 @@ def load_or_compute(path: str | Path, compute: Callable[[], xr.Dataset]) -> xr.D
 RUN_CONFIG = "run_config.json"
 
 
-def config_differences(recorded: Mapping, current: Mapping, *, ignore: Sequence[str] = ()) -> dict[str, tuple]:
-    """``{key: (recorded, current)}`` for every setting that differs, compared as JSON would store them."""
+def config_differences(recorded: Mapping, current: Mapping, *, ignore: Sequence[str] = (),
+                       absent_means: Mapping | None = None) -> dict[str, tuple]:
+    """``{key: (recorded, current)}`` for every setting that differs, compared as JSON would store them.
+
+    ``absent_means`` gives, for settings added after a record was written, the value their
+    absence stands for (the behaviour before they existed), so old records still match.
+    """
     old, new = (json.loads(json.dumps(dict(c), default=str)) for c in (recorded, current))
+    old = {**json.loads(json.dumps(dict(absent_means or {}), default=str)), **old}
     keys = (set(old) | set(new)) - set(ignore)
     return {k: (old.get(k), new.get(k)) for k in sorted(keys) if old.get(k) != new.get(k)}
 
@@ -137,17 +143,18 @@ def said_differences(diff: Mapping[str, tuple], recorded_in: str) -> str:
     return ", ".join(f"{k} {a!r} {recorded_in}, {b!r} now" for k, (a, b) in diff.items())
 
 
-def check_run_config(folder: str | Path, config: Mapping, *, ignore: Sequence[str] = ()) -> None:
+def check_run_config(folder: str | Path, config: Mapping, *, ignore: Sequence[str] = (),
+                     absent_means: Mapping | None = None) -> None:
     """Record the settings a resumable result folder is made with, or check a re-run matches them.
 
     Resumable analyses skip what a folder already holds; without this check a re-run with
     other settings (more steps, another budget) would silently mix old and new results.
-    ``ignore`` names settings that only add work (more depths, more methods). Raises
-    ``ValueError`` naming the differing settings.
+    ``ignore`` names settings that only add work (more depths, more methods); ``absent_means``
+    is :func:`config_differences`'. Raises ``ValueError`` naming the differing settings.
     """
     path = Path(folder) / RUN_CONFIG
     if path.is_file():
-        diff = config_differences(json.loads(path.read_text()), config, ignore=ignore)
+        diff = config_differences(json.loads(path.read_text()), config, ignore=ignore, absent_means=absent_means)
         if diff:
             raise ValueError(f"{folder} holds results made with other settings ({said_differences(diff, 'there')}); "
                              "pass another --out, or delete the folder to start over")

@@ -412,6 +412,9 @@ def step_loss(
 
 # settings that only change logging and checkpoint cadence may differ on --resume
 RESUME_FREE = ("checkpoint_every", "diagnostics_every")
+# settings added after runs were first recorded, with the value that means "as before": a stored
+# config without them describes a run made with these values
+ADDED_SETTINGS = {"last_tokens": 1, "kl_weight": 0.0}
 
 
 def _checkpoint_state(adapter, opt, sched, step: int, direction: Tensor, scale: Tensor, history: list[dict],
@@ -530,7 +533,7 @@ def _train(model, adapter, pairs, config: TrainConfig, out: Path | None, resume:
             raise ValueError(f"{ckpt_path} was written on other base weights (hash {state['base_weight_hash']}, here "
                              f"{base_hash}): the same model spec now loads different weights; start afresh without --resume")
         # continuing with other settings would give an adapter neither run describes
-        diff = config_differences(state["config"], asdict(config), ignore=RESUME_FREE)
+        diff = config_differences(state["config"], asdict(config), ignore=RESUME_FREE, absent_means=ADDED_SETTINGS)
         if diff:
             raise ValueError(f"{ckpt_path} was written with other settings ({said_differences(diff, 'in the checkpoint')}); "
                              "resume with those or start afresh")

@@ -199,6 +199,10 @@ def test_run_config_recorded_then_checked(tmp_path):
 
     assert config_differences({"a": (1, 2), "b": None}, {"a": [1, 2], "b": None}) == {}  # as JSON stores them
     assert config_differences({"a": 1}, {"a": 2, "c": 3}) == {"a": (1, 2), "c": (None, 3)}
+    # a setting added later: its absence from an old record stands for the value it had before it existed
+    assert config_differences({"a": 1}, {"a": 1, "c": 0.0}, absent_means={"c": 0.0}) == {}
+    assert config_differences({"a": 1}, {"a": 1, "c": 2.0}, absent_means={"c": 0.0}) == {"c": (0.0, 2.0)}
+    assert config_differences({"a": 1, "c": 5}, {"a": 1, "c": 0.0}, absent_means={"c": 0.0}) == {"c": (5, 0.0)}
     check_run_config(tmp_path, {"steps": 6, "depths": (0.3,)}, ignore=("depths",))
     assert json.loads((tmp_path / RUN_CONFIG).read_text()) == {"steps": 6, "depths": [0.3]}
     check_run_config(tmp_path, {"steps": 6, "depths": (0.3, 0.6)}, ignore=("depths",))  # more work is fine
@@ -240,6 +244,7 @@ def test_the_lock_is_reentrant_in_one_process_and_released_after(tmp_path):
     import subprocess
     import sys
 
+    from conftest import HOLD
     from interp.store import run_lock
 
     with run_lock(tmp_path / "r"):
