@@ -80,6 +80,7 @@ from interp.sites import LINEAR_MODULES, Site, linear_of, parse_layers, resid_ho
 from interp.store import RunLocked, atomic_write, config_differences, run_lock, said_differences, write_text
 
 SCALINGS = ("mult", "add", "none")
+TARGETS = ("gap", "shift", "both")
 CHECKPOINT = "checkpoint.pt"
 LOG = "metrics.jsonl"
 
@@ -127,6 +128,7 @@ class TrainConfig:
     # loss
     space: str = "dHS"
     loss: str = "proj"
+    target: str = "gap"  # what the loss moves: the pairs' gaps, every row's own state ("shift"), or "both"
     loss_layer: int | float | None = 0.55
     beta: float = 1.0
     tau: float = 0.2
@@ -147,6 +149,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.space not in SPACES:
             raise ValueError(f"unknown space {self.space!r}; valid spaces: {list(SPACES)}")
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown target {self.target!r}; valid targets: {list(TARGETS)}")
         if self.loss not in LOSS_KINDS:
             raise ValueError(f"unknown loss {self.loss!r}; valid losses: {list(LOSS_KINDS)}")
         if self.scaling not in SCALINGS:
@@ -262,6 +266,27 @@ def read_states(x: Float[Tensor, "rows pos d_model"], batch: PairBatch, last_tok
     return torch.einsum("rp,rpd->rd", w, x.float()) / w.sum(1, keepdim=True)
 
 
+def loss_points(
+    h_pos: Float[Tensor, "rows d_model"], h_neg: Float[Tensor, "rows d_model"], h_ref: Float[Tensor, "rows d_model"],
+    n_pairs: int, target: str = "gap", space: str = "dHS", U: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """What the loss moves, at c = +1, -1 and 0, in the loss space: ``[items, k]`` each.
+
+    ``"gap"``: per pair, chosen minus rejected (ReprPO: the contrast; a shift that moves both
+    rows alike is invisible to it). ``"shift"``: every row itself (chosen and rejected), so
+    the loss rewards moving any prompt along the direction, as a steering vector does.
+    ``"both"``: the pairs' gaps followed by the rows.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; valid targets: {list(TARGETS)}")
+    out = []
+    for h in (h_pos, h_neg, h_ref):
+        x = to_space(h, space, U)
+        gap, rows = x[:n_pairs] - x[n_pairs:], x
+        out.append(gap if target == "gap" else rows if target == "shift" else torch.cat([gap, rows]))
+    return out[0], out[1], out[2]
+
+
 def _stack(batch: PairBatch, times: int) -> PairBatch:
     return PairBatch(*(torch.cat([t] * times) for t in (batch.tokens, batch.attention_mask, batch.last, batch.suffix_mask)))
 
@@ -371,15 +396,13 @@ def step_loss(
     coeff = torch.cat([torch.ones(rows), -torch.ones(rows)]).to(batch.tokens.device)
     with adapter.steer(model, coeff):
         h, nll, *logits = _forward(model, _stack(batch, 2), hook, **kw)
-    g_ref = gaps(h_ref[:n], h_ref[n:], direction, config.space, U)
-    g_pos = gaps(h[:n], h[n:rows], direction, config.space, U)
-    g_neg = gaps(h[rows : rows + n], h[rows + n :], direction, config.space, U)
+    # per item, at c = +1, -1, 0: its coordinates in the loss space and their value along the direction
+    points = loss_points(h[:rows], h[rows:], h_ref, n, config.target, config.space, U)
+    g_pos, g_neg, g_ref = (p @ direction.to(p.dtype) for p in points)
     if config.loss == "antisym":
         # the guard's orientation still comes from the separation (the ordering hinge needs it)
         proj = projection_loss(g_pos, g_neg, g_ref, "proj", scale=scale, prior=prior)
-        diffs = [to_space(a[:n], config.space, U) - to_space(a[n:rows], config.space, U)
-                 for a in (h[:rows], h[rows:], h_ref)]
-        proj = ProjectionTerm(loss=antisymmetry_loss(*diffs, direction), orientation=proj.orientation,
+        proj = ProjectionTerm(loss=antisymmetry_loss(*points, direction), orientation=proj.orientation,
                               separation=proj.separation)
     else:
         proj = projection_loss(g_pos, g_neg, g_ref, config.loss, beta=config.beta, scale=scale, prior=prior)
@@ -414,7 +437,7 @@ def step_loss(
 RESUME_FREE = ("checkpoint_every", "diagnostics_every")
 # settings added after runs were first recorded, with the value that means "as before": a stored
 # config without them describes a run made with these values
-ADDED_SETTINGS = {"last_tokens": 1, "kl_weight": 0.0}
+ADDED_SETTINGS = {"last_tokens": 1, "kl_weight": 0.0, "target": "gap"}
 
 
 def _checkpoint_state(adapter, opt, sched, step: int, direction: Tensor, scale: Tensor, history: list[dict],

@@ -393,3 +393,26 @@ def test_kl_term_is_the_weighted_next_token_kl_of_both_directions(tiny, kind):
         assert float(loss - plain) == pytest.approx(2.0 * (expect[0] + expect[1]) / 2, rel=1e-3)
     finally:
         adapter.detach()
+
+
+def test_loss_points_a_common_shift_is_invisible_to_the_gap_but_not_to_the_shift_target():
+    from interp.losses import projection_loss
+    from interp.train import loss_points
+
+    torch.manual_seed(0)
+    n, d = 3, 5
+    h_ref = torch.randn(2 * n, d)
+    direction = torch.nn.functional.normalize(torch.randn(d), dim=0)
+    # +c moves every row (chosen and rejected alike) along the direction; -c the other way
+    h_pos, h_neg = h_ref + 2.0 * direction, h_ref - 2.0 * direction
+    gap = loss_points(h_pos, h_neg, h_ref, n, "gap")
+    shift = loss_points(h_pos, h_neg, h_ref, n, "shift")
+    both = loss_points(h_pos, h_neg, h_ref, n, "both")
+    assert gap[0].shape == (n, d) and shift[0].shape == (2 * n, d) and both[0].shape == (3 * n, d)
+    assert torch.allclose(gap[2], h_ref[:n] - h_ref[n:]) and torch.equal(shift[2], h_ref)
+    assert torch.equal(both[0], torch.cat([gap[0], shift[0]]))
+    sep = {name: float(projection_loss(*(p @ direction for p in pts), scale=1.0).separation)
+           for name, pts in (("gap", gap), ("shift", shift))}
+    assert sep["gap"] == pytest.approx(0.0, abs=1e-5) and sep["shift"] == pytest.approx(4.0, rel=1e-5)
+    with pytest.raises(ValueError, match="valid targets"):
+        TrainConfig(target="rows")
