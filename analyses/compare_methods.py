@@ -43,17 +43,12 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from analyses._io import load_dataset, load_or_compute, resumable_run, write_html, write_netcdf, write_text
-from interp.baselines import ablation_configs
+from interp.adapters.innerpissa import ABLATIONS
 from interp.protocol import COLUMNS, ProtocolConfig
 from interp.provenance import provenance
 from interp.train import TrainConfig
 
-# InnerPiSSA ablations that differ from the full adapter (baselines.ablation_configs names
-# that equal the defaults are left out), plus the loss-space ablation.
-ABLATIONS: dict[str, dict] = {
-    name: cfg for name, cfg in ablation_configs().items()
-    if name not in ("full", "no_u_rotation", "additive_scaling", "rank_64")
-}
+# the InnerPiSSA ablations (interp.adapters.innerpissa.ABLATIONS) and the loss-space ablation
 TRAINED: tuple[str, ...] = ("innerpissa", *ABLATIONS, "loss_dHS@U", "lora")
 VECTORS: tuple[str, ...] = ("pca", "mean_diff", "s_mean_diff", "random")
 METHODS: tuple[str, ...] = (*TRAINED, *VECTORS, "prompt")
@@ -100,9 +95,9 @@ class CompareConfig:
         base = replace(TrainConfig(), model=self.model, steps=self.steps, n_pairs=self.n_pairs, concept=self.concept, seed=seed)
         if self.layers is not None:
             base = replace(base, layers=self.layers, loss_layer=None)
-        base = replace(base, **parse_recipe(self.recipe))
+        base = base.with_(**parse_recipe(self.recipe))
         if method in ABLATIONS:
-            return replace(base, **ABLATIONS[method])
+            return base.with_(**ABLATIONS[method])
         if method == "loss_dHS@U":
             return replace(base, space="dHS@U")
         return base
@@ -115,43 +110,20 @@ def fit_method(model, method: str, config: CompareConfig, seed: int, folder: Pat
                measure=None):
     """A fitted, sign-calibrated steering method (trained ones are saved under ``folder``)."""
     from interp.measures import prompt_method
-    from interp.protocol import calibrate_method_sign, fit_innerpissa, fit_vector_method
+    from interp.protocol import calibrate_method_sign, fit_adapter, fit_vector_method
 
     train_config = config.train_config(method, seed)
     if method == "prompt":
         from interp.baselines import PromptSteering
 
         m = prompt_method(measure) if measure is not None else PromptSteering()
-    elif method == "lora":
-        m = _fit_lora(model, train_config, folder, progress=progress)
     elif method in TRAINED:
-        return fit_innerpissa(model, train_config, folder, calibration, progress=progress, config=config.eval_config(seed),
-                              measure=measure)[0]
+        return fit_adapter(model, train_config, folder, kind="lora" if method == "lora" else "innerpissa",
+                           calibration=calibration, progress=progress, config=config.eval_config(seed), measure=measure)[0]
     else:
         m = fit_vector_method(model, method, train_config, seed)
     calibrate_method_sign(model, m, calibration, seed=seed, config=config.eval_config(seed), measure=measure)
     return m
-
-
-def _fit_lora(model, train_config: TrainConfig, folder: Path, *, progress: bool):
-    from interp.adapters.io import load_adapter, save_adapter
-    from interp.adapters.lora import LoRAConfig, attach
-    from interp.sites import select_sites
-    from interp.train import CHECKPOINT, build_pairs, train
-
-    saved = folder / "adapter"
-    if (saved / "adapter.json").is_file():
-        return load_adapter(model, saved)
-    sites = select_sites(model, layers=train_config.layers, modules=list(train_config.modules))
-    adapter = attach(model, sites, LoRAConfig(rank=8, seed=train_config.seed))
-    try:
-        result = train(model, adapter, build_pairs(train_config), train_config, out=folder,
-                       resume=(folder / CHECKPOINT).is_file(), progress=progress)
-        save_adapter(adapter, saved, extra={"training": result.training_extra()})
-    except BaseException:
-        adapter.detach()
-        raise
-    return adapter
 
 
 # --------------------------------------------------------------------------- one method

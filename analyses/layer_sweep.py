@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from analyses._io import load_dataset, load_or_compute, resumable_run, write_html, write_netcdf, write_text
 from interp.provenance import provenance
-from interp.sites import LINEAR_MODULES, depth_to_layer
+from interp.sites import LINEAR_MODULES, depth_to_layer, n_layers as layer_count
 from interp.train import TrainConfig
 
 DEFAULT_DEPTHS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -104,7 +104,7 @@ class SweepConfig:
             loss_layer = min(depth_to_layer(hi, n_layers) + 1, n_layers - 1)
         base = replace(TrainConfig(), model=self.model, layers=layers, modules=self.modules, steps=self.steps,
                        n_pairs=self.n_pairs, concept=self.concept, seed=self.seed, loss_layer=loss_layer)
-        return replace(base, **parse_recipe(self.recipe))
+        return base.with_(**parse_recipe(self.recipe))
 
 
 def run_dir(out: Path, depth: float) -> Path:
@@ -118,7 +118,7 @@ def run_depth(model, depth: float, config: SweepConfig, splits: dict, out: Path,
     The metrics are also written to ``<run>/eval.json``, which marks the depth as done.
     """
     from interp.evaluate import EvalConfig
-    from interp.protocol import fit_innerpissa, score_method, scored_metrics
+    from interp.protocol import fit_adapter, score_method, scored_metrics
 
     eval_config = EvalConfig(min_pmass=config.min_pmass, seed=config.seed)
     folder = run_dir(out, depth)
@@ -128,9 +128,9 @@ def run_depth(model, depth: float, config: SweepConfig, splits: dict, out: Path,
         # metrics re-derived from the stored scores (cheap; never stale)
         row = scored_metrics(load_dataset(folder / "eval.nc"), config.coeff, eval_config, measure)
         return {**record, **{k: row[k] for k in METRICS if k in row}}
-    n_layers = int(model.cfg.n_layers)
-    adapter, training = fit_innerpissa(model, config.train_config(depth, n_layers), folder, splits["calibration"],
-                                       coeff=config.coeff, progress=progress, config=eval_config, measure=measure)
+    n_layers = layer_count(model)
+    adapter, training = fit_adapter(model, config.train_config(depth, n_layers), folder, calibration=splits["calibration"],
+                                    coeff=config.coeff, progress=progress, config=eval_config, measure=measure)
     try:
         ds, row = score_method(model, adapter, splits["validation"], coeff=config.coeff, progress=progress,
                                config=eval_config, base=base, measure=measure)

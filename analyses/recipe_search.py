@@ -29,7 +29,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from analyses._io import write_netcdf, write_text
-from interp.train import ADDED_SETTINGS, TrainConfig
+from interp.train import ADAPTER_FIELDS, ADDED_SETTINGS, TRAIN_FIELDS, TrainConfig
 
 # Named recipes: TrainConfig overrides as "field=value;field=value" (see parse_recipe).
 # Every recipe names what it changes from the earlier single-site default, so the names keep
@@ -80,13 +80,13 @@ def _value(text: str):
 
 def parse_recipe(spec: str) -> dict:
     """``"layers=0.1:0.5;modules=attn.o,mlp.out;lr=0.02"`` -> TrainConfig overrides (names checked)."""
-    known = {f.name for f in fields(TrainConfig)}
+    known = set(TRAIN_FIELDS) | set(ADAPTER_FIELDS)
     out: dict = {}
     for part in filter(None, (p.strip() for p in spec.split(";"))):
         key, sep, value = part.partition("=")
         key = key.strip()
         if not sep or key not in known:
-            raise ValueError(f"bad recipe part {part!r}: write field=value with a TrainConfig field, one of {sorted(known)}")
+            raise ValueError(f"bad recipe part {part!r}: write field=value with a TrainConfig or adapter field, one of {sorted(known)}")
         out[key] = tuple(v.strip() for v in value.split(",") if v.strip()) if key in _TUPLES else (
             value.strip() if key == "layers" else _value(value.strip()))
     return out
@@ -94,7 +94,7 @@ def parse_recipe(spec: str) -> dict:
 
 def recipe_config(base: TrainConfig, spec: str, seed: int) -> TrainConfig:
     """``base`` with the recipe's overrides and the seed."""
-    return replace(base, **parse_recipe(spec), seed=seed)
+    return base.with_(**parse_recipe(spec), seed=seed)
 
 
 # --------------------------------------------------------------------------- one run
@@ -110,16 +110,17 @@ def run_recipe(model, name: str, config: TrainConfig, measure, splits: dict, fol
     without retraining. ``folder`` is held for this run only, so searches in parallel
     processes can share one results folder.
     """
+    from interp.protocol import fit_adapter
     from interp.store import check_run_config, run_lock
 
     done = folder / "result.json"
     with run_lock(folder):
-        check_run_config(folder, asdict(config), absent_means=ADDED_SETTINGS)
+        check_run_config(folder, config.record(), absent_means=ADDED_SETTINGS)
         record = json.loads(done.read_text()) if done.is_file() else None
         if record is not None and (budget is None or _budget_key(budget) in record.get("budgets", {})):
             return record
         t0 = time.perf_counter()
-        adapter, training = _trained_adapter(model, config, measure, folder, progress=progress)
+        adapter, training = fit_adapter(model, config, folder, measure=measure, progress=progress)
         try:
             if record is None:
                 ds, table = score_measure_at(model, adapter, measure, splits[split], 1.0, seed=config.seed, base=base,
@@ -138,26 +139,6 @@ def run_recipe(model, name: str, config: TrainConfig, measure, splits: dict, fol
             adapter.detach()
         write_text(done, json.dumps(record, indent=1, default=str))
         return record
-
-
-def _trained_adapter(model, config: TrainConfig, measure, folder: Path, *, progress: bool):
-    """The run's saved adapter, or a freshly trained and sign-calibrated one (saved) -> ``(adapter, training record)``."""
-    from interp.adapters.io import load_adapter, read_adapter_config, save_adapter
-    from interp.measures import calibrate_concept_sign
-    from interp.train import CHECKPOINT, train_adapter
-
-    saved = folder / "adapter"
-    if (saved / "adapter.json").is_file():
-        return load_adapter(model, saved), read_adapter_config(saved).get("training", {})
-    adapter, result = train_adapter(model, None, config, out=folder, resume=(folder / CHECKPOINT).is_file(), progress=progress)
-    try:
-        calibrate_concept_sign(model, adapter, measure, seed=config.seed)
-        training = result.training_extra()
-        save_adapter(adapter, saved, extra={"training": training})
-    except BaseException:
-        adapter.detach()
-        raise
-    return adapter, training
 
 
 def _budget_key(budget: float) -> str:
@@ -197,7 +178,7 @@ def run_baseline(model, method: str, config: TrainConfig, measure, splits: dict,
 
     done = folder / "result.json"
     with run_lock(folder):
-        check_run_config(folder, {"baseline": method, **asdict(config)}, absent_means=ADDED_SETTINGS)
+        check_run_config(folder, {"baseline": method, **config.record()}, absent_means=ADDED_SETTINGS)
         record = json.loads(done.read_text()) if done.is_file() else None
         want_budget = budget is not None and method != "prompt"  # prompting has no continuous dose
         if record is not None and (not want_budget or _budget_key(budget) in record.get("budgets", {})):
@@ -413,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
             write_text(out / f"table_{args.split}.csv", table.to_csv(index=False))
     except RunLocked as err:
         raise SystemExit(f"error: {err}") from None
-    ds = search_dataset(records, provenance(model, config={"recipes": {n: asdict(c) for (n, _), c in configs.items()},
+    ds = search_dataset(records, provenance(model, config={"recipes": {n: c.record() for (n, _), c in configs.items()},
                                                            "baselines": args.baselines},
                                             concept=measure.concept, split=args.split, floor_check=json.dumps(floor)),
                         args.budget)

@@ -197,9 +197,9 @@ def _train_runs(model_spec: str, depths: Sequence[float], steps: int, out: Path,
     """Small standalone runs (when no sweep output exists): one adapter per depth."""
     from dataclasses import replace
 
-    from interp.adapters.io import save_adapter
     from interp.models import load_model
-    from interp.train import TrainConfig, train_adapter
+    from interp.protocol import fit_adapter
+    from interp.train import TrainConfig
 
     model = load_model(model_spec)
     folders = []
@@ -210,9 +210,7 @@ def _train_runs(model_spec: str, depths: Sequence[float], steps: int, out: Path,
             config = replace(TrainConfig(), model=model_spec, layers=f"{depth:g}", modules=("mlp.out",), loss_layer=None,
                              steps=steps, n_pairs=200,
                              n_validation=8, n_calibration=8, diagnostics_every=max(1, steps // 4))
-            adapter, result = train_adapter(model, None, config, out=folder, progress=progress)
-            save_adapter(adapter, folder / "adapter", extra={"training": result.training_extra()})
-            adapter.detach()
+            fit_adapter(model, config, folder, calibrate=False, progress=progress)[0].detach()
         folders.append(folder)
     return folders
 

@@ -25,21 +25,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 import xarray as xr
-from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from analyses._io import locked, add_common_args, analysis_layers, load_dataset, result_folder, write_html, write_netcdf
 from interp.geometry import METRICS, SPACES, GeometryConfig, left_singular_basis, space_metrics
-from interp.sites import Site, linear_of, parse_layers, resid_hook
-from interp.store import Runner
+from interp.backends import backend_of
+from interp.baselines import last_token_hidden
+from interp.sites import Site, linear_of, parse_layers
 
 DEFAULT_FIGURES = "figures"
 FIGURE_PANELS: tuple[tuple[str, str], ...] = (
@@ -50,46 +49,15 @@ FIGURE_PANELS: tuple[tuple[str, str], ...] = (
 )
 
 
-@torch.no_grad()
-def last_token_states(
-    run: Runner, batch, layers: Sequence[int], *, d_model: int, batch_size: int = 16, progress: bool = True
-) -> Float[Tensor, "layer rows d_model"]:
-    """Residual stream after each layer at each row's last real token (one pass per batch, all layers read).
+def site_weight(model, layer: int) -> Tensor:
+    """The raw ``mlp.out`` weight of ``layer`` (for ``U``), refused where the weights are not here (remote nnsight)."""
+    w = linear_of(model, Site(layer, "mlp.out")).weight
+    if w.is_meta:
+        from interp.backends.nnsight import RemoteUnavailable
 
-    ``run`` is an :data:`interp.store.Runner` (bridge hooks or an nnsight trace) reading the
-    ``blocks.L.hook_resid_post`` sites.
-    """
-    rows = batch.tokens.shape[0]
-    out = torch.zeros(len(layers), rows, d_model)
-    for start in tqdm(range(0, rows, batch_size), desc="hidden states", disable=not progress, leave=False):
-        sl = slice(start, start + batch_size)
-        found = run(batch.tokens[sl], batch.attention_mask[sl], 0.0)
-        idx = torch.arange(batch.tokens[sl].shape[0])
-        for i, layer in enumerate(layers):
-            out[i, sl] = found[resid_hook(layer)][idx, batch.last[sl]].float()
-    return out
-
-
-def _backend(model) -> tuple[int, int, Callable[[list[str]], Runner], Callable[[int], Tensor], str]:
-    """``(n_layers, d_model, hooks -> runner, layer -> raw mlp.out weight, backend name)`` for a
-    TransformerBridge or an nnsight model (which keeps its HF model as ``_module``)."""
-    if hasattr(model, "_module"):
-        from interp.backends.nnsight import RemoteUnavailable, module_of, nnsight_runner
-
-        def weight(layer: int) -> Tensor:
-            w = module_of(model, Site(layer, "mlp.out")).weight
-            if w.is_meta:
-                raise RemoteUnavailable("space_compare needs the mlp.out weights (for U) here; this nnsight model "
-                                        "holds none (built with remote=True): use a local one")
-            return w
-
-        config = model._module.config
-        return (int(config.num_hidden_layers), int(config.hidden_size), lambda hooks: nnsight_runner(model, hooks),
-                weight, "nnsight")
-    from interp.store import bridge_runner
-
-    return (int(model.cfg.n_layers), int(model.cfg.d_model), lambda hooks: bridge_runner(model, hooks),
-            lambda layer: linear_of(model, Site(layer, "mlp.out")).weight, "bridge")
+        raise RemoteUnavailable("space_compare needs the mlp.out weights (for U) here; this model holds none "
+                                "(an nnsight model built with remote=True): use a local one")
+    return w
 
 
 def compare_dataset(
@@ -107,20 +75,21 @@ def compare_dataset(
     from interp.data import make_pairs, tokenize_pairs
     from interp.provenance import provenance
 
-    n_layers, d_model, runner, weight, backend = _backend(model)
+    backend = backend_of(model)
+    n_layers, d_model = backend.n_layers, backend.d_model
     layers = list(range(n_layers)) if layers is None else parse_layers(list(layers), n_layers)
     if not 1 <= rank < d_model:
         raise ValueError(f"rank must lie in 1..{d_model - 1} (d_model = {d_model}; r = d makes every space the same), got {rank}")
     pairs = make_pairs(concept, n_pairs=n_pairs, seed=config.seed)
     if len(pairs) < config.folds:
         raise ValueError(f"only {len(pairs)} pairs for concept {concept!r}: need at least folds={config.folds}")
-    batch = tokenize_pairs(model.tokenizer, pairs, padding_side="left")
+    batch = tokenize_pairs(backend.tokenizer, pairs, padding_side="left")
     n = batch.n_pairs
-    states = last_token_states(runner([resid_hook(layer) for layer in layers]), batch, layers, d_model=d_model, batch_size=batch_size, progress=progress)
+    states = last_token_hidden(backend, batch.tokens, batch.attention_mask, layers, batch_size=batch_size, progress=progress)
     values = np.full((len(layers), len(SPACES), len(METRICS)), np.nan)
     for i, layer in enumerate(tqdm(layers, desc="space metrics", disable=not progress)):
-        U_r = left_singular_basis(weight(layer), rank)
-        metrics = space_metrics(states[i, :n], states[i, n:], U_r, config)
+        U_r = left_singular_basis(site_weight(backend, layer), rank)
+        metrics = space_metrics(states[layer][:n], states[layer][n:], U_r, config)
         for j, space in enumerate(SPACES):
             values[i, j] = [metrics[space][m] for m in METRICS]
     ds = xr.Dataset(
@@ -137,7 +106,6 @@ def compare_dataset(
         config={**asdict(config), "rank": rank, "n_pairs": n, "concept": concept},
         seed=config.seed,
         analysis="space_compare",
-        backend=backend,
         rank=rank,
         d_model=d_model,
         expected_random_energy=rank / d_model,
@@ -217,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
             from interp.models import load_model
 
             model = load_model(args.model)
-        n_layers, d_model, *_ = _backend(model)
+        n_layers, d_model = backend_of(model).n_layers, backend_of(model).d_model
         layers = analysis_layers(args.layers, n_layers, quick=args.quick)
         n_pairs, draws, folds = args.n_pairs, args.draws, args.folds
         if args.quick:

@@ -11,7 +11,6 @@ The target: default training within 10 minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
 import torch
 from bench_train import time_train_step  # benchmarks/ is on sys.path when run as a script
@@ -35,7 +34,7 @@ def main(argv=None) -> float:
     pairs = build_pairs(config).train
     batch = tokenize_pairs(model.tokenizer, pairs[: config.batch_size], system=config.system, max_length=config.max_length)
     t_default, n_default = time_train_step(model, config, batch, pairs, args.repeats)
-    t_single, n_single = time_train_step(model, replace(config, **SINGLE), batch, pairs, args.repeats)
+    t_single, n_single = time_train_step(model, config.with_(**SINGLE), batch, pairs, args.repeats)
     ratio = t_default / t_single
     print(f"model {args.model}, batch {config.batch_size} pairs, torch threads {torch.get_num_threads()}")
     print(f"default recipe ({n_default} sites)  {t_default:.3f} s/step -> {config.steps} steps {config.steps * t_default / 60:.1f} min")

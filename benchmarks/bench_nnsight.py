@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interp.backends.nnsight import collect as nn_collect
 from interp.backends.nnsight import load_nnsight
 from interp.models import load_model
 from interp.sites import n_layers
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
             return collect(bridge, Path(tmp) / f"b{next(runs)}", enc.input_ids, enc.attention_mask, sites, **kw)
 
         def run_nn() -> Path:
-            return nn_collect(nn_model, Path(tmp) / f"n{next(runs)}", enc.input_ids, enc.attention_mask, sites, **kw)
+            return collect(nn_model, Path(tmp) / f"n{next(runs)}", enc.input_ids, enc.attention_mask, sites, **kw)
 
         run_bridge(), run_nn()  # warm-up (first-call costs: lazy imports, allocator)
         t_bridge = _time(run_bridge, args.repeats)

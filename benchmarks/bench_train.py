@@ -19,7 +19,7 @@ import argparse
 import torch
 from _timing import median_time  # benchmarks/ is on sys.path when run as a script
 
-from interp.adapters.innerpissa import InnerPiSSAConfig, attach
+from interp.adapters.innerpissa import attach
 from interp.data import tokenize_pairs
 from interp.losses import gap_scale, gaps, preference_direction, token_nll
 from interp.models import load_model
@@ -32,7 +32,7 @@ def time_train_step(model, config: TrainConfig, batch, pairs, repeats: int) -> t
     adapter at ``config``'s sites and rank; returns ``(seconds, number of sites)``."""
     sites = select_sites(model, layers=config.layers, modules=list(config.modules))
     hook = resid_hook(loss_layer_of(model, sites, config.loss_layer))
-    adapter = attach(model, sites, InnerPiSSAConfig(rank=config.rank, max_angle=config.max_angle))
+    adapter = attach(model, sites, config.adapter_config())
     try:
         with torch.no_grad():
             h, _ = _forward(model, tokenize_pairs(model.tokenizer, pairs[:16], system=config.system), hook)
@@ -61,7 +61,7 @@ def main(argv=None) -> float:
     args = p.parse_args(argv)
     torch.manual_seed(0)
     model = load_model(args.model)
-    config = TrainConfig(model=args.model, batch_size=args.batch_size, rank=args.rank)
+    config = TrainConfig.of(model=args.model, batch_size=args.batch_size, rank=args.rank)
     pairs = build_pairs(config).train
     batch = tokenize_pairs(model.tokenizer, pairs[: args.batch_size], system=config.system, max_length=config.max_length)
 

@@ -22,15 +22,11 @@ shell that reads last-token residual states from a model. Vector methods expose
 ``vectors: dict[int, Tensor]`` (layer -> ``[d_model]``) so other backends (nnsight) can
 apply them.
 
-:func:`ablation_configs` lists the InnerPiSSA ablations (keyword arguments for
-``InnerPiSSAConfig``) and :func:`ablation_train_options` the loss-space ablation
-(dHS vs dHS@U), which is a training option rather than an adapter option.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -38,9 +34,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.backends import backend_of, run
 from interp.data import last_token_index
 from interp.sites import resid_hook
-from interp.steering import Coeff, Messages, SteeringMethod, as_row_coeff
+from interp.interventions import AddToResidual, Edits, is_zero
+from interp.steering import Coeff, Messages, SteeringMethod
 
 # --------------------------------------------------------------------------- pure maths
 
@@ -57,7 +55,7 @@ def _check_pairs(h_cho: Tensor, h_rej: Tensor) -> None:
 
 def mean_diff_direction(
     h_cho: Float[Tensor, "n d_model"], h_rej: Float[Tensor, "n d_model"]
-) -> Float[Tensor, "d_model"]:
+) -> Float[Tensor, " d_model"]:
     """Mean of ``chosen - rejected`` (CAA). Not normalised: its norm is the typical gap."""
     _check_pairs(h_cho, h_rej)
     return (h_cho.double() - h_rej.double()).mean(0).to(h_cho.dtype)
@@ -65,7 +63,7 @@ def mean_diff_direction(
 
 def pca_direction(
     h_cho: Float[Tensor, "n d_model"], h_rej: Float[Tensor, "n d_model"], *, center: bool = True
-) -> Float[Tensor, "d_model"]:
+) -> Float[Tensor, " d_model"]:
     """Unit first principal component of the pair differences, signed toward ``chosen``.
 
     ``center=True`` reproduces repeng's ``pca_diff`` (sklearn's PCA subtracts the mean
@@ -89,7 +87,7 @@ def pca_direction(
     return direction.to(h_cho.dtype)
 
 
-def random_direction(dim: int, norm: float, seed: int) -> Float[Tensor, "dim"]:
+def random_direction(dim: int, norm: float, seed: int) -> Float[Tensor, " dim"]:
     """A uniformly random direction in ``R^dim`` with length ``norm``, fixed by ``seed``."""
     if dim < 1:
         raise ValueError(f"dim must be positive, got {dim}")
@@ -120,27 +118,17 @@ def last_token_hidden(
     """
     if tokens.shape != attention_mask.shape:
         raise ValueError(f"tokens {tuple(tokens.shape)} and attention_mask {tuple(attention_mask.shape)} differ")
-    n_layers = int(model.cfg.n_layers)
-    bad = [L for L in layers if not 0 <= L < n_layers]
+    backend = backend_of(model)
+    bad = [L for L in layers if not 0 <= L < backend.n_layers]
     if bad or not layers:
-        raise ValueError(f"layers {list(layers)} invalid: choose from 0..{n_layers - 1}")
+        raise ValueError(f"layers {list(layers)} invalid: choose from 0..{backend.n_layers - 1}")
     out: dict[int, list[Tensor]] = {L: [] for L in layers}
-    device = next(model.parameters()).device
     for start in tqdm(range(0, tokens.shape[0], batch_size), desc="hidden states", disable=not progress, leave=False):
-        ids = tokens[start : start + batch_size].to(device)
-        mask = attention_mask[start : start + batch_size].to(device)
-        last = last_token_index(mask)
-        rows = torch.arange(ids.shape[0], device=device)
-
-        def grab(layer: int):
-            def hook(x: Tensor, hook) -> Tensor:
-                out[layer].append(x[rows, last].detach().float().cpu())
-                return x
-
-            return hook
-
-        with model.hooks(fwd_hooks=[(resid_hook(L), grab(L)) for L in layers]):
-            model(ids, attention_mask=mask)
+        ids, mask = tokens[start : start + batch_size], attention_mask[start : start + batch_size]
+        states = run(backend, ids, mask, read=[resid_hook(L) for L in layers]).states
+        for L in layers:
+            x = states[resid_hook(L)]
+            out[L].append(x[torch.arange(x.shape[0], device=x.device), last_token_index(mask).to(x.device)].float().cpu())
     return {L: torch.cat(out[L]) for L in layers}
 
 
@@ -187,22 +175,11 @@ class VectorSteering(SteeringMethod):
     def layers(self) -> list[int]:
         return list(self.vectors)
 
-    @contextmanager
-    def steer(self, model, coeff: Coeff) -> Iterator[None]:
+    def edits(self, coeff: Coeff) -> Edits:
         c = self.effective(coeff)
-        if isinstance(c, float) and c == 0.0:
-            yield  # c = 0 is the untouched model: install nothing
-            return
-
-        def add(vector: Tensor):
-            def hook(x: Tensor, hook) -> Tensor:
-                row_c = as_row_coeff(c, x.shape[0], x)
-                return x + row_c * vector.to(x.device, x.dtype)
-
-            return hook
-
-        with model.hooks(fwd_hooks=[(resid_hook(L), add(v)) for L, v in self.vectors.items()]):
-            yield
+        if is_zero(c):
+            return ()  # c = 0 is the untouched model: nothing to install
+        return tuple(AddToResidual(L, v, c) for L, v in self.vectors.items())
 
     def norms(self) -> dict[int, float]:
         return {L: float(v.norm()) for L, v in self.vectors.items()}
@@ -295,6 +272,7 @@ class SSpaceMeanDiff(VectorSteering):
     @classmethod
     def fit(cls, model, chosen, rejected, layers, *, batch_size: int = 16, rank: int = 64,
             module: str = "mlp.out") -> SSpaceMeanDiff:
+        from interp.geometry import left_singular_basis
         from interp.sites import Site, linear_of
 
         if chosen[0].shape[0] != rejected[0].shape[0]:
@@ -303,11 +281,11 @@ class SSpaceMeanDiff(VectorSteering):
         h_rej = last_token_hidden(model, *rejected, layers, batch_size=batch_size)
         vectors = {}
         for L in h_cho:
-            W = linear_of(model, Site(L, module)).weight.detach().double()
+            W = linear_of(model, Site(L, module)).weight
             if W.shape[0] != h_cho[L].shape[1]:
                 raise ValueError(f"{module} at layer {L} does not write to the residual stream (weight {tuple(W.shape)}); "
                                  "use attn.o or mlp.out")
-            U = torch.linalg.svd(W, full_matrices=False).U[:, :rank]
+            U = left_singular_basis(W, rank)
             m = mean_diff_direction(h_cho[L], h_rej[L]).double()
             vectors[L] = (U @ (U.T @ m.to(U.device))).float()
         return cls(vectors, model_spec=getattr(model, "spec", None), options={"rank": rank, "module": module})
@@ -389,37 +367,3 @@ class PromptSteering(SteeringMethod):
 
     def config(self) -> dict:
         return {**super().config(), "wording": asdict(self.wording)}
-
-
-# --------------------------------------------------------------------------- ablations
-
-
-def ablation_configs() -> dict[str, dict]:
-    """InnerPiSSA ablations as keyword arguments for ``InnerPiSSAConfig`` (full = defaults).
-
-    ``InnerPiSSAConfig(**ablation_configs()[name])`` builds each one; the names are the
-    row labels of the ablation table.
-    """
-    return {
-        "full": {},
-        "no_v_rotation": {"rotate_v": False},
-        "no_u_rotation": {"rotate_u": False},  # the default already has U off; kept for the table
-        "with_u_rotation": {"rotate_u": True},
-        "no_s_scaling": {"scaling": "none"},
-        "additive_scaling": {"scaling": "add"},
-        "multiplicative_scaling": {"scaling": "mult"},
-        "rank_8": {"rank": 8},
-        "rank_32": {"rank": 32},
-        "rank_64": {"rank": 64},
-        "rank_128": {"rank": 128},
-    }
-
-
-def ablation_train_options() -> dict[str, dict]:
-    """Loss-space ablation: where the ReprPO separation is read (a train-config option).
-
-    ``dHS`` is the hidden-state difference itself; ``dHS@U`` its coordinates on the
-    adapted site's left singular vectors (:data:`interp.losses.SPACES`). The key is the
-    training config's ``space`` field; pass these as overrides to the train config.
-    """
-    return {"loss_dhs": {"space": "dHS"}, "loss_dhs_u": {"space": "dHS@U"}}

@@ -226,12 +226,14 @@ def coherence_cost(
     """
     if kind not in COST_KINDS:
         raise ValueError(f"unknown cost kind {kind!r}; choose one of {list(COST_KINDS)}")
+    from interp.backends import run
+
     with torch.no_grad():
-        base = model(tokens, attention_mask=attention_mask)
+        base = run(model, tokens, attention_mask).logits
 
     def cost(c: float) -> float:
-        with torch.no_grad(), method.steer(model, float(c)):
-            steered = model(tokens, attention_mask=attention_mask)
+        with torch.no_grad():
+            steered = run(model, tokens, attention_mask, method.edits(float(c))).logits
         total = 0.0
         if "kl" in kind:
             total += float(next_token_kl(base, steered, attention_mask))

@@ -96,23 +96,21 @@ def join_negative_values(argv: Sequence[str], options: Sequence[str]) -> list[st
     return out
 
 
-def fraction(text: str) -> float:
-    """An argparse type: a number in [0, 1]."""
+def _float(text: str, ok, rule: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
+        raise argparse.ArgumentTypeError(f"expected a number that {rule}, got {text!r}") from None
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"must {rule}, got {value}")
     return value
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    return _float(text, lambda v: 0.0 <= v <= 1.0, "lie in [0, 1]")
 
 
 def positive_float(text: str) -> float:
     """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
-    return value
+    return _float(text, lambda v: v > 0, "be finite and > 0")

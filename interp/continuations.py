@@ -56,6 +56,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.backends import run
 from interp.calibrate import bootstrap_ci, three_way_split
 from interp.data import concepts_dir
 from interp.evaluate import delta_nll_rows, dose_response
@@ -224,13 +225,14 @@ def encode_rows(
 
 def masked_next_token_logp(
     logits: Float[Tensor, "row pos vocab"], tokens: Int[Tensor, "row pos"], pair: Bool[Tensor, "row pos_1"],
-) -> tuple[Float[Tensor, "row"], Int[Tensor, "row"]]:
+) -> tuple[Float[Tensor, " row"], Int[Tensor, " row"]]:
     """Per row: mean ``log p(token[t+1] | ..t)`` over positions ``t`` where ``pair[t]``, and their count.
 
     Only the selected positions go through log-softmax (memory: n_selected x vocab).
     """
+    tokens, pair = tokens.to(logits.device), pair.to(logits.device)
     logp = -F.cross_entropy(logits[:, :-1][pair].float(), tokens[:, 1:][pair], reduction="none")
-    sums = torch.zeros(len(tokens), dtype=logp.dtype).index_add_(0, pair.nonzero()[:, 0], logp)
+    sums = logp.new_zeros(len(tokens)).index_add_(0, pair.nonzero()[:, 0], logp)
     counts = pair.sum(-1)
     return sums / counts.clamp_min(1), counts
 
@@ -247,7 +249,7 @@ def read_rows(
     """
     logp, _ = masked_next_token_logp(logits, tokens, cont_mask[:, 1:])
     neg_nll, counts = masked_next_token_logp(logits, tokens, nll_mask[:, :-1] & nll_mask[:, 1:])
-    return logp.numpy(), (-neg_nll).numpy(), counts.numpy()
+    return tuple(t.detach().cpu().numpy() for t in (logp, -neg_nll, counts))
 
 
 # --------------------------------------------------------------------------- scoring (model shells)
@@ -270,8 +272,7 @@ def _score_coeff(model, method: SteeringMethod, coeff: float, items: Continuatio
         chats = [method.messages(base[r], coeff) for r in rows]
         tokens, mask, cont_mask, nll_mask = encode_rows(model.tokenizer, chats + chats,
                                                         [pos[r] for r in rows] + [neg[r] for r in rows])
-        with method.steer(model, coeff):
-            logits = model(tokens, attention_mask=mask)
+        logits = run(model, tokens, mask, method.edits(coeff)).logits
         logp, nll, counts = read_rows(logits, tokens, cont_mask, nll_mask)
         k = len(rows)
         # the prompt span is the same text in both rows: its NLL agrees up to padding noise

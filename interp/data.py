@@ -237,7 +237,7 @@ class PairBatch:
 
     tokens: Int[Tensor, "rows pos"]
     attention_mask: Int[Tensor, "rows pos"]
-    last: Int[Tensor, "rows"]
+    last: Int[Tensor, " rows"]
     suffix_mask: Bool[Tensor, "rows pos"]
 
     @property
@@ -248,7 +248,7 @@ class PairBatch:
         return PairBatch(*(t.to(device) for t in (self.tokens, self.attention_mask, self.last, self.suffix_mask)))
 
 
-def last_token_index(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch"]:
+def last_token_index(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, " batch"]:
     """Index of the last real token per row; works for left and right padding."""
     if attention_mask.ndim != 2:
         raise ValueError(f"attention_mask must be [batch, pos], got shape {tuple(attention_mask.shape)}")

@@ -75,6 +75,7 @@ from scipy import stats
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.backends import run
 from interp.calibrate import bootstrap_ci
 from interp.dilemmas import TARGET, Dilemmas
 from interp.provenance import provenance
@@ -172,16 +173,17 @@ def read_choice(
     ``nll`` is the mean next-token NLL over predictions whose position and target both lie
     in ``nll_mask`` (``calibrate.delta_nll``'s convention), ``nll_tokens`` their count.
     """
+    tokens, nll_mask = tokens.to(logits.device), nll_mask.to(logits.device)
     logp = torch.log_softmax(logits[:, -1].float(), -1)
     lyes, lno = torch.logsumexp(logp[:, list(yes)], -1), torch.logsumexp(logp[:, list(no)], -1)
     pmass = lyes.exp() + lno.exp()
     pair = nll_mask[:, :-1].bool() & nll_mask[:, 1:].bool()
     # Only the span's positions go through log-softmax (memory: n_span x vocab, not batch x pos x vocab).
     per_token = F.cross_entropy(logits[:, :-1][pair].float(), tokens[:, 1:][pair], reduction="none")
-    sums = torch.zeros(len(tokens), dtype=per_token.dtype).index_add_(0, pair.nonzero()[:, 0], per_token)
+    sums = per_token.new_zeros(len(tokens)).index_add_(0, pair.nonzero()[:, 0], per_token)
     counts = pair.sum(-1)
     nll = sums / counts.clamp_min(1)
-    return (lyes - lno).numpy(), pmass.numpy(), nll.numpy(), counts.numpy()
+    return tuple(t.detach().cpu().numpy() for t in (lyes - lno, pmass, nll, counts))
 
 
 @torch.no_grad()
@@ -197,8 +199,7 @@ def _score_coeff(model, method: SteeringMethod, coeff: float, dilemmas: Dilemmas
         rows = order[i : i + config.batch_size]
         batch = [method.messages(base_chats[r], coeff) for r in rows]
         tokens, mask, nll_mask = encode(model.tokenizer, batch)
-        with method.steer(model, coeff):
-            logits = model(tokens, attention_mask=mask)
+        logits = run(model, tokens, mask, method.edits(coeff)).logits
         out[:, rows] = read_choice(logits, tokens, nll_mask, yes, no)
         bar.update(len(batch) / len(QUESTIONS))
     return out.reshape(4, len(QUESTIONS), len(dilemmas))
@@ -261,8 +262,7 @@ def score_dilemmas(
                 "dilemma": dilemmas.ids.astype(np.int64), "label": labels},
     )
     add_choice_variables(ds)
-    hashed = getattr(model, "nn_model", model)  # the nnsight evaluation wrapper keeps its model here
-    ds.attrs.update(provenance(hashed, config=method.config(), seed=config.seed, target=config.target,
+    ds.attrs.update(provenance(model, config=method.config(), seed=config.seed, target=config.target,
                                eval_config=asdict(config), nan_rows=int((~valid).sum()), min_pmass=config.min_pmass,
                                data_files=getattr(dilemmas, "sources", {})))
     return ds

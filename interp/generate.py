@@ -34,6 +34,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.backends import backend_of, run
 from interp.steering import Messages, NoSteering, SteeringMethod
 
 VECTOR_METHODS = ("pca", "mean_diff", "s_mean_diff", "random")
@@ -95,34 +96,16 @@ def kv_cache_passthrough(model) -> Iterator[None]:
 
 def eos_ids(model) -> set[int]:
     """Token ids that end a continuation: the tokenizer's EOS and the generation config's."""
+    backend = backend_of(model)
     ids: set[int] = set()
-    tok_eos = getattr(model.tokenizer, "eos_token_id", None)
+    tok_eos = getattr(backend.tokenizer, "eos_token_id", None)
     if tok_eos is not None:
         ids.add(int(tok_eos))
-    hf = model._module if _is_nnsight(model) else getattr(model, "original_model", None)
-    gen = getattr(hf, "generation_config", None)
+    gen = getattr(backend.hf_model(), "generation_config", None)
     cfg_eos = getattr(gen, "eos_token_id", None)
     if cfg_eos is not None:
         ids.update(int(i) for i in (cfg_eos if isinstance(cfg_eos, (list, tuple)) else [cfg_eos]))
     return ids
-
-
-def _is_nnsight(model) -> bool:
-    from interp.backends.nnsight import is_nnsight
-
-    return is_nnsight(model)
-
-
-def _logits(model, ids: Tensor, mask: Tensor) -> Tensor:
-    if _is_nnsight(model):
-        from interp.backends.nnsight import nnsight_logits
-
-        return nnsight_logits(model, ids, mask)
-    return model(ids, attention_mask=mask)
-
-
-def _device(model) -> torch.device:
-    return next((model._module if _is_nnsight(model) else model).parameters()).device
 
 
 def _next_token(logits: Float[Tensor, "batch vocab"], config: GenerateConfig, generator: torch.Generator | None) -> Tensor:
@@ -145,17 +128,19 @@ def decode(
     attention_mask: Int[Tensor, "batch pos"],
     config: GenerateConfig = GenerateConfig(),
     *,
+    eos: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
-) -> tuple[Int[Tensor, "batch new"], Int[Tensor, "batch"]]:
-    """Continue left-padded prompts with the model as it is now (hooks included), KV-cached.
+) -> tuple[Int[Tensor, "batch new"], Int[Tensor, " batch"]]:
+    """Continue left-padded prompts with the bridge as it is now (hooks included), KV-cached.
 
     Returns the new tokens (``PAD`` after each row's end; the EOS token is kept) and each
-    row's length. Steering is whatever is active around the call.
+    row's length. Steering is whatever is active around the call (see
+    :meth:`interp.backends.Backend.decode`, which applies a method's edits around it).
     """
-    device = _device(model)
+    device = backend_of(model).device
     ids, mask = tokens.to(device), attention_mask.to(device)
-    stop = torch.tensor(sorted(eos_ids(model)), device=device, dtype=torch.long)
+    stop = torch.tensor(sorted(eos_ids(model) if eos is None else eos), device=device, dtype=torch.long)
     batch = ids.shape[0]
     out = torch.full((batch, config.max_new_tokens), PAD, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -188,16 +173,15 @@ def continuation_nll(
     tokens: Int[Tensor, "batch pos"],
     attention_mask: Int[Tensor, "batch pos"],
     new_tokens: Int[Tensor, "batch new"],
-    lengths: Int[Tensor, "batch"],
-) -> Float[Tensor, "batch"]:
+    lengths: Int[Tensor, " batch"],
+) -> Float[Tensor, " batch"]:
     """Mean NLL (nats/token) of each continuation after its prompt, under the model as it is now."""
-    device = _device(model)
     n_new = new_tokens.shape[1]
     steps = torch.arange(n_new)
     new_mask = (steps[None] < lengths[:, None]).long()
-    ids = torch.cat([tokens, new_tokens.clamp(min=0)], 1).to(device)
-    mask = torch.cat([attention_mask, new_mask], 1).to(device)
-    logp = torch.log_softmax(_logits(model, ids, mask).float(), -1)
+    ids = torch.cat([tokens, new_tokens.clamp(min=0)], 1)
+    mask = torch.cat([attention_mask, new_mask], 1)
+    logp = torch.log_softmax(run(model, ids, mask).logits.float(), -1)
     start = tokens.shape[1]
     # logits at position t predict token t + 1
     pred = logp[:, start - 1 : start - 1 + n_new].cpu()
@@ -246,6 +230,8 @@ def generate(
     if not coeffs:
         raise ValueError("no coefficients given, e.g. -1,0,1")
     method = method or NoSteering()
+    backend = backend_of(model)
+    eos = sorted(eos_ids(backend))
     rows = [(p, c) for p in range(len(prompts)) for c in coeffs]
     base_chats = [prompt_chat(prompts[p], config.system) for p, _ in rows]
     chats = [method.messages(chat, c) for chat, (_, c) in zip(base_chats, rows)]
@@ -257,17 +243,9 @@ def generate(
     for start in tqdm(chunks, desc="batches", disable=not progress or len(chunks) == 1, leave=False):
         part = slice(start, start + config.batch_size)
         ids, mask = tokenize_chats(model, chats[part])
-        c = torch.tensor([c for _, c in rows[part]], dtype=torch.float32)
-        if _is_nnsight(model):  # the same method, as the nnsight backend's steering tensors
-            from interp.backends.nnsight import nnsight_generate, steering_from
-
-            new, lengths = nnsight_generate(model, ids, mask, steering_from(method, c), max_new_tokens=config.max_new_tokens,
-                                            sample=config.sample, temperature=config.temperature, top_p=config.top_p,
-                                            seed=config.seed + start, eos=sorted(eos_ids(model)))
-            new = new[:, : int(lengths.max())]
-        else:
-            with method.steer(model, c):
-                new, lengths = decode(model, ids, mask, config, generator=generator, progress=progress)
+        c = torch.tensor([c for _, c in rows[part]], dtype=torch.float32, device=backend.device)
+        new, lengths = backend.decode(ids, mask, method.edits(c), config, eos=eos, generator=generator,
+                                      seed=config.seed + start, progress=progress)
         base_ids, base_mask = tokenize_chats(model, base_chats[part])
         nll += continuation_nll(model, base_ids, base_mask, new, lengths).tolist()
         new_rows += [new[i, : int(lengths[i])].tolist() for i in range(new.shape[0])]

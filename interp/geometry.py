@@ -59,11 +59,26 @@ def orthonormal(basis: Float[Tensor, "d r"]) -> Float[Tensor, "d r"]:
     return torch.linalg.qr(basis.double(), mode="reduced").Q
 
 
+def top_svd(weight: Float[Tensor, "d_out d_in"], rank: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Float64 top-``rank`` SVD ``(U [d_out, r], S [r], V [d_in, r])`` of a raw weight, on the CPU.
+
+    Singular vectors are defined only up to a joint sign per pair; the sign is canonical
+    (each ``U`` column's largest entry positive), so a basis means the same on every machine.
+    The one SVD of a site's weight in the project (adapters, loss spaces, baselines, analyses).
+    """
+    d_out, d_in = weight.shape
+    if not 1 <= rank <= min(d_out, d_in):
+        raise ValueError(f"rank must lie in 1..{min(d_out, d_in)} for a {d_out}x{d_in} weight, got {rank}")
+    u, s, vh = torch.linalg.svd(weight.detach().to("cpu", torch.float64), full_matrices=False)
+    u, s, v = u[:, :rank], s[:rank], vh[:rank].T
+    flip = torch.sign(u.gather(0, u.abs().argmax(0, keepdim=True)))
+    flip[flip == 0] = 1
+    return u * flip, s, v * flip
+
+
 def left_singular_basis(weight: Float[Tensor, "d_out d_in"], rank: int) -> Float[Tensor, "d_out r"]:
-    """Top-``rank`` left singular vectors of a raw weight (float64 SVD; the adapter's ``U``)."""
-    if not 1 <= rank <= min(weight.shape):
-        raise ValueError(f"rank must lie in 1..{min(weight.shape)} for a {tuple(weight.shape)} weight, got {rank}")
-    return torch.linalg.svd(weight.detach().double(), full_matrices=False).U[:, :rank]
+    """Top-``rank`` left singular vectors of a raw weight (:func:`top_svd`'s ``U``; the adapter's ``U``)."""
+    return top_svd(weight, rank)[0]
 
 
 def random_basis(d: int, r: int, seed: int = 0) -> Float[Tensor, "d r"]:

@@ -59,7 +59,7 @@ def preference_direction(
     U: Float[Tensor, "d_model r"] | None = None,
     *,
     center: bool = False,
-) -> Float[Tensor, "k"]:
+) -> Float[Tensor, " k"]:
     """Unit first principal component of the differences ``D = φ(h_cho) − φ(h_rej)``.
 
     ``d = argmax_{|v|=1} |D v|²`` (top right singular vector of ``D``, or of ``D − mean(D)``
@@ -83,10 +83,10 @@ def preference_direction(
 def gaps(
     h_cho: Float[Tensor, "n d_model"],
     h_rej: Float[Tensor, "n d_model"],
-    direction: Float[Tensor, "k"],
+    direction: Float[Tensor, " k"],
     space: Space = "dHS",
     U: Float[Tensor, "d_model r"] | None = None,
-) -> Float[Tensor, "n"]:
+) -> Float[Tensor, " n"]:
     """Per-pair gap ``(φ(h_cho) − φ(h_rej)) · d``."""
     diff = to_space(h_cho, space, U) - to_space(h_rej, space, U)
     if diff.shape[-1] != direction.shape[0]:
@@ -94,7 +94,7 @@ def gaps(
     return diff @ direction.to(diff.dtype)
 
 
-def gap_scale(gap_ref: Float[Tensor, "n"], eps: float = 1e-6) -> Float[Tensor, ""]:
+def gap_scale(gap_ref: Float[Tensor, " n"], eps: float = 1e-6) -> Float[Tensor, ""]:
     """``mean |gap(0)|`` (detached): the unit in which separations are measured, so the
     loss does not depend on the hidden-state scale of the model or layer."""
     return gap_ref.detach().abs().mean().clamp_min(eps)
@@ -110,9 +110,9 @@ class ProjectionTerm:
 
 
 def projection_loss(
-    gap_pos: Float[Tensor, "n"],
-    gap_neg: Float[Tensor, "n"],
-    gap_ref: Float[Tensor, "n"],
+    gap_pos: Float[Tensor, " n"],
+    gap_neg: Float[Tensor, " n"],
+    gap_ref: Float[Tensor, " n"],
     kind: str = "proj",
     *,
     beta: float = 1.0,
@@ -149,7 +149,7 @@ def antisymmetry_loss(
     diff_pos: Float[Tensor, "n k"],
     diff_neg: Float[Tensor, "n k"],
     diff_ref: Float[Tensor, "n k"],
-    direction: Float[Tensor, "k"],
+    direction: Float[Tensor, " k"],
     eps: float = 1e-8,
 ) -> Float[Tensor, ""]:
     """Anti-parallel, normalised shifts along the preference direction.
@@ -175,9 +175,9 @@ def antisymmetry_loss(
 
 
 def ordering_loss(
-    gap_neg: Float[Tensor, "n"],
-    gap_ref: Float[Tensor, "n"],
-    gap_pos: Float[Tensor, "n"],
+    gap_neg: Float[Tensor, " n"],
+    gap_ref: Float[Tensor, " n"],
+    gap_pos: Float[Tensor, " n"],
     orientation: int = 1,
     margin: float = 0.1,
     *,
@@ -203,7 +203,7 @@ def token_nll(
     logits: Float[Tensor, "batch pos vocab"],
     tokens: Int[Tensor, "batch pos"],
     mask: Int[Tensor, "batch pos"] | Bool[Tensor, "batch pos"],
-) -> tuple[Float[Tensor, "batch"], Float[Tensor, "batch"]]:
+) -> tuple[Float[Tensor, " batch"], Float[Tensor, " batch"]]:
     """Mean next-token NLL per row over scored tokens, and the number of tokens scored.
 
     Token ``t`` (``t ≥ 1``) is scored when ``mask[t]`` and ``mask[t−1]`` are both set (it
@@ -216,12 +216,12 @@ def token_nll(
 
 
 def coherence_loss(
-    nll_pos: Float[Tensor, "rows"],
-    nll_neg: Float[Tensor, "rows"],
-    nll_ref: Float[Tensor, "rows"],
+    nll_pos: Float[Tensor, " rows"],
+    nll_neg: Float[Tensor, " rows"],
+    nll_ref: Float[Tensor, " rows"],
     tau: float = 0.2,
     temperature: float = 0.1,
-) -> tuple[Float[Tensor, ""], Float[Tensor, "2"]]:
+) -> tuple[Float[Tensor, ""], Float[Tensor, " 2"]]:
     """Penalty on the NLL increase of the policy over the reference, per direction.
 
     Per row ``ΔNLL = nll(c) − nll(0)`` (per-token means, from :func:`token_nll`)::

@@ -81,7 +81,7 @@ def neuron_vocab_moments(
     *,
     vocab_chunk: int = 8192,
     neuron_chunk: int = 2048,
-) -> tuple[Float[Tensor, "n"], Float[Tensor, "n"]]:
+) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"]]:
     """Skew and kurtosis (not excess) over the vocabulary of each neuron's cosine with ``W_U``'s columns.
 
     ``cos[i, v] = <w_i, u_v> / (|w_i| |u_v|)``; the moments are population moments over ``v``
@@ -158,7 +158,7 @@ def activation_signs(mean_activations: Float[Tensor, "*shape"]) -> Float[Tensor,
 
 def processed_unembed(
     W_U: Float[Tensor, "d_model vocab"],
-    norm_scale: Float[Tensor, "d_model"] | None = None,
+    norm_scale: Float[Tensor, " d_model"] | None = None,
     *,
     center: bool = True,
 ) -> Float[Tensor, "d_model vocab"]:
@@ -175,7 +175,7 @@ def processed_unembed(
 
 def processed_out(
     W_down: Float[Tensor, "d_model d_mlp"],
-    signs: Float[Tensor, "d_mlp"] | None = None,
+    signs: Float[Tensor, " d_mlp"] | None = None,
     *,
     center: bool = False,
 ) -> Float[Tensor, "d_mlp d_model"]:
@@ -233,7 +233,7 @@ def model_unembed(model, config: NeuronConfig = NeuronConfig()) -> Float[Tensor,
 
 
 def layer_output_weights(
-    model, layer: int, signs: Float[Tensor, "d_mlp"] | None = None, config: NeuronConfig = NeuronConfig()
+    model, layer: int, signs: Float[Tensor, " d_mlp"] | None = None, config: NeuronConfig = NeuronConfig()
 ) -> Float[Tensor, "d_mlp d_model"]:
     """Processed output directions of layer ``layer``'s MLP neurons (rows)."""
     center = _is_layernorm(model) if config.center_out is None else config.center_out
@@ -255,31 +255,24 @@ def mean_neuron_activations(
     ``tokens`` are already chat-templated ids (no BOS is added). One forward pass per batch
     hooks every requested layer.
     """
-    n_layers = int(model.cfg.n_layers)
-    layers = list(range(n_layers)) if layers is None else parse_layers(list(layers), n_layers)
+    from interp.backends import run
+    from interp.sites import n_layers
+
+    total = n_layers(model)
+    layers = list(range(total)) if layers is None else parse_layers(list(layers), total)
     if tokens.shape != attention_mask.shape:
         raise ValueError(f"tokens {tuple(tokens.shape)} and attention_mask {tuple(attention_mask.shape)} differ in shape")
     sums: dict[int, Tensor] = {}
     count = 0.0
-    mask_now: list[Tensor] = []
-
-    def grab(layer: int):
-        def fn(x: Tensor, hook) -> Tensor:
-            m = mask_now[0].to(x.dtype)[..., None]
-            total = (x.detach().double() * m.double()).sum((0, 1))
-            sums[layer] = sums.get(layer, 0) + total
-            return x
-
-        return fn
-
-    hooks = [(f"blocks.{layer}.mlp.out.hook_in", grab(layer)) for layer in layers]
+    hooks = {layer: f"blocks.{layer}.mlp.out.hook_in" for layer in layers}
     starts = range(0, tokens.shape[0], batch_size)
     for start in tqdm(starts, desc="mean activations", disable=not progress, leave=False):
-        tok = tokens[start : start + batch_size]
         mask = attention_mask[start : start + batch_size]
-        mask_now[:] = [mask]
-        with model.hooks(fwd_hooks=hooks):
-            model(tok, attention_mask=mask)
+        states = run(model, tokens[start : start + batch_size], mask, read=list(hooks.values())).states
+        for layer, name in hooks.items():
+            x = states[name]
+            m = mask.to(x.device, torch.float64)[..., None]
+            sums[layer] = sums.get(layer, 0) + (x.double() * m).sum((0, 1)).cpu()
         count += float(mask.sum())
     if count == 0:
         raise ValueError("no real tokens: the attention mask is all zeros")
@@ -346,7 +339,7 @@ def top_directions(delta_weight: Float[Tensor, "d_out d_in"], k: int) -> Float[T
 
 def subspace_energy(
     vectors: Float[Tensor, "n d"], basis: Float[Tensor, "d k"]
-) -> Float[Tensor, "n"]:
+) -> Float[Tensor, " n"]:
     """Fraction of each vector's squared norm inside ``span(basis)`` (basis orthonormalised first)."""
     if vectors.shape[-1] != basis.shape[0]:
         raise ValueError(f"vectors have width {vectors.shape[-1]} but the basis lives in {basis.shape[0]} dims")
@@ -355,7 +348,7 @@ def subspace_energy(
     return (v @ Q).pow(2).sum(1) / v.pow(2).sum(1).clamp_min(1e-300)
 
 
-def max_abs_cosine(vectors: Float[Tensor, "n d"], directions: Float[Tensor, "d k"]) -> Float[Tensor, "n"]:
+def max_abs_cosine(vectors: Float[Tensor, "n d"], directions: Float[Tensor, "d k"]) -> Float[Tensor, " n"]:
     """For each vector, the largest |cosine| with any of the ``k`` directions."""
     v = vectors.double()
     d = directions.double()

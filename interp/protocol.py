@@ -13,9 +13,10 @@
 4. Scoring on one named split at ``-c, 0, +c`` (:func:`score_method`); the test split is
    touched once per final configuration, and every result says which split it is from.
 
-:func:`fit_innerpissa` wraps training for the analyses: it resumes or reloads what is
-on disk, calibrates the sign and saves the adapter with its training and calibration
-records, so a loaded adapter means "+c = more of the concept" without re-running.
+:func:`fit_adapter` is the one fit of every trained method (InnerPiSSA, LoRA), for the
+training CLI and the analyses alike: it trains (resuming or reloading what is on disk),
+calibrates the sign and saves the adapter with its training and calibration records, so a
+loaded adapter means "+c = more of the concept" without re-running.
 """
 
 from __future__ import annotations
@@ -174,24 +175,44 @@ def metrics_row(row) -> dict[str, float]:
     return {key: float(row[col]) if col in row and row[col] is not None else math.nan for col, key in COLUMNS.items()}
 
 
-def fit_innerpissa(model, train_config, folder: str | Path, calibration, *, coeff: float = 1.0, progress: bool = True,
-                   config=None, measure=None):
-    """Train an InnerPiSSA adapter into ``folder`` (resuming), calibrate its sign, save it.
+TRAINED_KINDS: tuple[str, ...] = ("innerpissa", "lora")
 
-    If ``folder/adapter`` already holds a saved adapter it is loaded instead. Returns
-    ``(adapter, training_record)`` with the adapter attached to ``model``.
+
+def fit_adapter(model, train_config, folder: str | Path, *, kind: str = "innerpissa", calibration=None, measure=None,
+                calibrate: bool = True, coeff: float = 1.0, resume: bool | None = None, config=None,
+                progress: bool = True):
+    """Train an adapter into ``folder``, calibrate its sign, save it: the one fit of every trained method.
+
+    ``kind``: ``"innerpissa"`` (the config's rank, rotations, scaling, bound) or ``"lora"`` (rank 8,
+    a baseline), at the config's layers and modules. ``resume=None`` reuses what ``folder`` holds
+    (a saved adapter is loaded; a checkpoint is continued), as the analyses want; ``False``
+    trains afresh, ``True`` continues from the checkpoint (the training CLI). The sign is
+    calibrated on ``calibration`` (default: the calibration split of ``measure``, default the
+    concept's own) unless ``calibrate`` is False. The saved json carries the training record
+    and the calibration. Returns ``(adapter, training record)``, the adapter attached to
+    ``model``; a failure before the save detaches it again.
     """
     from interp.adapters.io import load_adapter, read_adapter_config, save_adapter
-    from interp.train import CHECKPOINT, train_adapter
+    from interp.sites import select_sites
+    from interp.train import CHECKPOINT, build_pairs, train
 
+    if kind not in TRAINED_KINDS:
+        raise ValueError(f"unknown adapter kind {kind!r}; choose from {list(TRAINED_KINDS)}")
     folder = Path(folder)
     saved = folder / "adapter"
-    if (saved / "adapter.json").is_file():
+    if resume is None and (saved / "adapter.json").is_file():
         return load_adapter(model, saved), read_adapter_config(saved).get("training", {})
-    adapter, result = train_adapter(model, None, train_config, out=folder, resume=(folder / CHECKPOINT).is_file(),
-                                    progress=progress)
+    sites = select_sites(model, layers=train_config.layers, modules=list(train_config.modules))
+    adapter = attach_adapter(model, sites, train_config, kind)
     try:
-        calibrate_method_sign(model, adapter, calibration, coeff, seed=train_config.seed, config=config, measure=measure)
+        result = train(model, adapter, build_pairs(train_config), train_config, out=folder,
+                       resume=(folder / CHECKPOINT).is_file() if resume is None else resume, progress=progress)
+        if calibrate and calibration is None:
+            from interp.measures import calibrate_concept_sign
+
+            calibrate_concept_sign(model, adapter, measure or train_config.concept, coeff=coeff, seed=train_config.seed)
+        elif calibrate:
+            calibrate_method_sign(model, adapter, calibration, coeff, seed=train_config.seed, config=config, measure=measure)
         training = result.training_extra()
         save_adapter(adapter, saved, extra={"training": training})
     except BaseException:
@@ -200,20 +221,31 @@ def fit_innerpissa(model, train_config, folder: str | Path, calibration, *, coef
     return adapter, training
 
 
+def attach_adapter(model, sites, train_config, kind: str = "innerpissa"):
+    """A fresh adapter of ``kind`` at ``sites``, built as the training config says (see :func:`fit_adapter`)."""
+    if kind == "lora":
+        from interp.adapters.lora import LoRAConfig, attach
+
+        return attach(model, sites, LoRAConfig(rank=8, seed=train_config.seed))
+    from interp.adapters.innerpissa import attach
+
+    return attach(model, sites, train_config.adapter_config())
+
+
 def fit_vector_method(model, method: str, train_config, seed: int):
     """A steering-vector baseline (``pca``, ``mean_diff``, ``s_mean_diff``, ``random``) fitted on the
     training config's concept pairs at its layers, as every comparison fits it."""
     from interp import baselines
     from interp.data import tokenize_pairs
-    from interp.sites import parse_layers
+    from interp.sites import n_layers, parse_layers
     from interp.train import build_pairs
 
-    layers = parse_layers(train_config.layers, int(model.cfg.n_layers))
+    layers = parse_layers(train_config.layers, n_layers(model))
     pairs = build_pairs(train_config).train[: max(train_config.n_calibration, 64)]
     batch = tokenize_pairs(model.tokenizer, pairs, system=train_config.system, max_length=train_config.max_length)
     cls = {"pca": baselines.PCASteering, "mean_diff": baselines.MeanDiff, "s_mean_diff": baselines.SSpaceMeanDiff,
            "random": baselines.RandomDirection}[method]
-    kwargs = {"seed": seed} if method == "random" else {"rank": train_config.rank} if method == "s_mean_diff" else {}
+    kwargs = {"seed": seed} if method == "random" else {"rank": train_config.adapter.rank} if method == "s_mean_diff" else {}
     return cls.fit_pairs(model, batch, layers, **kwargs)
 
 

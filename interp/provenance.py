@@ -86,9 +86,9 @@ def provenance(
 ) -> dict[str, Attr]:
     """Flat provenance attrs: model spec and weight hash, sites, config, seed, versions, commit, time.
 
-    ``model`` is a TransformerBridge (``.spec``, ``.original_model``), a plain HF model, an
-    nnsight wrapper of one, or ``None``. The weight hash is computed from the HF state dict
-    each call (no global cache); pass ``weight_hash=`` when it is already known.
+    ``model`` is a TransformerBridge, an nnsight model or a backend (whose weight hash is
+    computed once, :attr:`interp.backends.Backend.weight_hash`), a plain HF model (hashed
+    here), or ``None``; pass ``weight_hash=`` when it is already known.
     ``extra`` keys are added as they are (structured values JSON-encoded).
     """
     attrs: dict[str, Attr] = {
@@ -107,9 +107,16 @@ def provenance(
         "nnsight_version": package_version("nnsight"),
     }
     if model is not None:
-        attrs["model_spec"] = str(getattr(model, "spec", "") or getattr(model, "name_or_path", "") or "")
-        if not weight_hash:
-            attrs["weight_hash"] = model_weight_hash(model)
+        if isinstance(model, nn.Module) and not hasattr(model, "cfg"):  # a plain Hugging Face model
+            attrs["model_spec"] = str(getattr(model, "spec", "") or getattr(model, "name_or_path", "") or "")
+            attrs["weight_hash"] = weight_hash or model_weight_hash(model)
+        else:
+            from interp.backends import backend_of
+
+            backend = backend_of(model)
+            attrs["model_spec"] = backend.spec
+            attrs["weight_hash"] = weight_hash or backend.weight_hash
+            attrs.setdefault("backend", backend.name)
     for key, value in extra.items():
         attrs[key] = to_attr(value)
     return attrs

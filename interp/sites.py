@@ -57,7 +57,10 @@ class Site:
 
 
 def n_layers(model) -> int:
-    return int(model.cfg.n_layers)
+    """The number of blocks of a model (bridge, nnsight model or backend)."""
+    from interp.backends import backend_of
+
+    return backend_of(model).n_layers
 
 
 def resid_hook(layer: int) -> str:
@@ -177,15 +180,14 @@ def select_sites(
 
 
 def linear_of(model, site: Site | str) -> nn.Linear:
-    """The raw Hugging Face ``nn.Linear`` behind a site (the module adapters decompose)."""
+    """The raw Hugging Face ``nn.Linear`` behind a site (the module adapters decompose), on any backend."""
+    from interp.backends import backend_of
+
     site = Site.parse(site) if isinstance(site, str) else site
-    if not 0 <= site.layer < n_layers(model):
-        raise ValueError(f"layer {site.layer} out of range: the model has layers 0..{n_layers(model) - 1}")
-    try:
-        bridge_module = model.get_submodule(site.name)
-    except AttributeError:
-        raise ValueError(f"this model has no module {site.name!r}; valid modules: {list(LINEAR_MODULES)}") from None
-    linear = getattr(bridge_module, "original_component", bridge_module)
+    backend = backend_of(model)
+    if not 0 <= site.layer < backend.n_layers:
+        raise ValueError(f"layer {site.layer} out of range: the model has layers 0..{backend.n_layers - 1}")
+    linear = backend.linear(site)
     if not isinstance(linear, nn.Linear):
         raise ValueError(f"{site.name} wraps a {type(linear).__name__}, not an nn.Linear; pick another module")
     return linear

@@ -9,9 +9,11 @@ A method is fitted once, then *applied* with a coefficient ``c``:
 * ``orientation`` (+1 or -1) multiplies ``c``: sign calibration flips it so that ``+c``
   means "more of the concept" without touching the fitted parameters.
 
-Methods that act on activations implement :meth:`SteeringMethod.steer` (a context
-manager that installs hooks and removes them on exit). Prompting acts on the prompt
-instead and implements :meth:`SteeringMethod.messages`. Evaluation calls both.
+Methods that act on activations describe what they do at ``c`` as values,
+:meth:`SteeringMethod.edits` (:mod:`interp.interventions`), which any backend executes
+(:func:`interp.backends.run`); :meth:`SteeringMethod.steer` installs them on a model for a
+block, for code that calls the model itself. Prompting acts on the prompt instead and
+implements :meth:`SteeringMethod.messages`. Evaluation calls both.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-Coeff = Union[float, Float[Tensor, "batch"]]
+from interp.interventions import Edits
+
+Coeff = Union[float, Float[Tensor, " batch"]]
 Messages = list[dict[str, str]]
 
 
@@ -43,19 +47,10 @@ def check_coeff(coeff: Coeff) -> Coeff:
     return coeff
 
 
-def as_row_coeff(coeff: Coeff, batch: int, like: Tensor) -> Float[Tensor, "batch 1 1"]:
-    """Broadcastable per-row coefficient for activations shaped [batch, pos, d]."""
-    if isinstance(coeff, Tensor) and coeff.ndim == 1:
-        if coeff.shape[0] != batch:
-            raise ValueError(f"{coeff.shape[0]} coefficients for a batch of {batch} rows")
-        return coeff.to(like.device, like.dtype).view(batch, 1, 1)
-    return torch.full((batch, 1, 1), float(coeff), device=like.device, dtype=like.dtype)
-
-
 class SteeringMethod:
     """Base class: a fitted steering method applied with a coefficient.
 
-    Subclasses override :meth:`steer` (activation methods) and/or :meth:`messages`
+    Subclasses override :meth:`edits` (activation methods) and/or :meth:`messages`
     (prompt methods). ``name`` labels the method in tables; ``orientation`` is the
     calibrated sign (see :mod:`interp.calibrate`).
     """
@@ -63,11 +58,18 @@ class SteeringMethod:
     name: str = "method"
     orientation: int = 1
 
+    def edits(self, coeff: Coeff) -> Edits:
+        """What the method does to a forward pass at ``coeff`` (orientation applied); ``()`` at 0 (default: nothing)."""
+        check_coeff(coeff)
+        return ()
+
     @contextmanager
     def steer(self, model, coeff: Coeff) -> Iterator[None]:
-        """Apply the method to ``model`` at ``coeff`` inside the block (default: no-op)."""
-        check_coeff(coeff)
-        yield
+        """Apply the method's :meth:`edits` at ``coeff`` to ``model`` inside the block."""
+        from interp.backends import backend_of
+
+        with backend_of(model).applied(self.edits(coeff)):
+            yield
 
     def messages(self, messages: Messages, coeff: float) -> Messages:
         """Rewrite one chat (list of role/content dicts) for coefficient ``coeff`` (default: unchanged)."""
@@ -76,6 +78,8 @@ class SteeringMethod:
     def effective(self, coeff: Coeff) -> Coeff:
         """The coefficient after orientation: what the method's maths actually uses."""
         coeff = check_coeff(coeff)
+        if isinstance(coeff, Tensor) and coeff.ndim == 0:
+            coeff = float(coeff)
         return coeff * self.orientation if self.orientation != 1 else coeff
 
     def config(self) -> dict:

@@ -34,9 +34,9 @@ of ``chunk_size`` samples becomes ``<path>/parts/part-NNNNNN.nc`` (temp file +
 they are streamed one at a time into ``store.nc`` (again temp + rename). xarray without
 dask cannot concatenate lazily, hence one consolidated file rather than ``open_mfdataset``.
 
-Backends share this code: :func:`collect_with` takes any :data:`Runner` (a function from a
-token batch and a coefficient to ``{site: [batch, pos, width]}``); :func:`bridge_runner`
-is the TransformerBridge one, ``interp.backends.nnsight.nnsight_runner`` the nnsight one.
+Every backend goes through the same code: :func:`collect_with` takes a :data:`Runner` (a
+function from a token batch and a coefficient to ``{site: [batch, pos, width]}``), and
+:func:`runner` makes one from any model through :func:`interp.backends.run`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -60,6 +60,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.data import last_token_index
 from interp.provenance import provenance
 from interp.sites import Site
 from interp.steering import SteeringMethod
@@ -316,37 +317,19 @@ def _check_meta(meta: Mapping[str, Sequence] | None, n: int) -> dict[str, np.nda
 # --------------------------------------------------------------------------- runners
 
 
-def last_index(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch"]:
-    """Position of each row's last real token (left or right padding)."""
-    if (attention_mask.sum(1) == 0).any():
-        raise ValueError("a row of the attention mask is all zeros (empty prompt)")
-    pos = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (attention_mask.long() * (pos + 1)).argmax(1)
+def runner(model, sites: Sequence[str], method: SteeringMethod | None = None) -> Runner:
+    """A :data:`Runner` on any backend (:func:`interp.backends.run`): ``method``'s edits at each
+    coefficient, activations read at ``sites``."""
+    from interp.backends import run
 
-
-def bridge_runner(model, sites: Sequence[str], method: SteeringMethod | None = None) -> Runner:
-    """A :data:`Runner` on a TransformerBridge: hooks at ``sites``, ``method`` applied at each coefficient."""
     sites = [site_hook(s) for s in sites]
 
-    def run(tokens: Tensor, attention_mask: Tensor, coeff: float) -> dict[str, Tensor]:
-        found: dict[str, Tensor] = {}
+    def read(tokens: Tensor, attention_mask: Tensor, coeff: float) -> dict[str, Tensor]:
+        edits = method.edits(coeff) if method is not None else ()
+        with torch.no_grad():
+            return run(model, tokens, attention_mask, edits, read=sites).states
 
-        def keep(name: str):
-            def hook(x: Tensor, hook) -> Tensor:
-                found[name] = x.detach()
-                return x
-
-            return hook
-
-        steer = method.steer(model, coeff) if method is not None else nullcontext()
-        with torch.no_grad(), steer, model.hooks(fwd_hooks=[(s, keep(s)) for s in sites]):
-            model(tokens, attention_mask=attention_mask)
-        missing = [s for s in sites if s not in found]
-        if missing:
-            raise ValueError(f"hook point(s) {missing} did not fire; check the names (e.g. 'blocks.3.hook_resid_post')")
-        return found
-
-    return run
+    return read
 
 
 # --------------------------------------------------------------------------- collection
@@ -370,7 +353,8 @@ def collect(
     extra_attrs: Mapping | None = None,
     progress: bool = True,
 ) -> Path:
-    """Collect activations through a TransformerBridge into ``path`` (a folder); return ``path``.
+    """Collect activations into ``path`` (a folder) on any backend (a bridge, an nnsight model or
+    a backend; remote nnsight models run on NDIF); return ``path``.
 
     ``tokens`` are chat-templated ids (no extra BOS is added); rows are samples.
     Re-running with the same inputs resumes (finished chunks are skipped) and returns
@@ -380,13 +364,21 @@ def collect(
         sites=tuple(site_hook(s) for s in sites), positions=positions, coeffs=tuple(float(c) for c in coeffs),
         chunk_size=chunk_size, batch_size=batch_size, dtype=dtype, seed=seed,
     )
+    from interp.backends import backend_of
+    from interp.sites import n_layers
+
+    backend = backend_of(model)
+    for s in config.sites:  # bad names fail before any work
+        layer = s.split(".")[1] if s.startswith("blocks.") else None
+        if layer is None or not layer.isdigit() or not 0 <= int(layer) < n_layers(backend):
+            raise ValueError(f"unknown site {s!r}: expected 'blocks.<layer>...' with layer in 0..{n_layers(backend) - 1}")
     attrs = provenance(
-        model, sites=config.sites, config=method.config() if method is not None else None, seed=seed,
-        method=method.name if method is not None else "base", backend="bridge", **dict(extra_attrs or {}),
+        backend, sites=config.sites, config=method.config() if method is not None else None, seed=seed,
+        method=method.name if method is not None else "base", **dict(extra_attrs or {}),
     )
     return collect_with(
-        bridge_runner(model, config.sites, method), path, tokens, attention_mask, config,
-        d_model=int(model.cfg.d_model), meta=meta, attrs=attrs, progress=progress,
+        runner(backend, config.sites, method), path, tokens, attention_mask, config,
+        d_model=backend.d_model, meta=meta, attrs=attrs, progress=progress,
     )
 
 
@@ -439,7 +431,7 @@ def _collect_chunk(runner: Runner, tokens: Tensor, mask: Tensor, config: StoreCo
     """One chunk in memory: arrays ``[chunk, coeff, site, (pos,) width]`` per width group."""
     rows, width_pos = tokens.shape
     np_dtype = np.dtype(config.dtype)
-    last = last_index(mask)
+    last = last_token_index(mask)
     arrays: dict[str, np.ndarray] = {}
     widths: dict[str, int] = {}
     for b0 in range(0, rows, config.batch_size):
@@ -455,7 +447,7 @@ def _collect_chunk(runner: Runner, tokens: Tensor, mask: Tensor, config: StoreCo
                     shape = (rows, len(config.coeffs)) + ((width_pos,) if config.positions == "all" else ()) + (widths[site],)
                     arrays[site] = np.zeros(shape, dtype=np_dtype)
                 if config.positions == "last":
-                    x = x[torch.arange(b1 - b0), last[b0:b1]]
+                    x = x[torch.arange(b1 - b0, device=x.device), last[b0:b1].to(x.device)]
                 arrays[site][b0:b1, ci] = x.float().cpu().numpy().astype(np_dtype)
     groups = _groups(config.sites, widths, d_model)
     data_vars = {}

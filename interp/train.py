@@ -39,7 +39,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,12 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.adapters.innerpissa import SCALINGS, InnerPiSSAConfig
+from interp.adapters.io import site_weight_hash
+from interp.backends import backend_of, run
 from interp.calibrate import next_token_kl
+from interp.geometry import left_singular_basis
+from interp.interventions import Edits
 from interp.data import (
     DEFAULT_CONCEPT,
     ContrastivePair,
@@ -74,12 +79,11 @@ from interp.losses import (
     to_space,
     token_nll,
 )
-from interp.models import DEFAULT_MODEL, weight_hash
+from interp.models import DEFAULT_MODEL
 from interp.provenance import model_weight_hash
-from interp.sites import LINEAR_MODULES, Site, linear_of, parse_layers, resid_hook, select_sites
+from interp.sites import LINEAR_MODULES, Site, linear_of, n_layers, parse_layers, resid_hook, select_sites
 from interp.store import RunLocked, atomic_write, config_differences, run_lock, said_differences, write_text
 
-SCALINGS = ("mult", "add", "none")
 TARGETS = ("gap", "shift", "both")
 CHECKPOINT = "checkpoint.pt"
 LOG = "metrics.jsonl"
@@ -103,11 +107,8 @@ class TrainConfig:
     # writers over depths 0.1-0.5, the loss read just after it, rotations bounded by 0.1 rad
     layers: str = "0.1:0.5"
     modules: tuple[str, ...] = ("attn.o", "mlp.out")
-    rank: int = 64
-    rotate_v: bool = True
-    rotate_u: bool = False
-    scaling: str = "add"
-    max_angle: float | None = 0.1  # bound on the rotation angle at |c| = 1 (radians); None: unbounded
+    # the adapter's own options (rank, rotations, scaling, angle bound); its init is seeded by ``seed``
+    adapter: InnerPiSSAConfig = InnerPiSSAConfig(max_angle=0.1)
     # data
     concept: str = DEFAULT_CONCEPT
     suffixes: str | None = None
@@ -153,12 +154,12 @@ class TrainConfig:
             raise ValueError(f"unknown target {self.target!r}; valid targets: {list(TARGETS)}")
         if self.loss not in LOSS_KINDS:
             raise ValueError(f"unknown loss {self.loss!r}; valid losses: {list(LOSS_KINDS)}")
-        if self.scaling not in SCALINGS:
-            raise ValueError(f"unknown scaling {self.scaling!r}; valid scalings: {list(SCALINGS)}")
+        if not isinstance(self.adapter, InnerPiSSAConfig):
+            raise ValueError(f"adapter must be an InnerPiSSAConfig, got {type(self.adapter).__name__}")
         bad = [m for m in self.modules if m not in LINEAR_MODULES]
         if bad:
             raise ValueError(f"unknown module(s) {bad}; valid modules: {list(LINEAR_MODULES)}")
-        for name in ("steps", "batch_size", "rank", "n_calibration", "n_validation", "eval_batch_size",
+        for name in ("steps", "batch_size", "n_calibration", "n_validation", "eval_batch_size",
                      "diagnostics_every", "checkpoint_every", "last_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -168,6 +169,42 @@ class TrainConfig:
             raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
+
+    @classmethod
+    def of(cls, **fields) -> TrainConfig:
+        """A config from flat fields: the adapter's options (``rank``, ``max_angle``, ...) by their names too."""
+        return cls().with_(**fields)
+
+    def with_(self, **overrides) -> TrainConfig:
+        """``dataclasses.replace`` that also takes the adapter's options by name (``rank=8``)."""
+        unknown = set(overrides) - set(TRAIN_FIELDS) - set(ADAPTER_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {sorted(unknown)}; valid: {sorted(set(TRAIN_FIELDS) | set(ADAPTER_FIELDS))}")
+        adapter = {k: overrides.pop(k) for k in list(overrides) if k in ADAPTER_FIELDS}
+        if adapter:
+            overrides["adapter"] = replace(overrides.get("adapter", self.adapter), **adapter)
+        return replace(self, **overrides)
+
+    def adapter_config(self) -> InnerPiSSAConfig:
+        """The adapter's options, its init seeded by the run's seed."""
+        return replace(self.adapter, seed=self.seed)
+
+    def record(self) -> dict:
+        """The config as one flat, JSON-able dict (the adapter's options at the top level, as stored
+        in run folders, checkpoints and adapter files); :meth:`from_record` reads it back."""
+        flat = {k: v for k, v in asdict(self).items() if k != "adapter"}
+        return {**flat, **{k: v for k, v in asdict(self.adapter).items() if k in ADAPTER_FIELDS}}
+
+    @classmethod
+    def from_record(cls, record: dict) -> TrainConfig:
+        """The config a :meth:`record` describes (settings it lacks keep today's defaults)."""
+        fields_ = {k: tuple(v) if k == "modules" else v for k, v in record.items() if k in TRAIN_FIELDS or k in ADAPTER_FIELDS}
+        return cls.of(**fields_)
+
+
+TRAIN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig) if f.name != "adapter")
+# the adapter's options a training config sets by name (its seed is the run's)
+ADAPTER_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(InnerPiSSAConfig) if f.name != "seed")
 
 
 @dataclass
@@ -188,7 +225,7 @@ class TrainResult:
     def training_extra(self) -> dict:
         """The ``training`` entry of the adapter's json."""
         return {
-            "config": asdict(self.config),
+            "config": self.config.record(),
             "orientation": self.orientation,
             "metrics": self.metrics,
             "pairs_hash": self.pairs_hash,
@@ -236,21 +273,14 @@ def _orientation(adapter, value: int):
         adapter.orientation = saved
 
 
-def _forward(model, batch: PairBatch, hook: str, *, last_tokens: int = 1, keep_logits: bool = False):
-    """Hidden state at ``hook`` read at the last token (or the mean of the last ``last_tokens``
-    suffix tokens) and per-row next-token NLL over real tokens; with ``keep_logits`` the
-    logits too: ``(h [rows, d_model], nll [rows][, logits [rows, pos, vocab]])``."""
-    grabbed: list[Tensor] = []
-
-    def grab(x: Tensor, hook) -> Tensor:
-        grabbed.append(x)
-        return x
-
-    with model.hooks(fwd_hooks=[(hook, grab)]):
-        logits = model(batch.tokens, attention_mask=batch.attention_mask)
-    nll, _ = token_nll(logits.float(), batch.tokens, batch.attention_mask)
-    h = read_states(grabbed[-1], batch, last_tokens)
-    return (h, nll, logits) if keep_logits else (h, nll)
+def _forward(model, batch: PairBatch, hook: str, edits: Edits = (), *, last_tokens: int = 1, keep_logits: bool = False):
+    """One forward pass with ``edits``: the hidden state at ``hook`` read at the last token (or
+    the mean of the last ``last_tokens`` suffix tokens) and per-row next-token NLL over real
+    tokens; with ``keep_logits`` the logits too: ``(h [rows, d_model], nll [rows][, logits])``."""
+    out = run(model, batch.tokens, batch.attention_mask, edits, read=[hook])
+    nll, _ = token_nll(out.logits.float(), batch.tokens, batch.attention_mask)
+    h = read_states(out.states[hook], batch, last_tokens)
+    return (h, nll, out.logits) if keep_logits else (h, nll)
 
 
 def read_states(x: Float[Tensor, "rows pos d_model"], batch: PairBatch, last_tokens: int = 1) -> Float[Tensor, "rows d_model"]:
@@ -296,7 +326,7 @@ def loss_layer_of(model, sites: Sequence[Site], loss_layer: int | float | None) 
     deepest = max(s.layer for s in sites)
     if loss_layer is None:
         return deepest
-    layer = parse_layers([loss_layer], int(model.cfg.n_layers))[0]
+    layer = parse_layers([loss_layer], n_layers(model))[0]
     if layer < min(s.layer for s in sites):
         raise ValueError(f"loss layer {layer} lies before every adapted layer {sorted({s.layer for s in sites})}: the adapter cannot move it")
     return layer
@@ -309,7 +339,7 @@ def site_basis(model, sites: Sequence[Site], layer: int, rank: int) -> tuple[Sit
     Decomposes the raw HF weight in float64 (as the adapter does), so the basis exists
     for any adapter type (LoRA included).
     """
-    d_model = int(model.cfg.d_model)
+    d_model = backend_of(model).d_model
     ok = [s for s in sites if s.layer <= layer and linear_of(model, s).weight.shape[0] == d_model]
     if not ok:
         raise ValueError(
@@ -317,9 +347,7 @@ def site_basis(model, sites: Sequence[Site], layer: int, rank: int) -> tuple[Sit
             f"at or before the loss layer {layer}; got {[s.name for s in sites]}"
         )
     site = max(ok)
-    W = linear_of(model, site).weight.detach().double()
-    U = torch.linalg.svd(W, full_matrices=False).U[:, :rank]
-    return site, U.float()
+    return site, left_singular_basis(linear_of(model, site).weight, rank).float()
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -330,7 +358,7 @@ def evaluate_separation(
     model,
     adapter,
     pairs: Sequence[ContrastivePair],
-    direction: Float[Tensor, "k"],
+    direction: Float[Tensor, " k"],
     *,
     hook: str,
     space: str = "dHS",
@@ -349,14 +377,13 @@ def evaluate_separation(
     ``coeffs``), ``nll@c``, and ``dnll@c = nll@c − nll@0`` per coefficient.
     """
     coeffs = [float(c) for c in coeffs]
-    device = next(model.parameters()).device
+    device = backend_of(model).device
     sums: dict[str, list[Tensor]] = {f"gap@{c:+g}": [] for c in coeffs} | {f"nll@{c:+g}": [] for c in coeffs}
     for start in tqdm(range(0, len(pairs), batch_size), desc="evaluate", disable=not progress, leave=False):
         chunk = tokenize_pairs(model.tokenizer, pairs[start : start + batch_size], system=system, max_length=max_length).to(device)
         rows, n = chunk.tokens.shape[0], chunk.n_pairs
         coeff = torch.tensor([c for c in coeffs for _ in range(rows)], device=device)
-        with adapter.steer(model, coeff):
-            h, nll = _forward(model, _stack(chunk, len(coeffs)), hook, last_tokens=last_tokens)
+        h, nll = _forward(model, _stack(chunk, len(coeffs)), hook, adapter.edits(coeff), last_tokens=last_tokens)
         for k, c in enumerate(coeffs):
             hk = h[k * rows : (k + 1) * rows]
             sums[f"gap@{c:+g}"].append(gaps(hk[:n], hk[n:], direction, space, U))
@@ -375,7 +402,7 @@ def step_loss(
     model,
     adapter,
     batch: PairBatch,
-    direction: Float[Tensor, "k"],
+    direction: Float[Tensor, " k"],
     scale: Float[Tensor, ""] | float,
     config: TrainConfig,
     *,
@@ -394,8 +421,7 @@ def step_loss(
     with torch.no_grad():
         h_ref, nll_ref, *ref_logits = _forward(model, batch, hook, **kw)
     coeff = torch.cat([torch.ones(rows), -torch.ones(rows)]).to(batch.tokens.device)
-    with adapter.steer(model, coeff):
-        h, nll, *logits = _forward(model, _stack(batch, 2), hook, **kw)
+    h, nll, *logits = _forward(model, _stack(batch, 2), hook, adapter.edits(coeff), **kw)
     # per item, at c = +1, -1, 0: its coordinates in the loss space and their value along the direction
     points = loss_points(h[:rows], h[rows:], h_ref, n, config.target, config.space, U)
     g_pos, g_neg, g_ref = (p @ direction.to(p.dtype) for p in points)
@@ -443,7 +469,7 @@ ADDED_SETTINGS = {"last_tokens": 1, "kl_weight": 0.0, "target": "gap"}
 def _checkpoint_state(adapter, opt, sched, step: int, direction: Tensor, scale: Tensor, history: list[dict],
                       config: TrainConfig, base_hash: str) -> dict:
     return {
-        "config": asdict(config),
+        "config": config.record(),
         "base_weight_hash": base_hash,
         "scale": scale,
         "step": step,
@@ -529,8 +555,8 @@ def _train(model, adapter, pairs, config: TrainConfig, out: Path | None, resume:
     sites = list(adapter.sites)
     layer = loss_layer_of(model, sites, config.loss_layer)
     hook = resid_hook(layer)
-    U = site_basis(model, sites, layer, config.rank)[1] if config.space == "dHS@U" else None
-    device = next(model.parameters()).device
+    U = site_basis(model, sites, layer, config.adapter.rank)[1] if config.space == "dHS@U" else None
+    device = backend_of(model).device
     U = U.to(device) if U is not None else None
     tok_kw = dict(system=config.system, max_length=config.max_length)
 
@@ -556,7 +582,7 @@ def _train(model, adapter, pairs, config: TrainConfig, out: Path | None, resume:
             raise ValueError(f"{ckpt_path} was written on other base weights (hash {state['base_weight_hash']}, here "
                              f"{base_hash}): the same model spec now loads different weights; start afresh without --resume")
         # continuing with other settings would give an adapter neither run describes
-        diff = config_differences(state["config"], asdict(config), ignore=RESUME_FREE, absent_means=ADDED_SETTINGS)
+        diff = config_differences(state["config"], config.record(), ignore=RESUME_FREE, absent_means=ADDED_SETTINGS)
         if diff:
             raise ValueError(f"{ckpt_path} was written with other settings ({said_differences(diff, 'in the checkpoint')}); "
                              "resume with those or start afresh")
@@ -632,12 +658,8 @@ def _train(model, adapter, pairs, config: TrainConfig, out: Path | None, resume:
         seconds=time.perf_counter() - t0,
         out=out,
         extra={"n_train": len(split.train), "n_val": len(split.val), "n_val_scored": min(len(split.val), config.n_validation),
-               "calibration_pairs": len(calib), "base_weight_hash": _site_hash(model, sites)},
+               "calibration_pairs": len(calib), "base_weight_hash": site_weight_hash(model, sites)},
     )
-
-
-def _site_hash(model, sites: Sequence[Site]) -> str:
-    return weight_hash({s.name: linear_of(model, s).weight for s in sites})
 
 
 def build_pairs(config: TrainConfig) -> PairSplit:
@@ -653,14 +675,11 @@ def train_adapter(
 
     ``sites=None`` selects ``config.layers`` x ``config.modules``. Returns ``(adapter, result)``.
     """
-    from interp.adapters.innerpissa import InnerPiSSAConfig, attach
+    from interp.adapters.innerpissa import attach
 
     if sites is None:
         sites = select_sites(model, layers=config.layers, modules=list(config.modules))
-    adapter = attach(model, list(sites), InnerPiSSAConfig(
-        rank=config.rank, rotate_v=config.rotate_v, rotate_u=config.rotate_u, scaling=config.scaling,
-        max_angle=config.max_angle, seed=config.seed,
-    ))
+    adapter = attach(model, list(sites), config.adapter_config())
     return adapter, train(model, adapter, build_pairs(config), config, **train_kwargs)
 
 
@@ -676,7 +695,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--model", default=d.model, help="model spec (see interp.models)")
     p.add_argument("--layers", default=d.layers, help="layer indices, depth fractions and bands, e.g. '0.5', '10,14' or '0.1:0.5'")
     p.add_argument("--modules", default=",".join(d.modules), help=f"comma-separated, from {list(LINEAR_MODULES)}")
-    p.add_argument("--rank", type=int, default=d.rank)
+    p.add_argument("--rank", type=positive_int, default=d.adapter.rank)
     p.add_argument("--concept", default=d.concept, help="shipped concept name or path to a concept .json")
     p.add_argument("--suffixes", default=d.suffixes, help="text file of suffixes (default: the shipped list)")
     p.add_argument("--n-pairs", type=int, default=d.n_pairs)
@@ -688,8 +707,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--loss-layer", default=str(d.loss_layer), help="read hidden states here (index or depth fraction; 'none': the deepest adapted layer)")
     p.add_argument("--no-rotate-v", action="store_true")
     p.add_argument("--rotate-u", action="store_true")
-    p.add_argument("--scaling", choices=SCALINGS, default=d.scaling)
-    p.add_argument("--max-angle", type=float, default=d.max_angle, help="largest rotation angle at |c| = 1 (radians)")
+    p.add_argument("--scaling", choices=SCALINGS, default=d.adapter.scaling)
+    p.add_argument("--max-angle", type=float, default=d.adapter.max_angle, help="largest rotation angle at |c| = 1 (radians)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=None, help="run folder (default: runs/<concept>-<model>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
@@ -708,7 +727,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
             except ValueError:
                 p.error(f"--loss-layer must be an int index or a float depth fraction, got {args.loss_layer!r}")
     try:
-        config = TrainConfig(
+        config = TrainConfig.of(
             model=args.model, layers=args.layers, modules=tuple(m.strip() for m in args.modules.split(",") if m.strip()),
             rank=args.rank, rotate_v=not args.no_rotate_v, rotate_u=args.rotate_u, scaling=args.scaling,
             max_angle=args.max_angle,
@@ -720,7 +739,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     return config, args
 
 
-def main(argv: Sequence[str] | None = None) -> TrainResult:
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Train, calibrate the sign and save an adapter; returns its training record (the json's ``training``)."""
     config, args = parse_args(argv)
     out = Path(args.out or f"runs/{Path(config.concept).stem}-{config.model.replace('/', '_')}-s{config.seed}")
     try:
@@ -730,28 +750,27 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
         raise SystemExit(f"error: {err}") from None
 
 
-def _main(config: TrainConfig, args: argparse.Namespace, out: Path) -> TrainResult:
-    from interp.adapters.io import save_adapter
+def _main(config: TrainConfig, args: argparse.Namespace, out: Path) -> dict:
     from interp.models import load_model
+    from interp.protocol import fit_adapter
 
     model = load_model(config.model)
-    sites = select_sites(model, layers=config.layers, modules=list(config.modules))
-    adapter, result = train_adapter(model, sites, config, out=out, resume=args.resume, progress=not args.no_progress)
-    if not args.no_calibrate:
-        from interp.measures import calibrate_concept_sign
-
-        # representation orientation does not fix the behavioural sign: check it on the concept's measure
-        sign = calibrate_concept_sign(model, adapter, config.concept, seed=config.seed)
-        print(f"sign on the {sign.n}-item calibration split of the concept's measure: +1 {sign.score_pos:.4f} vs "
-              f"-1 {sign.score_neg:.4f} -> orientation {sign.orientation:+d}{' (flipped)' if sign.flipped else ''}")
-    path = save_adapter(adapter, out / "adapter", extra={"training": result.training_extra()})
-    m = result.metrics
+    # representation orientation does not fix the behavioural sign: unless --no-calibrate it is
+    # checked on the calibration split of the concept's own measure
+    adapter, training = fit_adapter(model, config, out, calibrate=not args.no_calibrate, resume=args.resume,
+                                    progress=not args.no_progress)
+    sign = (getattr(adapter, "calibration", None) or {}).get("sign")
+    if sign:
+        print(f"sign on the {sign['n']}-item calibration split of the concept's measure: +1 {sign['score_pos']:.4f} vs "
+              f"-1 {sign['score_neg']:.4f} -> orientation {sign['orientation']:+d}{' (flipped)' if sign['flipped'] else ''}")
+    m = training["metrics"]
     print(
-        f"done in {result.seconds:.0f}s: orientation {result.orientation:+d}; validation gap "
+        f"done in {training['seconds']:.0f}s: orientation {adapter.orientation:+d}; validation gap "
         f"(-1) {m['gap@-1']:.3f} < (0) {m['gap@+0']:.3f} < (+1) {m['gap@+1']:.3f}: {bool(m['ordered'])}; "
-        f"dNLL(-1) {m['dnll@-1']:.3f}, dNLL(+1) {m['dnll@+1']:.3f}; adapter -> {path}"
+        f"dNLL(-1) {m['dnll@-1']:.3f}, dNLL(+1) {m['dnll@+1']:.3f}; adapter -> {out / 'adapter'}"
     )
-    return result
+    adapter.detach()
+    return training
 
 
 if __name__ == "__main__":

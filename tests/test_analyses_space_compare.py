@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from analyses import space_compare
 from interp.geometry import METRICS, SPACES
@@ -34,20 +33,6 @@ def test_main_end_to_end_on_tiny(tmp_path):
     assert "probe AUROC (CV)" in html and "share of PC1" in html
     fig = space_compare.figure(ds)
     assert fig.layout.xaxis.title.text == "layer" and len(fig.data) == 4 * 3
-
-
-def test_last_token_states_match_a_plain_forward(tiny):
-    from interp.data import make_pairs, tokenize_pairs
-    from interp.store import bridge_runner
-
-    batch = tokenize_pairs(tiny.tokenizer, make_pairs(n_pairs=3, seed=0), padding_side="left")
-    run = bridge_runner(tiny, ["blocks.1.hook_resid_post", "blocks.3.hook_resid_post"])
-    states = space_compare.last_token_states(run, batch, [1, 3], d_model=64, batch_size=2, progress=False)
-    assert states.shape == (2, 6, 64)
-    seen = []
-    with tiny.hooks(fwd_hooks=[("blocks.3.hook_resid_post", lambda x, hook: seen.append(x.detach()) or x)]):
-        tiny(batch.tokens[4:5], attention_mask=batch.attention_mask[4:5])
-    assert torch.allclose(states[1, 4], seen[0][0, batch.last[4]], atol=1e-4)
 
 
 def test_nnsight_backend_gives_the_bridge_numbers(tiny):

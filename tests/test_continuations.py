@@ -3,7 +3,6 @@
 
 import json
 import math
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -24,6 +23,7 @@ from interp.continuations import (
     target_values,
 )
 from interp.data import concepts_dir, load_concept
+from interp.interventions import AtHook
 from interp.steering import SteeringMethod
 
 
@@ -46,11 +46,10 @@ class LogitPush(SteeringMethod):
     def __init__(self, token_ids=None, shift=5.0):
         self.token_ids, self.shift = token_ids, shift
 
-    @contextmanager
-    def steer(self, model, coeff):
+    def edits(self, coeff):
         c = float(self.effective(coeff))
 
-        def hook(logits, hook):
+        def push(logits):
             logits = logits.clone()
             if self.token_ids is None:
                 logits += self.shift * c
@@ -58,8 +57,7 @@ class LogitPush(SteeringMethod):
                 logits[..., self.token_ids] += self.shift * c
             return logits
 
-        with model.hooks(fwd_hooks=[("unembed.hook_out", hook)]):
-            yield
+        return (AtHook("unembed.hook_out", push),)
 
 
 # --------------------------------------------------------------------------- shipped files

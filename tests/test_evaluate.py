@@ -1,7 +1,6 @@
 """DailyDilemmas scoring: metrics on hand-made arrays, the sign convention end to end, batching."""
 
 import math
-from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -30,6 +29,7 @@ from interp.evaluate import (
     value_scores_log_ratio,
     write_results,
 )
+from interp.interventions import AtHook
 from interp.steering import SteeringMethod
 
 # Short situations keep the tiny-model tests fast (vocab 49k logits per position).
@@ -165,19 +165,19 @@ class YesNoPush(SteeringMethod):
 
     name = "push"
 
-    @contextmanager
-    def steer(self, model, coeff):
-        c = float(self.effective(coeff))
-        yes, no = answer_token_ids(model.tokenizer)
+    def __init__(self, tokenizer):
+        self.yes, self.no = answer_token_ids(tokenizer)
 
-        def hook(logits, hook):
+    def edits(self, coeff):
+        c = float(self.effective(coeff))
+
+        def push(logits):
             logits = logits.clone()
-            logits[..., yes] += 30.0 + c
-            logits[..., no] += 30.0 - c
+            logits[..., self.yes] += 30.0 + c
+            logits[..., self.no] += 30.0 - c
             return logits
 
-        with model.hooks(fwd_hooks=[("unembed.hook_out", hook)]):
-            yield
+        return (AtHook("unembed.hook_out", push),)
 
 
 class TruthPreference(SteeringMethod):
@@ -186,32 +186,31 @@ class TruthPreference(SteeringMethod):
 
     name = "truth"
 
-    def __init__(self, dilemmas, yes_bias: float = 0.0):
+    def __init__(self, tokenizer, dilemmas, yes_bias: float = 0.0):
+        self.tokenizer = tokenizer
         _, signs = dilemmas.label_signs([TARGET])
         f = dilemmas.frame
         self.truthful = {(a if s > 0 else b) for a, b, s in zip(f["action_to_do"], f["action_not_to_do"], signs[:, 0]) if s}
         self.yes_bias = yes_bias
 
-    @contextmanager
-    def steer(self, model, coeff):
+    def edits(self, coeff):
         c = float(self.effective(coeff))
-        yes, no = answer_token_ids(model.tokenizer)
+        yes, no = answer_token_ids(self.tokenizer)
         rows: list[bool] = []
 
-        def read(tokens, hook):
-            texts = model.tokenizer.batch_decode(tokens)
+        def read(tokens):
+            texts = self.tokenizer.batch_decode(tokens)
             rows[:] = [any(f"Action: {a}\n" in t for a in self.truthful) for t in texts]
             return tokens
 
-        def push(logits, hook):
+        def push(logits):
             logits = logits.clone()
             for i, truthful in enumerate(rows):
                 logits[i, :, yes] += 30.0 + c * (self.yes_bias + (1.0 if truthful else -1.0))
                 logits[i, :, no] += 30.0 - c * (0.0 + (1.0 if truthful else -1.0))
             return logits
 
-        with model.hooks(fwd_hooks=[("embed.hook_in", read), ("unembed.hook_out", push)]):
-            yield
+        return (AtHook("embed.hook_in", read), AtHook("unembed.hook_out", push))
 
 
 @pytest.fixture(scope="module")
@@ -227,11 +226,11 @@ def test_sign_convention_end_to_end(tiny, small):
     """A Yes push is an answer bias: the single question rewards it, the de-biased score does not."""
     pos, neg = small
     cfg = FAST
-    up = metrics_table(score_dilemmas(tiny, YesNoPush(), [-1.0, 0.0, 1.0], pos, cfg, progress=False)).set_index("Coeff")
+    up = metrics_table(score_dilemmas(tiny, YesNoPush(tiny.tokenizer), [-1.0, 0.0, 1.0], pos, cfg, progress=False)).set_index("Coeff")
     assert up.loc[1.0, "Δ Truth single-question"] > 0.1 and up.loc[-1.0, "Δ Truth single-question"] < -0.1
     assert up.loc[1.0, "Answer bias"] == pytest.approx(2.0, abs=1e-3) and up.loc[1.0, "NaN rows"] == 0
     assert abs(up.loc[1.0, "Δ Truth"]) < 1e-4 and abs(up.loc[-1.0, "Δ Truth"]) < 1e-4
-    down = metrics_table(score_dilemmas(tiny, YesNoPush(), [0.0, 1.0], neg, cfg, progress=False)).set_index("Coeff")
+    down = metrics_table(score_dilemmas(tiny, YesNoPush(tiny.tokenizer), [0.0, 1.0], neg, cfg, progress=False)).set_index("Coeff")
     assert down.loc[1.0, "Δ Truth single-question"] < -0.1  # more Yes on dilemmas whose not-to-do serves truth
     assert abs(down.loc[1.0, "Δ Truth"]) < 1e-4
 
@@ -243,7 +242,7 @@ def test_truth_preference_scores_positive_on_both_halves(tiny, small):
     from interp.dilemmas import Dilemmas
 
     both = Dilemmas(pd.concat([pos.frame.head(3), neg.frame.head(3)], ignore_index=True), pos.taxonomy)
-    method = TruthPreference(both, yes_bias=3.0)
+    method = TruthPreference(tiny.tokenizer, both, yes_bias=3.0)
     t = metrics_table(score_dilemmas(tiny, method, [-1.0, 0.0, 1.0], both, FAST, progress=False)).set_index("Coeff")
     assert t.loc[1.0, "Δ Truth to-do half"] > 0.3 and t.loc[1.0, "Δ Truth not-to-do half"] > 0.3
     assert t.loc[1.0, "Δ Truth"] > 0.3 and t.loc[-1.0, "Δ Truth"] < -0.3 and t.loc[1.0, "p-value"] < 0.01
@@ -252,7 +251,7 @@ def test_truth_preference_scores_positive_on_both_halves(tiny, small):
 
 def test_flipped_orientation_is_calibrated_back(tiny, small):
     pos, _ = small
-    method = TruthPreference(pos)
+    method = TruthPreference(tiny.tokenizer, pos)
     method.orientation = -1  # as if training had found the representation sign opposite
     before = metrics_table(score_dilemmas(tiny, method, [0.0, 1.0], pos, FAST, progress=False))
     assert float(before["Δ Truth"].iloc[0]) < -0.1
@@ -280,14 +279,14 @@ def test_batched_equals_one_at_a_time_and_base_reuse(tiny, small, dilemmas_dir):
     pos, neg = small
     data = load_dilemmas(dilemmas_dir).subset(np.concatenate([pos.ids[:2], neg.ids[:2]]))
     cfg = EvalConfig(batch_size=3, max_situation_chars=160)  # 3 + 1 rows: a short last batch, varied padding
-    batched = score_dilemmas(tiny, YesNoPush(), [0.0, 1.0], data, cfg, progress=False)
-    single = score_dilemmas(tiny, YesNoPush(), [1.0], data, EvalConfig(batch_size=1, max_situation_chars=160),
+    batched = score_dilemmas(tiny, YesNoPush(tiny.tokenizer), [0.0, 1.0], data, cfg, progress=False)
+    single = score_dilemmas(tiny, YesNoPush(tiny.tokenizer), [1.0], data, EvalConfig(batch_size=1, max_situation_chars=160),
                             progress=False)
     at_one = batched.sel(coeff=[1.0])
     assert np.allclose(at_one["log_ratio"], single["log_ratio"], atol=1e-4)
     assert np.allclose(at_one["nll"], single["nll"], atol=1e-4)
     assert np.array_equal(at_one["nll_tokens"], single["nll_tokens"])
-    reused = score_dilemmas(tiny, YesNoPush(), [0.0, 1.0], data, cfg, progress=False, base=batched)
+    reused = score_dilemmas(tiny, YesNoPush(tiny.tokenizer), [0.0, 1.0], data, cfg, progress=False, base=batched)
     xr.testing.assert_allclose(reused["log_ratio"], batched["log_ratio"])
     xr.testing.assert_equal(reused["nll_tokens"], batched["nll_tokens"])
     with pytest.raises(ValueError, match="other dilemmas"):
@@ -314,10 +313,10 @@ def test_delta_nll_matches_calibrate_delta_nll(tiny, small):
     (over both questions of every dilemma)."""
     pos, _ = small
     data = pos.head(4)
-    ds = score_dilemmas(tiny, YesNoPush(), [0.0, 1.0], data, FAST, progress=False)
+    ds = score_dilemmas(tiny, YesNoPush(tiny.tokenizer), [0.0, 1.0], data, FAST, progress=False)
     table = metrics_table(ds, FAST)
     tokens, mask, nll_mask = encode(tiny.tokenizer, chats(data, FAST, "to_do") + chats(data, FAST, "not_to_do"))
-    method = YesNoPush()
+    method = YesNoPush(tiny.tokenizer)
     with torch.no_grad():
         with method.steer(tiny, 0.0):  # (this test method is not the base model at c = 0)
             base = tiny(tokens, attention_mask=mask)
@@ -342,7 +341,7 @@ def test_write_results_round_trip(tiny, small, tmp_path):
     from analyses._io import load_dataset
 
     pos, _ = small
-    ds = score_dilemmas(tiny, YesNoPush(), [-1.0, 0.0, 1.0], pos.head(4), FAST, progress=False)
+    ds = score_dilemmas(tiny, YesNoPush(tiny.tokenizer), [-1.0, 0.0, 1.0], pos.head(4), FAST, progress=False)
     table = metrics_table(ds, FAST)
     paths = write_results(ds, table, tmp_path / "out")
     back = load_dataset(paths["dataset"])
@@ -404,7 +403,8 @@ def test_adapter_for_nnsight_needs_local_site_weights(tmp_path):
     loaded = load_adapter_nnsight(nn_model, tmp_path / "adapter")
     assert torch.equal(loaded.layers["blocks_1_mlp_out"].delta_weight(1.0), adapter.layers["blocks_1_mlp_out"].delta_weight(1.0))
     linear = module_of(nn_model, "blocks.1.mlp.out")
-    assert not linear._forward_hooks  # detached again: acts only through ΔW(c) inside traces
+    assert not linear._forward_hooks  # attached without hooks: it acts only through its edits, inside traces
+    loaded.detach()
     adapter.detach()
     with torch.no_grad():
         linear.weight.add_(1.0)  # other weights at the site: refused like on the bridge
@@ -416,13 +416,12 @@ def test_adapter_for_nnsight_needs_local_site_weights(tmp_path):
 
 
 def test_nnsight_path_agrees_with_the_bridge(tiny, small):
-    from interp.backends.nnsight import for_evaluate, load_nnsight
+    from interp.backends.nnsight import load_nnsight
 
     pos, neg = small
     data = load_dilemmas().subset(np.concatenate([pos.ids, neg.ids]))  # 8 dilemmas
-    nn_model, nn_method = for_evaluate(load_nnsight("tiny-random"), None)
     cfg = EvalConfig(batch_size=3, min_pmass=0.0, max_situation_chars=160)
-    via_nn = score_dilemmas(nn_model, nn_method, [0.0], data, cfg, progress=False)
+    via_nn = score_dilemmas(load_nnsight("tiny-random"), None, [0.0], data, cfg, progress=False)
     via_bridge = score_dilemmas(tiny, None, [0.0], data, cfg, progress=False)
     assert len(data) == 8 and via_nn.attrs["weight_hash"] == via_bridge.attrs["weight_hash"]
     assert np.allclose(via_nn["log_ratio"], via_bridge["log_ratio"], atol=1e-4)

@@ -170,23 +170,27 @@ def test_cli_reads_a_leading_minus_coefficient_list(capsys):
     assert list(ds.coeff.values) == [-1.0, 0.0, 1.0]
 
 
-def test_nnsight_backend_generates_the_bridges_tokens(tiny):
+def test_nnsight_backend_generates_the_bridges_tokens(tiny, tmp_path):
+    from interp.adapters.io import load_adapter, save_adapter
     from interp.backends.nnsight import load_nnsight
 
     nn_model = load_nnsight("tiny-random")
     vector = MeanDiff({2: torch.randn(64, generator=torch.Generator().manual_seed(1)) * 4})
     adapter = _randomised(innerpissa.attach(tiny, [Site(1, "mlp.out"), Site(2, "attn.o")]))
+    save_adapter(adapter, tmp_path / "a")
+    on_nn = load_adapter(nn_model, tmp_path / "a")  # the same adapter, attached to the nnsight model
     try:
         for method in (None, vector, adapter, PromptSteering()):
             coeffs = [0.0] if method is None else [-1.0, 0.0, 1.0]
             bridge = generate(tiny, method, PROMPTS, coeffs, SHORT, progress=False)
-            nn = generate(nn_model, method, PROMPTS, coeffs, SHORT, progress=False)
+            nn = generate(nn_model, on_nn if method is adapter else method, PROMPTS, coeffs, SHORT, progress=False)
             for c in coeffs:
                 for p in range(len(PROMPTS)):
                     assert _row_tokens(nn, p, c) == _row_tokens(bridge, p, c), (type(method).__name__, c, p)
             assert abs(nn.nll_base - bridge.nll_base).max() < 1e-3
     finally:
         adapter.detach()
+        on_nn.detach()
 
 
 def test_cli_on_the_nnsight_backend(tmp_path, capsys):

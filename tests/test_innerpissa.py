@@ -218,7 +218,7 @@ def test_diagnostics_report_rotation_and_scale(tiny, adapter):
 
 
 def test_bad_input_is_rejected(tiny):
-    with pytest.raises(ValueError, match="rank 65 is larger"):
+    with pytest.raises(ValueError, match="rank must lie in 1..64"):
         attach(tiny, SITES[:1], InnerPiSSAConfig(rank=65))
     with pytest.raises(ValueError, match="out of range"):
         attach(tiny, [Site(9, "mlp.out")], InnerPiSSAConfig(rank=4))

@@ -124,7 +124,7 @@ def test_only_adapter_params_and_config(tiny, sites):
 def test_trains_through_the_reprpo_loop(tiny, tmp_path):
     import interp.train as train_mod
     sites = select_sites(tiny, layers=[1], modules=["mlp.out"])
-    config = train_mod.TrainConfig(
+    config = train_mod.TrainConfig.of(
         model="tiny-random", n_pairs=200, n_calibration=16, n_validation=16, rank=4, lr=0.05, steps=16, batch_size=4
     )
     base = linear_of(tiny, sites[0]).weight.detach().clone()

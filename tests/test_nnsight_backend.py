@@ -1,5 +1,6 @@
 """nnsight backend parity with the TransformerBridge (interp.backends.nnsight).
 
+Both backends execute the same edits (interp.interventions) through interp.backends.run.
 Tolerances: activations and logits through nnsight equal the bridge's to atol 1e-5
 (fp32; on this machine they are bit-identical: same HF modules, eager attention on both),
 compared at real (unpadded) positions only.
@@ -8,30 +9,28 @@ compared at real (unpadded) positions only.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from interp.adapters.base import AdapterSet, DeltaLayer
+from interp.backends import backend_of, run
 from interp.backends.nnsight import (
     LLAMA_MODULES,
-    NNSteering,
+    NNsightBackend,
     RemoteUnavailable,
     check_remote,
-    for_evaluate,
     load_nnsight,
     module_of,
-    nnsight_logits,
     nnsight_trace,
     resolve,
-    steering_from,
 )
 from interp.baselines import VectorSteering
+from interp.interventions import AtHook
 from interp.sites import LINEAR_MODULES, Site, linear_of
-from interp.steering import SteeringMethod
-from interp.store import bridge_runner, site_hook
+from interp.store import site_hook
 
 ATOL = 1e-5
 SITES = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.2.mlp.out.hook_in",
@@ -55,42 +54,33 @@ def _close_real(a, b, mask, atol=ATOL):
     torch.testing.assert_close(a[real], b[real], rtol=0, atol=atol)
 
 
-class HandAdapter(SteeringMethod):
-    """A hand-made adapter on the shared API: ΔW(c) = c·A + c²·B (not linear in c), applied on the
-    bridge by torch forward hooks on the raw nn.Linear, as interp.adapters does."""
+class HandLayer(DeltaLayer):
+    """ΔW(c) = c·A + c²·B: not linear in c, so a per-row coefficient needs one ΔW per row."""
+
+    def __init__(self, site, shape, gen):
+        super().__init__()
+        self.site = site
+        self.A = nn.Parameter(0.05 * torch.randn(*shape, generator=gen))
+        self.B = nn.Parameter(0.02 * torch.randn(*shape, generator=gen))
+
+    def delta_weight(self, coeff):
+        return float(coeff) * self.A.detach() + float(coeff) ** 2 * self.B.detach()
+
+    def delta(self, x, coeff):
+        if isinstance(coeff, torch.Tensor) and coeff.ndim == 1:
+            dw = torch.stack([self.delta_weight(float(c)) for c in coeff])
+            return torch.einsum("bpi,boi->bpo", x, dw)
+        return x @ self.delta_weight(float(coeff)).T
+
+
+class HandAdapter(AdapterSet):
+    """A hand-made adapter on the shared API (same parameters on any model for one seed)."""
 
     name = "hand"
 
     def __init__(self, model, sites: list[Site], seed: int = 0):
         gen = torch.Generator().manual_seed(seed)
-        self.sites = sites
-        self.model_spec = model.spec
-        self.layers = nn.ModuleDict()
-        for site in sites:
-            out_f, in_f = linear_of(model, site).weight.shape
-            layer = nn.Module()
-            layer.A = nn.Parameter(0.05 * torch.randn(out_f, in_f, generator=gen))
-            layer.B = nn.Parameter(0.02 * torch.randn(out_f, in_f, generator=gen))
-            layer.delta_weight = (lambda L: lambda c: float(c) * L.A.detach() + float(c) ** 2 * L.B.detach())(layer)
-            self.layers[site.name.replace(".", "_")] = layer
-
-    @contextmanager
-    def steer(self, model, coeff):
-        c = self.effective(coeff)
-        handles = []
-        for site, layer in zip(self.sites, self.layers.values()):
-            def hook(mod, inputs, output, layer=layer):
-                x = inputs[0]
-                if isinstance(c, torch.Tensor) and c.ndim == 1:
-                    dw = torch.stack([layer.delta_weight(float(ci)) for ci in c])
-                    return output + torch.einsum("bpi,boi->bpo", x, dw)
-                return output + x @ layer.delta_weight(float(c)).T
-            handles.append(linear_of(model, site).register_forward_hook(hook))
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+        super().__init__(model, sites, [HandLayer(s, tuple(linear_of(model, s).weight.shape), gen) for s in sites])
 
 
 # --------------------------------------------------------------------------- site map
@@ -117,25 +107,24 @@ def test_site_map_matches_bridge_linears(tiny, nn_tiny):
 def test_activations_and_logits_match_bridge(tiny, nn_tiny, batch):
     tokens, mask = batch
     hooks = [site_hook(s) for s in SITES]
-    logits, found = nnsight_trace(nn_tiny, tokens, mask, sites=hooks)
-    ref = bridge_runner(tiny, hooks)(tokens, mask, 0.0)
-    for h in hooks:
-        assert found[h].shape == ref[h].shape, h
-        _close_real(found[h], ref[h], mask)
     with torch.no_grad():
-        _close_real(logits, tiny(tokens, attention_mask=mask), mask)
+        got, ref = run(nn_tiny, tokens, mask, read=hooks), run(tiny, tokens, mask, read=hooks)
+    for h in hooks:
+        assert got.states[h].shape == ref.states[h].shape, h
+        _close_real(got.states[h], ref.states[h], mask)
+    _close_real(got.logits, ref.logits, mask)
+    assert backend_of(nn_tiny).weight_hash == backend_of(tiny).weight_hash
 
 
 def test_store_through_nnsight_equals_bridge_store(tiny, nn_tiny, batch, tmp_path):
     pytest.importorskip("h5py")
-    from interp.backends.nnsight import collect as nn_collect
     from interp.store import collect, open_store
 
     tokens, mask = batch
     vs = VectorSteering({1: torch.randn(64, generator=torch.Generator().manual_seed(1))})
     kw = dict(method=vs, coeffs=(-1.0, 0.0, 1.0), positions="all", chunk_size=3, progress=False)
     a = open_store(collect(tiny, tmp_path / "bridge", tokens, mask, ["blocks.2.hook_resid_post", "blocks.2.mlp.out.hook_in"], **kw))
-    b = open_store(nn_collect(nn_tiny, tmp_path / "nn", tokens, mask, ["blocks.2.hook_resid_post", "blocks.2.mlp.out.hook_in"], **kw))
+    b = open_store(collect(nn_tiny, tmp_path / "nn", tokens, mask, ["blocks.2.hook_resid_post", "blocks.2.mlp.out.hook_in"], **kw))
     assert a["acts"].dims == b["acts"].dims and a["acts_d128"].dims == b["acts_d128"].dims
     for name in ("site", "site_d128", "coeff", "prompt_id", "label"):
         assert list(a[name].values) == list(b[name].values)
@@ -156,67 +145,79 @@ def test_vector_steering_matches_bridge_per_row(tiny, nn_tiny, batch):
     vs = VectorSteering({1: torch.randn(64, generator=gen), 3: torch.randn(64, generator=gen)})
     vs.orientation = -1
     for coeff in (1.0, -1.0, torch.tensor([1.0, -1.0, 0.0, 2.0])):
-        got = nnsight_logits(nn_tiny, tokens, mask, vs, coeff=coeff)
-        with torch.no_grad(), vs.steer(tiny, coeff):
-            want = tiny(tokens, attention_mask=mask)
-        _close_real(got, want, mask)
-    # a plain {layer: vector} dict steers the same as the method (orientation +1)
-    vs.orientation = 1
-    _close_real(nnsight_logits(nn_tiny, tokens, mask, vs.vectors, coeff=0.5),
-                nnsight_logits(nn_tiny, tokens, mask, vs, coeff=0.5), mask)
+        with torch.no_grad():
+            _close_real(run(nn_tiny, tokens, mask, vs.edits(coeff)).logits, run(tiny, tokens, mask, vs.edits(coeff)).logits,
+                        mask)
+    assert vs.edits(0.0) == () and vs.edits(torch.zeros(4)) == ()  # c = 0: nothing to install
 
 
 @pytest.mark.parametrize("coeff", [1.0, -1.0, "rows"])
 def test_hand_adapter_delta_matches_forward_hook(tiny, nn_tiny, batch, coeff):
     tokens, mask = batch
-    adapter = HandAdapter(tiny, [Site(1, "mlp.out"), Site(2, "attn.o"), Site(2, "mlp.in")])
-    c = torch.tensor([1.0, -1.0, 0.0, 1.0]) if coeff == "rows" else coeff
-    got = nnsight_logits(nn_tiny, tokens, mask, adapter, coeff=c)
-    with torch.no_grad(), adapter.steer(tiny, c):
-        want = tiny(tokens, attention_mask=mask)
-    _close_real(got, want, mask)
-    with torch.no_grad():
-        base = tiny(tokens, attention_mask=mask)
-    assert (got - base).abs().max() > 1e-2  # the adapter changes the output
+    sites = [Site(1, "mlp.out"), Site(2, "attn.o"), Site(2, "mlp.in")]
+    on_bridge, on_nn = HandAdapter(tiny, sites), HandAdapter(nn_tiny, sites)
+    try:
+        c = torch.tensor([1.0, -1.0, 0.0, 1.0]) if coeff == "rows" else coeff
+        with torch.no_grad():
+            got = run(nn_tiny, tokens, mask, on_nn.edits(c)).logits
+            want = run(tiny, tokens, mask, on_bridge.edits(c)).logits
+            base = run(tiny, tokens, mask).logits
+        _close_real(got, want, mask)
+        assert (got - base).abs().max() > 1e-2  # the adapter changes the output
+        # an edit runs only on the model its adapter is attached to
+        with pytest.raises(ValueError, match="not attached to this model"):
+            run(nn_tiny, tokens, mask, on_bridge.edits(c))
+        with pytest.raises(ValueError, match="not attached to this model"):
+            run(tiny, tokens, mask, on_nn.edits(c))
+    finally:
+        on_bridge.detach()
+        on_nn.detach()
 
 
-def test_innerpissa_adapter_matches_bridge(tiny, nn_tiny, batch):
-    innerpissa = pytest.importorskip("interp.adapters.innerpissa", reason="adapter not landed yet")
+def test_innerpissa_adapter_matches_bridge(tiny, nn_tiny, batch, tmp_path):
+    from interp.adapters.innerpissa import InnerPiSSAConfig, attach
+    from interp.adapters.io import load_adapter, save_adapter
+
     tokens, mask = batch
     sites = [Site(1, "mlp.out"), Site(2, "attn.o")]
-    adapter = innerpissa.attach(tiny, sites, innerpissa.InnerPiSSAConfig(rank=8))
+    adapter = attach(tiny, sites, InnerPiSSAConfig(rank=8))
+    loaded = None
     try:
         with torch.no_grad():
             for p in adapter.parameters():
                 p.normal_(0, 0.1, generator=torch.Generator().manual_seed(p.numel()))
+        save_adapter(adapter, tmp_path / "a")
+        loaded = load_adapter(nn_tiny, tmp_path / "a")  # rebuilt on nnsight's own weights
         for c in (1.0, -1.0, torch.tensor([1.0, -1.0, 0.0, 1.0])):
-            got = nnsight_logits(nn_tiny, tokens, mask, adapter, coeff=c)
-            with torch.no_grad(), adapter.steer(tiny, c):
-                want = tiny(tokens, attention_mask=mask)
+            with torch.no_grad():
+                got = run(nn_tiny, tokens, mask, loaded.edits(c)).logits
+                want = run(tiny, tokens, mask, adapter.edits(c)).logits
             _close_real(got, want, mask, atol=1e-4)
     finally:
         adapter.detach()
+        if loaded is not None:
+            loaded.detach()
 
 
 def test_remote_local_path_runs_inline_steering(nn_tiny, batch):
     """remote='local' serialises the trace as NDIF would: the inline maths must survive it."""
     tokens, mask = batch
-    st = NNSteering(deltas={"blocks.1.mlp.out": 0.05 * torch.ones(64, 128)}, vectors={2: torch.ones(64)})
-    _close_real(nnsight_logits(nn_tiny, tokens, mask, st, remote="local"), nnsight_logits(nn_tiny, tokens, mask, st), mask)
+    adapter = HandAdapter(nn_tiny, [Site(1, "mlp.out")])
+    try:
+        edits = (*adapter.edits(1.0), *VectorSteering({2: torch.ones(64)}).edits(1.0))
+        with torch.no_grad():
+            _close_real(NNsightBackend(nn_tiny, remote="local").run(tokens, mask, edits).logits,
+                        run(nn_tiny, tokens, mask, edits).logits, mask)
+    finally:
+        adapter.detach()
 
 
-def test_for_evaluate_gives_bridge_logits(tiny, nn_tiny, batch):
+def test_nnsight_refuses_edits_it_cannot_run(nn_tiny, batch):
     tokens, mask = batch
-    vs = VectorSteering({2: torch.randn(64, generator=torch.Generator().manual_seed(3))})
-    model_like, method_like = for_evaluate(nn_tiny, vs)
-    with method_like.steer(model_like, -1.0):
-        got = model_like(tokens, attention_mask=mask)
-    with torch.no_grad(), vs.steer(tiny, -1.0):
-        want = tiny(tokens, attention_mask=mask)
-    _close_real(got, want, mask)
-    assert model_like.steering == NNSteering()  # reset after the block
-    with pytest.raises(ValueError, match="no nnsight form"):
-        steering_from(object(), 1.0)
+    with pytest.raises(TypeError, match="AtHook"):
+        run(nn_tiny, tokens, mask, (AtHook("unembed.hook_out", lambda x: x),))
+    with pytest.raises(ValueError, match="out of range"):
+        run(nn_tiny, tokens, mask, VectorSteering({9: torch.ones(64)}).edits(1.0))
 
 
 # --------------------------------------------------------------------------- remote
@@ -230,7 +231,7 @@ def test_remote_without_key_fails_fast(nn_tiny, batch, monkeypatch):
     tokens, mask = batch
     start = time.perf_counter()
     with pytest.raises(RemoteUnavailable, match="NDIF_API_KEY"):
-        nnsight_logits(nn_tiny, tokens, mask, remote=True)
+        NNsightBackend(nn_tiny, remote=True).run(tokens, mask)
     assert time.perf_counter() - start < 5.0
     with pytest.raises(RemoteUnavailable, match="built locally"):
         load_nnsight("tiny-random", remote=True)
@@ -268,16 +269,19 @@ def test_default_model_parity(smol):
                          padding_side="left")
     tokens, mask = enc.input_ids, enc.attention_mask
     hooks = ["blocks.14.hook_resid_post", "blocks.14.mlp.out.hook_in", "blocks.20.attn.o.hook_out"]
-    logits, found = nnsight_trace(nn_smol, tokens, mask, sites=hooks)
-    ref = bridge_runner(smol, hooks)(tokens, mask, 0.0)
+    with torch.no_grad():
+        got, ref = run(nn_smol, tokens, mask, read=hooks), run(smol, tokens, mask, read=hooks)
     for h in hooks:
-        _close_real(found[h], ref[h], mask, atol=1e-4)
-    adapter = HandAdapter(smol, [Site(14, "mlp.out")])
-    for c in (1.0, -1.0):
-        got = nnsight_logits(nn_smol, tokens, mask, adapter, coeff=c)
-        with torch.no_grad(), adapter.steer(smol, c):
-            want = smol(tokens, attention_mask=mask)
-        _close_real(got, want, mask, atol=1e-4)
+        _close_real(got.states[h], ref.states[h], mask, atol=1e-4)
+    on_bridge, on_nn = HandAdapter(smol, [Site(14, "mlp.out")]), HandAdapter(nn_smol, [Site(14, "mlp.out")])
+    try:
+        for c in (1.0, -1.0):
+            with torch.no_grad():
+                _close_real(run(nn_smol, tokens, mask, on_nn.edits(c)).logits, run(smol, tokens, mask, on_bridge.edits(c)).logits,
+                            mask, atol=1e-4)
+    finally:
+        on_bridge.detach()
+        on_nn.detach()
 
 
 def test_evaluate_remote_without_key_says_why_before_building_anything(monkeypatch, capsys):

@@ -18,7 +18,7 @@ def test_recipes_parse_into_train_configs():
         "lr": 0.02, "steps": 5, "rotate_u": True, "loss_layer": None}
     for name, spec in RECIPES.items():
         recipe_config(TrainConfig(), spec, 0)  # every named recipe is a valid config
-    with pytest.raises(ValueError, match="TrainConfig field"):
+    with pytest.raises(ValueError, match="TrainConfig or adapter field"):
         parse_recipe("learning_rate=0.1")
     with pytest.raises(ValueError, match="field=value"):
         parse_recipe("lr")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -12,14 +11,15 @@ import torch
 pytest.importorskip("h5py", reason="h5netcdf needs h5py to write netCDF4 (add h5py to the project dependencies)")
 
 from interp import store as store_mod  # noqa: E402
+from interp.interventions import AddToResidual  # noqa: E402
 from interp.provenance import provenance, read_json_attr  # noqa: E402
 from interp.steering import SteeringMethod  # noqa: E402
 from interp.store import (  # noqa: E402
     StoreError,
-    bridge_runner,
     collect,
     meta_from_pair_batch,
     open_store,
+    runner,
     site_array,
 )
 
@@ -34,19 +34,12 @@ def batch(tiny):
 
 
 class Noise(SteeringMethod):
-    """Adds seeded-RNG noise at one resid hook, scaled by c: shows that the seed fixes the data."""
+    """Adds a vector drawn from the global RNG at one layer, scaled by c: shows that the seed fixes the data."""
 
     name = "noise"
 
-    @contextmanager
-    def steer(self, model, coeff):
-        c = self.effective(coeff)
-
-        def hook(x, hook):
-            return x + c * torch.randn_like(x)
-
-        with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", hook)]):
-            yield
+    def edits(self, coeff):
+        return (AddToResidual(0, torch.randn(64), self.effective(coeff)),)
 
 
 def test_round_trip_keeps_values_dims_coords_attrs(tiny, batch, tmp_path):
@@ -55,7 +48,7 @@ def test_round_trip_keeps_values_dims_coords_attrs(tiny, batch, tmp_path):
     path = collect(tiny, tmp_path / "s", tokens, mask, SITES, coeffs=(0.0,), positions="all",
                    meta=meta, chunk_size=4, batch_size=3, progress=False)
     ds = open_store(path)
-    ref = bridge_runner(tiny, [store_mod.site_hook(s) for s in SITES])(tokens, mask, 0.0)
+    ref = runner(tiny, [store_mod.site_hook(s) for s in SITES])(tokens, mask, 0.0)
     real = mask.bool().numpy()
     for site in SITES:
         hook = store_mod.site_hook(site)
@@ -86,7 +79,7 @@ def test_last_positions_and_float16(tiny, batch, tmp_path):
                    chunk_size=16, progress=False)
     ds = open_store(path)
     assert ds["acts"].dims == ("sample", "coeff", "site", "d_model") and ds["acts"].dtype == np.float16
-    full = bridge_runner(tiny, ["blocks.2.hook_resid_post"])(tokens, mask, 0.0)["blocks.2.hook_resid_post"]
+    full = runner(tiny, ["blocks.2.hook_resid_post"])(tokens, mask, 0.0)["blocks.2.hook_resid_post"]
     want = full[:, -1].numpy().astype(np.float16)  # left padding: the last position is the last real token
     np.testing.assert_array_equal(ds["acts"].values[:, 0, 0], want)
     assert (ds["last_index"].values == tokens.shape[1] - 1).all()

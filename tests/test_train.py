@@ -8,7 +8,6 @@ InnerPiSSA when ``interp.adapters.innerpissa`` is present.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
@@ -17,7 +16,7 @@ from torch import nn
 
 from interp.data import make_pairs, split_by_suffix
 from interp.sites import linear_of, select_sites
-from interp.steering import SteeringMethod, check_coeff
+from interp.adapters.base import AdapterSet, DeltaLayer
 from interp.train import (
     CHECKPOINT,
     LOG,
@@ -31,53 +30,34 @@ from interp.train import (
 )
 
 
-class ToyAdapter(SteeringMethod):
+class ToyLayer(DeltaLayer):
+    """ΔW(c) = c · B A: linear in c, so it exercises the loop without InnerPiSSA's maths."""
+
+    def __init__(self, site, weight, rank: int, generator: torch.Generator):
+        super().__init__()
+        self.site = site
+        self.A = nn.Parameter(torch.randn(rank, weight.shape[1], generator=generator) * 0.02)
+        self.B = nn.Parameter(torch.randn(weight.shape[0], rank, generator=generator) * 0.02)
+
+    def delta(self, x, coeff):
+        c = coeff.to(x.dtype).view(-1, 1, 1) if isinstance(coeff, torch.Tensor) else float(coeff)
+        return c * (x @ self.A.T @ self.B.T)
+
+    def delta_weight(self, coeff):
+        return float(coeff) * (self.B @ self.A)
+
+
+class ToyAdapter(AdapterSet):
     """Minimal AdapterSet: y += c · x Aᵀ Bᵀ per site (the c = 0 model is the base model)."""
 
     name = "toy"
 
     def __init__(self, model, sites, rank: int = 4, seed: int = 0):
-        self.sites, self.model_spec = list(sites), model.spec
         g = torch.Generator().manual_seed(seed)
-        self.layers = nn.ModuleDict()
-        for s in self.sites:
-            w = linear_of(model, s).weight
-            m = nn.Module()
-            m.A = nn.Parameter(torch.randn(rank, w.shape[1], generator=g) * 0.02)
-            m.B = nn.Parameter(torch.randn(w.shape[0], rank, generator=g) * 0.02)
-            self.layers[s.name.replace(".", "_")] = m
-        self._coeff = 0.0
-        self._handles = [linear_of(model, s).register_forward_hook(self._hook(s)) for s in self.sites]
-
-    def _hook(self, site):
-        def hook(mod, inp, out):
-            c = self._coeff
-            if isinstance(c, torch.Tensor):
-                c = c.to(out.dtype).view(-1, *([1] * (out.ndim - 1)))
-            elif c == 0:
-                return out
-            m = self.layers[site.name.replace(".", "_")]
-            return out + c * (inp[0] @ m.A.T @ m.B.T)
-
-        return hook
-
-    def parameters(self):
-        return (p for p in self.layers.parameters() if p.requires_grad)
-
-    @contextmanager
-    def steer(self, model, coeff):
-        self._coeff = self.effective(check_coeff(coeff))
-        try:
-            yield
-        finally:
-            self._coeff = 0.0
+        super().__init__(model, sites, [ToyLayer(s, linear_of(model, s).weight, rank, g) for s in sites])
 
     def diagnostics(self):
         return [{"site": s.name, "norm_B": float(self.layers[s.name.replace(".", "_")].B.detach().norm())} for s in self.sites]
-
-    def detach(self):
-        for h in self._handles:
-            h.remove()
 
 
 def _innerpissa(model, sites, seed):
@@ -119,7 +99,8 @@ def test_config_and_cli_errors(capsys):
     assert "valid modules" in capsys.readouterr().err
     config, args = parse_args(["--space", "dHS@U", "--loss", "logsigmoid", "--no-rotate-v", "--rotate-u",
                                "--scaling", "mult", "--layers", "0.3,0.5", "--steps", "3", "--resume"])
-    assert (config.space, config.loss, config.rotate_v, config.rotate_u, config.scaling, config.layers, config.steps) == (
+    assert (config.space, config.loss, config.adapter.rotate_v, config.adapter.rotate_u, config.adapter.scaling, config.layers,
+            config.steps) == (
         "dHS@U", "logsigmoid", False, True, "mult", "0.3,0.5", 3)
     assert args.resume
 
@@ -145,7 +126,7 @@ SHORT = dict(model="tiny-random", n_pairs=200, n_calibration=16, n_validation=16
 @pytest.mark.parametrize("kind", ["toy", "innerpissa"])
 def test_short_run_lowers_loss_and_orders_validation(tiny, tmp_path, kind):
     sites = select_sites(tiny, layers=[1], modules=["mlp.out"])
-    config = TrainConfig(**SHORT, seed=0, diagnostics_every=8, checkpoint_every=8)
+    config = TrainConfig.of(**SHORT, seed=0, diagnostics_every=8, checkpoint_every=8)
     base = linear_of(tiny, sites[0]).weight.detach().clone()
     adapter = ADAPTERS[kind](tiny, sites, 0)
     try:
@@ -173,7 +154,7 @@ def test_short_run_lowers_loss_and_orders_validation(tiny, tmp_path, kind):
 @pytest.mark.parametrize("kind", ["toy", "innerpissa"])
 def test_kill_and_resume_is_bit_exact(tiny, tmp_path, kind):
     sites = select_sites(tiny, layers=[1, 2], modules=["mlp.out"])
-    config = TrainConfig(**{**SHORT, "steps": 5, "batch_size": 2, "n_calibration": 4, "n_validation": 4},
+    config = TrainConfig.of(**{**SHORT, "steps": 5, "batch_size": 2, "n_calibration": 4, "n_validation": 4},
                          seed=1, checkpoint_every=2)
     pairs = build_pairs(config)
 
@@ -218,14 +199,14 @@ def test_resume_without_checkpoint_is_an_error(tiny, tmp_path):
     adapter = ToyAdapter(tiny, sites)
     try:
         with pytest.raises(ValueError, match="checkpoint"):
-            train(tiny, adapter, build_pairs(TrainConfig(**SHORT)), TrainConfig(**SHORT), out=tmp_path, resume=True)
+            train(tiny, adapter, build_pairs(TrainConfig.of(**SHORT)), TrainConfig.of(**SHORT), out=tmp_path, resume=True)
     finally:
         adapter.detach()
 
 
 def test_resume_with_other_settings_is_an_error(tiny, tmp_path):
     sites = select_sites(tiny, layers=[1], modules=["mlp.out"])
-    config = TrainConfig(**{**SHORT, "steps": 2, "n_calibration": 4, "n_validation": 4}, checkpoint_every=1)
+    config = TrainConfig.of(**{**SHORT, "steps": 2, "n_calibration": 4, "n_validation": 4}, checkpoint_every=1)
     pairs = build_pairs(config)
     for cfg, resume in [(config, False), (replace(config, checkpoint_every=2), True)]:  # cadence may change
         adapter = ToyAdapter(tiny, sites)
@@ -243,7 +224,7 @@ def test_resume_with_other_settings_is_an_error(tiny, tmp_path):
 
 def test_dhs_u_space_and_logsigmoid_run(tiny):
     sites = select_sites(tiny, layers=[1], modules=["mlp.out"])
-    config = TrainConfig(**{**SHORT, "steps": 2, "batch_size": 2, "n_calibration": 4, "n_validation": 4},
+    config = TrainConfig.of(**{**SHORT, "steps": 2, "batch_size": 2, "n_calibration": 4, "n_validation": 4},
                          space="dHS@U", loss="logsigmoid", loss_layer=2)
     adapter = ToyAdapter(tiny, sites)
     try:
@@ -273,7 +254,7 @@ def test_cli_calibrates_the_sign_on_the_concept_measure(mini_concept, tmp_path):
 @pytest.mark.parametrize("space", ["dHS", "dHS@U"])
 def test_antisym_loss_runs_and_is_bounded(tiny, space):
     sites = select_sites(tiny, layers=[1], modules=["mlp.out"])
-    config = TrainConfig(**{**SHORT, "steps": 2, "batch_size": 2, "n_calibration": 4, "n_validation": 4},
+    config = TrainConfig.of(**{**SHORT, "steps": 2, "batch_size": 2, "n_calibration": 4, "n_validation": 4},
                          space=space, loss="antisym", loss_layer=2)
     adapter = ToyAdapter(tiny, sites)
     try:
@@ -304,7 +285,7 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(tiny, tmp_path):
     try:
         with pytest.raises(ValueError, match="not a checkpoint this version wrote"):
             train(tiny, adapter, split_by_suffix(make_pairs(n_pairs=40), 0.2),
-                  TrainConfig(**{**SHORT, "steps": 2, "batch_size": 2, "n_calibration": 4, "n_validation": 4}),
+                  TrainConfig.of(**{**SHORT, "steps": 2, "batch_size": 2, "n_calibration": 4, "n_validation": 4}),
                   out=run, resume=True, progress=False)
     finally:
         adapter.detach()
@@ -313,7 +294,7 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(tiny, tmp_path):
 
 def _checkpointed_run(model, tmp_path):
     sites = select_sites(model, layers=[1], modules=["mlp.out"])
-    config = TrainConfig(**{**SHORT, "steps": 2, "n_calibration": 4, "n_validation": 4}, checkpoint_every=1)
+    config = TrainConfig.of(**{**SHORT, "steps": 2, "n_calibration": 4, "n_validation": 4}, checkpoint_every=1)
     adapter = ToyAdapter(model, sites)
     try:
         train(model, adapter, build_pairs(config), config, out=tmp_path, progress=False)
@@ -375,7 +356,7 @@ def test_kl_term_is_the_weighted_next_token_kl_of_both_directions(tiny, kind):
         with torch.no_grad():  # move the adapter off its near-identity start so the KL is not ~0
             for p in adapter.parameters():
                 p.add_(torch.randn_like(p) * 3.0)
-        config = TrainConfig(**SHORT)
+        config = TrainConfig.of(**SHORT)
         batch = tokenize_pairs(tiny.tokenizer, build_pairs(config).train[:4], system="")
         direction = torch.nn.functional.normalize(torch.randn(int(tiny.cfg.d_model)), dim=0)
         kw = dict(hook=resid_hook(2))

@@ -1,17 +1,16 @@
 """What every weight-space adapter shares: per-site delta layers and their manager.
 
 An adapter changes a linear layer ``y = x Wᵀ + b`` at a steering coefficient ``c`` to
-``y = x (W + ΔW(c))ᵀ + b`` with ``ΔW(0) = 0``. It is installed in the *delta form*: a
-torch forward hook on the raw Hugging Face ``nn.Linear`` (:func:`interp.sites.linear_of`)
-adds ``x ΔW(c)ᵀ`` to the layer's output.
+``y = x (W + ΔW(c))ᵀ + b`` with ``ΔW(0) = 0``. It acts in the *delta form*: at ``c`` it is
+one :class:`~interp.interventions.WeightDelta` per site (:meth:`AdapterSet.edits`), which a
+backend executes by adding ``x ΔW(c)ᵀ`` to the layer's output (the bridge: a forward hook
+on the raw Hugging Face ``nn.Linear``; nnsight: the same sum inside a trace). The base
+weight is never copied or re-parametrised, so ``c = 0`` (no edits) is the base model bit
+for bit.
 
-Why a forward hook on the raw Linear rather than replacing the module or using the
-bridge's ``hook_in``/``hook_out`` pair: the module tree (and so every hook name,
-``state_dict`` key and nnsight path) stays untouched; the hook sees the layer's input
-and output together, which a hook-point pair would have to smuggle between two
-callbacks; the base weight is never copied or re-parametrised, so ``c = 0`` skips the
-hook's arithmetic and is the base model bit for bit, and :meth:`AdapterSet.detach`
-restores the original by removing one handle.
+Attaching an adapter marks each adapted Linear with its site's layer (so edits run only on
+the model they were made for, and two adapters never stack silently) and freezes the
+model's own parameters; :meth:`AdapterSet.detach` undoes both.
 
 Subclasses provide the :class:`DeltaLayer` (``delta`` / ``delta_weight`` /
 ``diagnostics``) and, for saving, ``options()`` / ``from_options()``
@@ -30,11 +29,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from interp.interventions import ADAPTED, Edits, WeightDelta, is_zero
 from interp.sites import Site, linear_of
 from interp.steering import Coeff, SteeringMethod
-
-# The attribute marking a Linear as adapted, so that two adapters never stack silently.
-_MARK = "_interp_adapter"
 
 
 def site_seed(seed: int, site: Site) -> int:
@@ -53,7 +50,7 @@ class DeltaLayer(nn.Module):
     site: Site
 
     def delta(
-        self, x: Float[Tensor, "batch pos d_in"], coeff: float | Float[Tensor, "batch"]
+        self, x: Float[Tensor, "batch pos d_in"], coeff: float | Float[Tensor, " batch"]
     ) -> Float[Tensor, "batch pos d_out"]:
         """``x ΔW(c)ᵀ`` for a scalar ``c`` or one coefficient per batch row."""
         raise NotImplementedError
@@ -67,24 +64,18 @@ class DeltaLayer(nn.Module):
         return {}
 
 
-def _is_zero(coeff: Coeff) -> bool:
-    if isinstance(coeff, Tensor):
-        return not bool(coeff.any())
-    return coeff == 0.0
-
-
 class AdapterSet(SteeringMethod):
     """Delta layers attached at ``sites`` of one model, steered together by one ``c``.
 
-    Outside any :meth:`steer` block the coefficient is 0 and the hooks return the base
-    output untouched. ``orientation`` (set by training or sign calibration) multiplies
-    every coefficient, so ``+c`` can mean "more of the concept" without touching the
-    parameters.
+    ``orientation`` (set by training or sign calibration) multiplies every coefficient,
+    so ``+c`` can mean "more of the concept" without touching the parameters.
     """
 
     name = "adapter"
 
     def __init__(self, model, sites: Sequence[Site], layers: Sequence[DeltaLayer]):
+        from interp.backends import backend_of
+
         if not sites:
             raise ValueError("an adapter needs at least one site")
         names = [s.name for s in sites]
@@ -92,47 +83,26 @@ class AdapterSet(SteeringMethod):
             raise ValueError(f"duplicate sites: {names}")
         self.sites: list[Site] = list(sites)
         self.layers = nn.ModuleDict({layer_key(s): layer for s, layer in zip(sites, layers, strict=True)})
-        self.model_spec: str = str(getattr(model, "spec", "") or "")
         self.orientation = 1
         self.metadata: dict[str, Any] = {}
-        self._model_id = id(model)
-        self._coeff: Coeff | None = None
+        self._backend = backend_of(model)
+        self.model_spec: str = self._backend.spec
         self._merged: dict[str, Tensor] = {}
         self._linears: dict[str, nn.Linear] = {}
-        self._handles = []
+        self._attached = False
         for site in self.sites:
-            linear = linear_of(model, site)
-            if getattr(linear, _MARK, None) is not None:
+            linear = linear_of(self._backend, site)
+            if getattr(linear, ADAPTED, None) is not None:
                 raise ValueError(f"{site.name} already carries an adapter; detach it first")
             self._linears[site.name] = linear
         # Only adapter parameters take gradients (as in PEFT); detach restores the flags.
-        self._trainable_base = [p for p in model.parameters() if p.requires_grad]
+        self._trainable_base = [p for p in self._backend.parameters() if p.requires_grad]
         for p in self._trainable_base:
             p.requires_grad_(False)
         for site in self.sites:
-            linear = self._linears[site.name]
-            setattr(linear, _MARK, self)
-            self._handles.append(linear.register_forward_hook(self._hook(self.layers[layer_key(site)])))
-
-    # ------------------------------------------------------------------ hooks
-
-    def _hook(self, layer: DeltaLayer):
-        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor | None:
-            coeff = self._coeff
-            if coeff is None or self._merged:
-                return None  # c = 0 (or folded into the weights): the base output, untouched
-            x = inputs[0]
-            if isinstance(coeff, Tensor) and coeff.ndim == 1 and coeff.shape[0] != x.shape[0]:
-                raise ValueError(f"{coeff.shape[0]} coefficients for a batch of {x.shape[0]} rows at {layer.site.name}")
-            return output + layer.delta(x, coeff).to(output.dtype)
-
-        return hook
-
-    def _check_model(self, model) -> None:
-        if id(model) != self._model_id:
-            raise ValueError("this adapter is attached to another model instance; attach it to this one (or load it with interp.adapters.io.load_adapter)")
-        if not self._handles:
-            raise ValueError("this adapter has been detached")
+            # object.__setattr__: a Module attribute would register the layer as a submodule of the Linear
+            object.__setattr__(self._linears[site.name], ADAPTED, self.layers[layer_key(site)])
+        self._attached = True
 
     # ------------------------------------------------------------------ steering
 
@@ -140,21 +110,27 @@ class AdapterSet(SteeringMethod):
         """The adapter's trainable parameters (base weights are never among them)."""
         return (p for p in self.layers.parameters() if p.requires_grad)
 
-    @contextmanager
-    def steer(self, model, coeff: Coeff) -> Iterator[None]:
-        """Run the block at coefficient ``coeff`` (scalar or ``[batch]``; orientation applied)."""
-        self._check_model(model)
+    def edits(self, coeff: Coeff) -> Edits:
+        """One :class:`~interp.interventions.WeightDelta` per site at ``coeff`` (scalar or ``[batch]``;
+        orientation applied); none at 0."""
+        if not self._attached:
+            raise ValueError("this adapter has been detached")
         if self._merged:
             raise ValueError("the adapter is merged into the weights; unmerge() before steering")
         eff = self.effective(coeff)
-        if isinstance(eff, Tensor) and eff.ndim == 0:
-            eff = float(eff)
-        previous = self._coeff
-        self._coeff = None if _is_zero(eff) else eff
-        try:
+        if is_zero(eff):
+            return ()
+        return tuple(WeightDelta(site, self.layers[layer_key(site)], eff) for site in self.sites)
+
+    @contextmanager
+    def steer(self, model, coeff: Coeff) -> Iterator[None]:
+        """Run the block at coefficient ``coeff`` (scalar or ``[batch]``; orientation applied)."""
+        from interp.backends import backend_of
+
+        if backend_of(model) is not self._backend:
+            raise ValueError("this adapter is attached to another model instance; attach it to this one (or load it with interp.adapters.io.load_adapter)")
+        with super().steer(model, coeff):
             yield
-        finally:
-            self._coeff = previous
 
     # ------------------------------------------------------------------ merge / detach
 
@@ -163,33 +139,35 @@ class AdapterSet(SteeringMethod):
         """Fold ``ΔW(c)`` (orientation applied) into the weights: zero-overhead inference."""
         if self._merged:
             raise ValueError("already merged; unmerge() first")
-        if not self._handles:
+        if not self._attached:
             raise ValueError("this adapter has been detached")
         eff = float(self.effective(float(coeff)))
         for site in self.sites:
             w = self._linears[site.name].weight
             self._merged[site.name] = w.data.clone()
             w.data += self.layers[layer_key(site)].delta_weight(eff).to(w.dtype)
+        self._backend.weights_changed()
 
     @torch.no_grad()
     def unmerge(self) -> None:
         """Restore the weights saved by :meth:`merge`, bit for bit."""
         for name, original in self._merged.items():
             self._linears[name].weight.data.copy_(original)
+        if self._merged:
+            self._backend.weights_changed()
         self._merged = {}
 
     def detach(self) -> None:
-        """Remove the hooks (unmerging first): the model is the original again."""
+        """Unmerge, unmark the Linears and unfreeze the base: the model is the original again."""
         self.unmerge()
         for p in self._trainable_base:
             p.requires_grad_(True)
         self._trainable_base = []
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        for linear in self._linears.values():
-            if getattr(linear, _MARK, None) is self:
-                delattr(linear, _MARK)
+        for site in self.sites:
+            linear = self._linears[site.name]
+            if getattr(linear, ADAPTED, None) is self.layers[layer_key(site)]:
+                delattr(linear, ADAPTED)
+        self._attached = False
 
     # ------------------------------------------------------------------ reports
 
@@ -238,9 +216,12 @@ class ConfiguredAdapter(AdapterSet):
     config_class: type
 
     def __init__(self, model, sites: Sequence[Site | str], config=None):
+        from interp.backends import backend_of
+
         sites = [Site.parse(s) if isinstance(s, str) else s for s in sites]
         self.adapter_config = self.config_class() if config is None else config
-        layers = [self.layer_class(site, linear_of(model, site), self.adapter_config) for site in sites]
+        backend = backend_of(model)
+        layers = [self.layer_class(site, linear_of(backend, site), self.adapter_config) for site in sites]
         super().__init__(model, sites, layers)
 
     def options(self) -> dict:

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from interp.adapters.base import ConfiguredAdapter, DeltaLayer, site_seed
 from interp.cayley import cayley, orthogonality_error, skew, soft_clamp, soft_clamp_angle
+from interp.geometry import top_svd
 from interp.sites import Site
 
 SCALINGS: tuple[str, ...] = ("mult", "add", "none")
@@ -73,6 +74,19 @@ class InnerPiSSAConfig:
             raise ValueError("nothing to learn: enable rotate_v, rotate_u or a scaling")
 
 
+# The ablations of the comparison table: each a variant that differs from the default adapter
+# (rank 64, V rotated, U fixed, additive scaling), as InnerPiSSAConfig keyword arguments.
+ABLATIONS: dict[str, dict] = {
+    "no_v_rotation": {"rotate_v": False},
+    "with_u_rotation": {"rotate_u": True},
+    "no_s_scaling": {"scaling": "none"},
+    "multiplicative_scaling": {"scaling": "mult"},
+    "rank_8": {"rank": 8},
+    "rank_32": {"rank": 32},
+    "rank_128": {"rank": 128},
+}
+
+
 def config_from_options(options: dict) -> InnerPiSSAConfig:
     """The config of a saved adapter; one saved before ``clamp`` existed was trained with the entry clamp."""
     return InnerPiSSAConfig(**{"clamp": "entry", **options})
@@ -84,7 +98,7 @@ def generator(theta: Float[Tensor, "*b r r"], config: InnerPiSSAConfig) -> Float
 
 
 def scaled_values(
-    s: Float[Tensor, "r"], lam: Float[Tensor, "r"] | None, scaling: str, coeff: Float[Tensor, "k"]
+    s: Float[Tensor, " r"], lam: Float[Tensor, " r"] | None, scaling: str, coeff: Float[Tensor, " k"]
 ) -> Float[Tensor, "k r"]:
     """``S ⊙ g(c)`` per coefficient: ``S·exp(cλ)`` (mult), ``S + c·tanh λ`` (add), ``S`` (none)."""
     s = s.expand(coeff.shape[0], -1)
@@ -94,18 +108,6 @@ def scaled_values(
     if scaling == "mult":
         return s * torch.exp(c * lam)
     return s + c * torch.tanh(lam)
-
-
-def top_svd(weight: Float[Tensor, "d_out d_in"], rank: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Float64 top-``rank`` SVD ``(U [d_out, r], S [r], V [d_in, r])`` with canonical signs."""
-    d_out, d_in = weight.shape
-    if rank > min(d_out, d_in):
-        raise ValueError(f"rank {rank} is larger than min(d_out, d_in) = {min(d_out, d_in)} for a {d_out}x{d_in} weight")
-    u, s, vh = torch.linalg.svd(weight.detach().to("cpu", torch.float64), full_matrices=False)
-    u, s, v = u[:, :rank], s[:rank], vh[:rank].T
-    flip = torch.sign(u.gather(0, u.abs().argmax(0, keepdim=True)))
-    flip[flip == 0] = 1
-    return u * flip, s, v * flip
 
 
 class InnerPiSSALayer(DeltaLayer):
@@ -134,7 +136,7 @@ class InnerPiSSALayer(DeltaLayer):
 
     # ------------------------------------------------------------------ pieces
 
-    def _rotation(self, theta: Tensor | None, coeff: Float[Tensor, "k"]) -> Float[Tensor, "k r r"] | None:
+    def _rotation(self, theta: Tensor | None, coeff: Float[Tensor, " k"]) -> Float[Tensor, "k r r"] | None:
         if theta is None:
             return None
         a = generator(theta, self.config)
@@ -150,14 +152,14 @@ class InnerPiSSALayer(DeltaLayer):
         r = self._rotation(self.theta_u, torch.tensor([float(coeff)], device=self.S.device))
         return torch.eye(self.config.rank, device=self.S.device) if r is None else r[0]
 
-    def _scaled(self, coeff: Float[Tensor, "k"]) -> Float[Tensor, "k r"]:
+    def _scaled(self, coeff: Float[Tensor, " k"]) -> Float[Tensor, "k r"]:
         return scaled_values(self.S.float(), self.lam, self.config.scaling, coeff)
 
-    def scale(self, coeff: float) -> Float[Tensor, "r"]:
+    def scale(self, coeff: float) -> Float[Tensor, " r"]:
         """The scaled singular values ``S ⊙ g(c)``."""
         return self._scaled(torch.tensor([float(coeff)], device=self.S.device))[0]
 
-    def middle(self, coeff: Float[Tensor, "k"]) -> Float[Tensor, "k r r"]:
+    def middle(self, coeff: Float[Tensor, " k"]) -> Float[Tensor, "k r r"]:
         """``M(c) = R_v diag(S g) R_uᵀ − diag(S)`` for each coefficient (zero at ``c = 0``)."""
         coeff = coeff.to(self.S.device, torch.float32)
         m = torch.diag_embed(self._scaled(coeff))
@@ -171,7 +173,7 @@ class InnerPiSSALayer(DeltaLayer):
     # ------------------------------------------------------------------ DeltaLayer
 
     def delta(
-        self, x: Float[Tensor, "batch pos d_in"], coeff: float | Float[Tensor, "batch"]
+        self, x: Float[Tensor, "batch pos d_in"], coeff: float | Float[Tensor, " batch"]
     ) -> Float[Tensor, "batch pos d_out"]:
         h = (x @ self.V).float()
         if isinstance(coeff, Tensor) and coeff.ndim == 1:

@@ -67,7 +67,7 @@ class LoRALayer(DeltaLayer):
         self.scaling = float(config.alpha) / r
 
     def delta(
-        self, x: Float[Tensor, "batch pos d_in"], coeff: float | Float[Tensor, "batch"]
+        self, x: Float[Tensor, "batch pos d_in"], coeff: float | Float[Tensor, " batch"]
     ) -> Float[Tensor, "batch pos d_out"]:
         out = (x @ self.lora_a.T) @ self.lora_b.T
         if isinstance(coeff, Tensor) and coeff.ndim == 1:

@@ -1,32 +1,31 @@
-"""The same collection and steering through nnsight, locally or on NDIF (``remote=True``).
+"""The nnsight backend: the same edits and read-outs through nnsight, locally or on NDIF.
 
 Analyses name places one way on both backends: this module maps the project's hook
 names (``blocks.14.mlp.out``, ``blocks.14.mlp.out.hook_in``, ``blocks.14.hook_resid_post``,
 ``blocks.14.hook_resid_pre``) to the wrapped Hugging Face modules
 (``model.layers[14].mlp.down_proj`` ...) for Llama-family models (Llama, Qwen2/3, Mistral).
 
-Steering inside a trace is plain tensor maths on tensors computed *outside* the trace:
-NDIF's sandbox whitelists modules, so remote code cannot call project functions.
+:class:`NNsightBackend` runs :mod:`interp.interventions` edits as plain tensor maths inside a
+trace, on tensors computed *outside* it (NDIF's sandbox whitelists modules, so remote code
+cannot call project functions):
 
-* an adapter (``interp.adapters`` API: ``adapter.layers[key].delta_weight(c)``): its
-  ``ΔW(c)`` per site is precomputed, and inside the trace the site's output gets
-  ``x @ ΔW(c).T`` added (one ΔW per row for a ``[batch]`` coefficient tensor);
-* steering vectors ``{layer: vector}`` (or a :class:`~interp.baselines.VectorSteering`):
-  ``c * vector`` is added to ``model.layers[L].output`` (= ``blocks.L.hook_resid_post``).
+* :class:`~interp.interventions.WeightDelta`: the layer's ``ΔW(c)`` is precomputed (one per
+  distinct coefficient of a ``[batch]`` c) and the site's output gets ``x @ ΔW(c).T`` added;
+* :class:`~interp.interventions.AddToResidual`: ``c * vector`` is added to
+  ``model.layers[L].output`` (= ``blocks.L.hook_resid_post``).
 
 Usage::
 
-    nn_model = load_nnsight("smollm2-135m")                       # fresh HF copy, eager attention
-    logits = nnsight_logits(nn_model, tokens, mask, steering=steering_from(adapter, 1.0))
-    path = collect(nn_model, "runs/acts", tokens, mask, sites=[...])  # same store as interp.store
-    model_like, method_like = for_evaluate(nn_model, adapter)      # for interp.evaluate
+    nn_model = load_nnsight("smollm2-135m")                  # fresh HF copy, eager attention
+    logits = run(nn_model, tokens, mask, adapter.edits(1.0)).logits   # interp.backends.run
+    adapter = load_adapter(nn_model, "runs/x/adapter")       # adapters attach to nnsight models too
+    path = collect(nn_model, "runs/acts", tokens, mask, sites=[...])  # interp.store.collect
 
-Remote (NDIF): build the model from a Hub id that NDIF serves (``load_nnsight(hf_id,
-remote=True)`` loads no weights), set ``NDIF_API_KEY`` (or ``nnsight.CONFIG.set_default_api_key``)
-and pass ``remote=True`` to :func:`nnsight_logits` / :func:`collect`. Without a key, a
-network or a served model it raises :class:`RemoteUnavailable` within a few seconds.
-Collection and evaluation can run remotely; training stays local (it needs gradients on
-adapter parameters held here).
+Remote (NDIF): ``load_nnsight(hf_id, remote=True)`` loads no weights and gives a model whose
+backend runs every trace on NDIF; set ``NDIF_API_KEY`` (or
+``nnsight.CONFIG.set_default_api_key``). Without a key, a network or a served model it raises
+:class:`RemoteUnavailable` within a few seconds. Collection and evaluation can run remotely;
+training stays local (it needs gradients on adapter parameters held here).
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ import socket
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Literal
 from urllib.parse import urlparse
 
@@ -44,11 +42,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.backends.base import Backend, Readout, backend_of
+from interp.interventions import ADAPTED, AddToResidual, Edits, WeightDelta
 from interp.models import DEFAULT_MODEL, TINY_PREFIX, load_hf
-from interp.provenance import provenance
 from interp.sites import LINEAR_MODULES, Site
-from interp.steering import Coeff, Messages, SteeringMethod, check_coeff
-from interp.store import Runner, StoreConfig, collect_with, site_hook
+from interp.steering import SteeringMethod
+from interp.store import site_hook
 
 Remote = bool | Literal["local"]
 
@@ -103,6 +102,7 @@ def load_nnsight(
         check_remote_spec(spec)
         nn_model = TransformersModel(spec)
         nn_model.spec = spec
+        object.__setattr__(nn_model, "_interp_backend", NNsightBackend(nn_model, remote=True))
         return nn_model
     hf_model, tokenizer = load_hf(spec, dtype=dtype)
     hf_model.set_attn_implementation(attn_implementation)
@@ -187,30 +187,12 @@ def _n_layers(nn_model) -> int:
     return int(nn_model._module.config.num_hidden_layers)
 
 
-class _SiteWeights:
-    """The part of a bridge that :func:`interp.adapters.io.load_adapter` reads, over an nnsight
-    model's own HF modules: layer count, a site's ``nn.Linear``, parameters and spec."""
-
-    def __init__(self, nn_model):
-        self._nn_model = nn_model
-        self.cfg = SimpleNamespace(n_layers=_n_layers(nn_model))
-        self.spec = getattr(nn_model, "spec", "")
-
-    def get_submodule(self, name: str) -> torch.nn.Module:
-        return module_of(self._nn_model, name)
-
-    def parameters(self) -> Iterator[torch.nn.Parameter]:
-        return self._nn_model._module.parameters()
-
-
 def load_adapter_nnsight(nn_model, path):
-    """A saved adapter (``interp.adapters.io`` folder) ready for :func:`steering_from` on ``nn_model``.
+    """A saved adapter (``interp.adapters.io`` folder) attached to ``nn_model``'s own weights.
 
-    It is checked and rebuilt against the nnsight model's own weights (the same refusals as
-    on the bridge: other model, shape, rank, damaged file), then detached again: inside a
-    trace it acts through its precomputed ``ΔW(c)``, never through hooks. The adapted
-    sites' weights must be here, so a model built with ``remote=True`` (weights on NDIF
-    only) is refused with a message saying so.
+    The same checks and refusals as on the bridge (other model, shape, rank, damaged file).
+    The adapted sites' weights must be here, so a model built with ``remote=True`` (weights
+    on NDIF only) is refused with a message saying so.
     """
     from interp.adapters.io import load_adapter, read_adapter_config
 
@@ -223,9 +205,7 @@ def load_adapter_nnsight(nn_model, path):
                 "but this model was built with remote=True and holds none here; load it with remote=False "
                 "(or apply a steering vector remotely)"
             )
-    adapter = load_adapter(_SiteWeights(nn_model), path)
-    adapter.detach()
-    return adapter
+    return load_adapter(nn_model, path)
 
 
 # --------------------------------------------------------------------------- steering
@@ -244,52 +224,31 @@ class NNSteering:
     vectors: Mapping[int, Tensor] = field(default_factory=dict)
 
 
-def _is_adapter(method) -> bool:
-    layers = getattr(method, "layers", None)
-    return isinstance(layers, torch.nn.ModuleDict) and all(hasattr(m, "delta_weight") for m in layers.values())
-
-
-def adapter_steering(adapter, coeff: Coeff) -> NNSteering:
-    """Precompute ``ΔW(c)`` for each adapter site (orientation applied, as ``adapter.steer`` does)."""
-    eff = adapter.effective(coeff)
+def edit_tensors(edits: Edits, n_layers: int | None = None) -> NNSteering:
+    """The plain tensors of ``edits`` for a trace or hooks: ``ΔW(c)`` per site (one per row for a
+    ``[batch]`` c: ``ΔW`` is not linear in c, so one per distinct coefficient), ``c · vector`` per layer."""
     deltas: dict[str, Tensor] = {}
+    vectors: dict[int, Tensor] = {}
     with torch.no_grad():
-        for site, layer in zip(adapter.sites, adapter.layers.values(), strict=True):
-            if isinstance(eff, Tensor) and eff.ndim == 1:
-                # ΔW(c) is not linear in c (rotations), so one ΔW per distinct coefficient.
-                cache = {c: layer.delta_weight(c) for c in sorted(set(eff.tolist()))}
-                deltas[site.name] = torch.stack([cache[c] for c in eff.tolist()])
+        for edit in edits:
+            if isinstance(edit, WeightDelta):
+                c = edit.coeff
+                if isinstance(c, Tensor) and c.ndim == 1:
+                    cache = {v: edit.layer.delta_weight(v) for v in sorted(set(c.tolist()))}
+                    deltas[edit.site.name] = torch.stack([cache[v] for v in c.tolist()])
+                else:
+                    deltas[edit.site.name] = edit.layer.delta_weight(float(c))
+            elif isinstance(edit, AddToResidual):
+                v, c = edit.vector.detach().float(), edit.coeff
+                add = c.float().view(-1, 1, 1).cpu() * v if isinstance(c, Tensor) and c.ndim == 1 else float(c) * v
+                vectors[edit.layer] = vectors[edit.layer] + add if edit.layer in vectors else add
             else:
-                deltas[site.name] = layer.delta_weight(float(eff))
-    return NNSteering(deltas=deltas)
-
-
-def vector_steering(vectors: Mapping[int, Tensor], coeff: Coeff, orientation: int = 1) -> NNSteering:
-    """``c * vector`` per layer (``[batch]`` coefficients give ``[batch, 1, d]`` tensors)."""
-    c = check_coeff(coeff)
-    c = c * orientation
-    out: dict[int, Tensor] = {}
-    for layer, v in vectors.items():
-        v = v.detach().float()
-        out[int(layer)] = c.float().view(-1, 1, 1) * v if isinstance(c, Tensor) and c.ndim == 1 else float(c) * v
-    return NNSteering(vectors=out)
-
-
-def steering_from(method: SteeringMethod | Mapping[int, Tensor] | None, coeff: Coeff = 1.0) -> NNSteering:
-    """Tensors for ``method`` at ``coeff``: an adapter, a vector method, ``{layer: vector}`` or nothing."""
-    if method is None or (isinstance(method, SteeringMethod) and type(method).steer is SteeringMethod.steer):
-        return NNSteering()  # no activation change (base model, or a prompt method: it acts on messages)
-    if isinstance(method, Mapping):
-        return vector_steering(method, coeff)
-    if _is_adapter(method):
-        return adapter_steering(method, coeff)
-    if hasattr(method, "vectors"):
-        return vector_steering(method.vectors, coeff, getattr(method, "orientation", 1))
-    raise ValueError(
-        f"{type(method).__name__} has no nnsight form: supported are adapters (interp.adapters), "
-        "vector methods (.vectors {layer: vector}), a {layer: vector} dict, or None; "
-        "prompt methods change the messages (method.messages) before tokenising instead"
-    )
+                raise TypeError(f"nnsight cannot apply {type(edit).__name__}; edits are interp.interventions values")
+    if n_layers is not None:
+        bad = sorted(L for L in vectors if not 0 <= L < n_layers)
+        if bad:
+            raise ValueError(f"steering layers {bad} out of range: the model has layers 0..{n_layers - 1}")
+    return NNSteering(deltas=deltas, vectors=vectors)
 
 
 # --------------------------------------------------------------------------- the trace
@@ -386,23 +345,6 @@ def nnsight_trace(
     return logits, found
 
 
-def nnsight_logits(
-    nn_model,
-    tokens: Int[Tensor, "batch pos"],
-    attention_mask: Int[Tensor, "batch pos"],
-    steering: NNSteering | SteeringMethod | Mapping[int, Tensor] | None = None,
-    *,
-    coeff: Coeff = 1.0,
-    remote: Remote = False,
-) -> Float[Tensor, "batch pos vocab"]:
-    """Logits of a forward pass through nnsight, steered by precomputed :class:`NNSteering`
-    (or a method / vector dict, converted at ``coeff``)."""
-    if not isinstance(steering, NNSteering):
-        steering = steering_from(steering, coeff)
-    logits, _ = nnsight_trace(nn_model, tokens, attention_mask, steering=steering, remote=remote)
-    return logits
-
-
 # --------------------------------------------------------------------------- generation
 
 
@@ -454,7 +396,7 @@ def hooked(nn_model, steering: NNSteering) -> Iterator[None]:
 def nnsight_generate(nn_model, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"],
                      steering: NNSteering | None = None, *, max_new_tokens: int, sample: bool = False,
                      temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-                     eos: Sequence[int] = ()) -> tuple[Int[Tensor, "batch new"], Int[Tensor, "batch"]]:
+                     eos: Sequence[int] = ()) -> tuple[Int[Tensor, "batch new"], Int[Tensor, " batch"]]:
     """Continue left-padded prompts on a local nnsight model, steered; ``(new tokens, lengths)``.
 
     Rows end at their first token in ``eos`` (kept); tokens after a row's end are -1.
@@ -477,114 +419,79 @@ def nnsight_generate(nn_model, tokens: Int[Tensor, "batch pos"], attention_mask:
     return out, lengths
 
 
-# --------------------------------------------------------------------------- store + evaluate
+# --------------------------------------------------------------------------- the backend
 
 
-def nnsight_runner(nn_model, sites: Sequence[str], method=None, *, remote: Remote = False) -> Runner:
-    """A :data:`interp.store.Runner` through nnsight (steering precomputed per coefficient)."""
+class NNsightBackend(Backend):
+    """An nnsight model as a backend: :meth:`run` is one trace with the edits inlined; ``remote``
+    (``True``: NDIF, ``"local"``: NDIF's serialisation path run here) applies to every trace."""
 
-    def run(tokens: Tensor, attention_mask: Tensor, coeff: float) -> dict[str, Tensor]:
-        _, found = nnsight_trace(
-            nn_model, tokens, attention_mask, sites=sites, steering=steering_from(method, coeff), remote=remote
-        )
-        return found
-
-    return run
-
-
-def collect(
-    nn_model,
-    path,
-    tokens: Int[Tensor, "n pos"],
-    attention_mask: Int[Tensor, "n pos"],
-    sites: Sequence[Site | str],
-    *,
-    method=None,
-    coeffs: Sequence[float] = (0.0,),
-    positions: Literal["last", "all"] = "last",
-    meta: Mapping[str, Sequence] | None = None,
-    chunk_size: int = 64,
-    batch_size: int = 8,
-    dtype: Literal["float32", "float16"] = "float32",
-    seed: int = 0,
-    remote: Remote = False,
-    extra_attrs: Mapping | None = None,
-    progress: bool = True,
-):
-    """:func:`interp.store.collect` through nnsight: the same store format, dims, coords and provenance."""
-    if remote is True:
-        check_remote(nn_model)
-    config = StoreConfig(
-        sites=tuple(site_hook(s) for s in sites), positions=positions, coeffs=tuple(float(c) for c in coeffs),
-        chunk_size=chunk_size, batch_size=batch_size, dtype=dtype, seed=seed,
-    )
-    for s in config.sites:
-        resolve(s, _n_layers(nn_model))  # bad names fail before any work
-    attrs = provenance(
-        nn_model, sites=config.sites, config=method.config() if hasattr(method, "config") else None, seed=seed,
-        method=getattr(method, "name", "base") if method is not None else "base", backend="nnsight",
-        **dict(extra_attrs or {}),
-    )
-    return collect_with(
-        nnsight_runner(nn_model, config.sites, method, remote=remote), path, tokens, attention_mask, config,
-        d_model=int(nn_model._module.config.hidden_size), meta=meta, attrs=attrs, progress=progress,
-    )
-
-
-class NNsightModel:
-    """A bridge-shaped callable for evaluation code: ``model(tokens, attention_mask=mask)`` -> logits.
-
-    Steering comes from :class:`NNsightSteered` (its ``steer`` sets the precomputed tensors).
-    """
+    name = "nnsight"
 
     def __init__(self, nn_model, *, remote: Remote = False):
         self.nn_model = nn_model
         self.remote = remote
-        self.tokenizer = nn_model.tokenizer
-        self.spec = getattr(nn_model, "spec", "")
-        self.steering = NNSteering()
 
-    def __call__(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        if attention_mask is None:
-            attention_mask = torch.ones_like(tokens)
-        return nnsight_logits(self.nn_model, tokens, attention_mask, self.steering, remote=self.remote)
+    @property
+    def tokenizer(self):
+        return self.nn_model.tokenizer
 
+    @property
+    def spec(self) -> str:
+        return str(getattr(self.nn_model, "spec", "") or "")
 
-class NNsightSteered(SteeringMethod):
-    """Wraps a fitted method so that ``with m.steer(NNsightModel, c)`` steers through nnsight."""
+    @property
+    def n_layers(self) -> int:
+        return _n_layers(self.nn_model)
 
-    def __init__(self, method: SteeringMethod | None):
-        self.method = method
-        self.name = getattr(method, "name", "base")
-        self.orientation = 1  # the wrapped method applies its own orientation
+    @property
+    def d_model(self) -> int:
+        return int(self.nn_model._module.config.hidden_size)
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        return self.nn_model._module.parameters()
+
+    def linear(self, site: Site) -> torch.nn.Module:
+        return module_of(self.nn_model, site.name)
+
+    def hf_model(self) -> torch.nn.Module:
+        return self.nn_model._module
+
+    def _checked(self, edits: Edits) -> NNSteering:
+        for edit in edits:
+            if isinstance(edit, WeightDelta) and getattr(self.linear(edit.site), ADAPTED, None) is not edit.layer:
+                raise ValueError(f"{edit.site.name}: this edit's adapter is not attached to this model (attach it, or "
+                                 "load it with interp.backends.nnsight.load_adapter_nnsight)")
+        return edit_tensors(edits, self.n_layers)
+
+    def run(self, tokens: Tensor, attention_mask: Tensor, edits: Edits = (), read: Sequence[str] = ()) -> Readout:
+        logits, found = nnsight_trace(self.nn_model, tokens, attention_mask, sites=read, steering=self._checked(edits),
+                                      remote=self.remote)
+        return Readout(logits, found)
+
+    def decode(self, tokens, attention_mask, edits: Edits, config, *, eos, generator=None, seed: int = 0,
+               progress: bool = False):
+        """Hugging Face's own ``generate`` on the wrapped model with the edits as hooks (sampling
+        seeded by ``seed``; local models only)."""
+        if self.remote is True:
+            raise RemoteUnavailable("generation runs on a local nnsight model only; this backend runs on NDIF")
+        new, lengths = nnsight_generate(self.nn_model, tokens, attention_mask, self._checked(edits),
+                                        max_new_tokens=config.max_new_tokens, sample=config.sample,
+                                        temperature=config.temperature, top_p=config.top_p, seed=seed, eos=eos)
+        return new[:, : int(lengths.max())], lengths
 
     @contextmanager
-    def steer(self, model: NNsightModel, coeff: Coeff) -> Iterator[None]:
-        if not isinstance(model, NNsightModel):
-            raise ValueError(f"NNsightSteered steers an NNsightModel, got {type(model).__name__}")
-        previous = model.steering
-        model.steering = steering_from(self.method, coeff)
-        try:
+    def applied(self, edits: Edits) -> Iterator[None]:
+        if self.remote is True:
+            raise RemoteUnavailable("edits as hooks run on a local model only; this backend runs on NDIF")
+        with hooked(self.nn_model, self._checked(edits)):
             yield
-        finally:
-            model.steering = previous
-
-    def messages(self, messages: Messages, coeff: float) -> Messages:
-        return self.method.messages(messages, coeff) if self.method is not None else messages
-
-    def config(self) -> dict:
-        return {**(self.method.config() if self.method is not None else {}), "backend": "nnsight"}
 
 
-def for_evaluate(nn_model, method: SteeringMethod | None, *, remote: Remote = False) -> tuple[NNsightModel, NNsightSteered]:
-    """``(model, method)`` to hand to evaluation code written for the bridge (DailyDilemmas scoring)."""
-    return NNsightModel(nn_model, remote=remote), NNsightSteered(method)
-
-
-def evaluation_pair(spec: str, adapter_path=None, *, remote: bool = False) -> tuple[NNsightModel, NNsightSteered]:
-    """``(model, method)`` for :func:`interp.evaluate.score_dilemmas` through nnsight, from a
-    model spec and an optional saved adapter; ``remote=True`` checks NDIF before any work
-    (key and network first: building a remote model already reads its config from the Hub)."""
+def evaluation_pair(spec: str, adapter_path=None, *, remote: bool = False) -> tuple[NNsightBackend, SteeringMethod | None]:
+    """``(backend, method)`` for evaluation code (:func:`interp.evaluate.score_dilemmas`) through
+    nnsight, from a model spec and an optional saved adapter; ``remote=True`` checks NDIF before any
+    work (key and network first: building a remote model already reads its config from the Hub)."""
     if remote:
         check_remote_spec(spec)
         check_remote()
@@ -592,5 +499,4 @@ def evaluation_pair(spec: str, adapter_path=None, *, remote: bool = False) -> tu
     if remote:
         check_remote(nn_model)
     method = load_adapter_nnsight(nn_model, adapter_path) if adapter_path else None
-    return for_evaluate(nn_model, method, remote=remote)
-
+    return backend_of(nn_model), method
