@@ -44,7 +44,8 @@ from tqdm.auto import tqdm
 
 from analyses._io import load_dataset, load_or_compute, resumable_run, write_html, write_netcdf, write_text
 from interp.adapters.innerpissa import ABLATIONS
-from interp.protocol import COLUMNS, ProtocolConfig
+from interp.protocol import ProtocolConfig
+from interp.tables import METRIC_KEYS, shown
 from interp.provenance import provenance
 from interp.train import TrainConfig
 
@@ -181,7 +182,7 @@ def compare_dataset(records: Sequence[dict], model, config: CompareConfig) -> xr
     methods = [m for m in config.methods if any(r["method"] == m for r in records)]
     seeds = sorted({r["seed"] for r in records})
     budgets = [str(b) for b in config.budgets] + ([NO_BUDGET] if set(methods) & {"prompt", *TRAINED} else [])
-    keys = ["coeff", "reached", *COLUMNS.values(), "delta_target_neg", "delta_nll_neg"]
+    keys = ["coeff", "reached", *METRIC_KEYS]
     data = {k: np.full((len(methods), len(seeds), len(budgets)), np.nan) for k in keys}
     for r in records:
         i, j = methods.index(r["method"]), seeds.index(r["seed"])
@@ -203,7 +204,7 @@ def compare_dataset(records: Sequence[dict], model, config: CompareConfig) -> xr
 
 
 def results_table(ds: xr.Dataset) -> pd.DataFrame:
-    """One row per (method, budget): mean ± std over seeds, or mean [low, high] for one seed."""
+    """One row per (method, budget): mean ± std over seeds, or mean [low, high] for one seed (display labels)."""
     rows = []
     several = ds.sizes["seed"] > 1
     for method in ds["method"].values:
@@ -222,22 +223,19 @@ def results_table(ds: xr.Dataset) -> pd.DataFrame:
             if not several:
                 truth += f" [{float(r['delta_target_low'].values[0]):+.4f}, {float(r['delta_target_high'].values[0]):+.4f}]"
             neg = r["delta_target_neg"].values
-            rows.append({
-                "Method": method, "Budget": budget if budget == NO_BUDGET else f"{float(budget):g} nats",
-                "Coeff": fmt("coeff", ".3g"), "Δ target (+c)": truth, "Δ target (-c)": fmt("delta_target_neg"),
-                "monotonic (every seed)": bool(np.all((neg < 0) & (r["delta_target"].values > 0))),
-                "Δ target to-do half": fmt("delta_target_to_do_half"),
-                "Δ target not-to-do half": fmt("delta_target_not_to_do_half"),
-                "Δ target balanced": fmt("delta_target_balanced"), "Answer bias": fmt("answer_bias", "+.3f"),
-                "Δ single-question": fmt("delta_target_single"), "Δ Other": fmt("delta_other", ".4f"),
-                "p-value": fmt("p_value", ".3g"), "Δ NLL": fmt("delta_nll", ".4f"), "Δ NLL (-c)": fmt("delta_nll_neg", ".4f"),
-                "Normalized Gain (%)": fmt("normalized_gain", ".3f"), "Main metric": fmt("main_metric", ".3f"),
-                "Budget reached": bool(np.all(r["reached"].values > 0)),
-            })
+            specs = {"delta_target_neg": "+.4f", "delta_target_to_do_half": "+.4f", "delta_target_not_to_do_half": "+.4f",
+                     "delta_target_balanced": "+.4f", "answer_bias": "+.3f", "delta_target_single": "+.4f",
+                     "delta_other": ".4f", "p_value": ".3g", "delta_nll": ".4f", "delta_nll_neg": ".4f",
+                     "normalized_gain": ".3f", "main_metric": ".3f"}
+            rows.append({"method": method, "budget": budget if budget == NO_BUDGET else f"{float(budget):g} nats",
+                         "coeff": fmt("coeff", ".3g"), "delta_target": truth,
+                         **{k: fmt(k, spec) for k, spec in specs.items()},
+                         "monotonic": bool(np.all((neg < 0) & (r["delta_target"].values > 0))),
+                         "reached": bool(np.all(r["reached"].values > 0))})
     table = pd.DataFrame(rows)
     # a measure without a column's quantity (no answer bias for margins): leave the column out
     empty = [c for c in table.columns if table[c].astype(str).str.match(r"^[+-]?nan").all()]
-    return table.drop(columns=empty)
+    return shown(table.drop(columns=empty), str(ds.attrs.get("target", "target")))
 
 
 def figure(ds: xr.Dataset):

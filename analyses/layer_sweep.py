@@ -201,18 +201,17 @@ def markdown(ds: xr.Dataset, floor: dict | None = None) -> str:
     import pandas as pd
 
     from interp.floor import floor_line
+    from interp.tables import shown
 
-    df = pd.DataFrame({
-        "Depth": ds["depth"].values, "Layer": ds["layer"].values.astype(int),
-        "Δ target (+c)": [f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]" for m, lo, hi in
-                          zip(ds["delta_target"].values, ds["delta_target_low"].values, ds["delta_target_high"].values)],
-        "Δ target (-c)": ds["delta_target_neg"].values, "Δ target balanced": ds["delta_target_balanced"].values,
-        "Answer bias": ds["answer_bias"].values, "Δ single-question": ds["delta_target_single"].values,
-        "Δ Other": ds["delta_other"].values, "p-value": ds["p_value"].values, "Δ NLL": ds["delta_nll"].values,
-        "Δ NLL (-c)": ds["delta_nll_neg"].values,
-        "Normalized Gain (%)": ds["normalized_gain"].values, "Main metric": ds["main_metric"].values,
-        "Val. separation": ds["val_separation"].values, "Sign flipped": ds["sign_flipped"].values.astype(bool),
-    })
+    keys = ("delta_target_neg", "delta_target_balanced", "answer_bias", "delta_target_single", "delta_other", "p_value",
+            "delta_nll", "delta_nll_neg", "normalized_gain", "main_metric")
+    df = shown(pd.DataFrame({
+        "depth": ds["depth"].values, "layer": ds["layer"].values.astype(int),
+        "delta_target": [f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]" for m, lo, hi in
+                         zip(ds["delta_target"].values, ds["delta_target_low"].values, ds["delta_target_high"].values)],
+        **{k: ds[k].values for k in keys},
+        "val_separation": ds["val_separation"].values, "sign_flipped": ds["sign_flipped"].values.astype(bool),
+    }), str(ds.attrs.get("target", "target")))
     config = json.loads(ds.attrs["config"])
     mode = f"band of width {config['band']:g}" if config.get("band") else "one site"
     head = (f"Layer sweep ({mode}) on {ds.attrs.get('model_spec', '')}, {ds.attrs.get('target', '')}, validation split, "

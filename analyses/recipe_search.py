@@ -199,28 +199,21 @@ def run_baseline(model, method: str, config: TrainConfig, measure, splits: dict,
 
 
 def row_metrics(table: pd.DataFrame, measure, coeff: float = 1.0) -> dict:
-    """The ``+coeff`` / ``-coeff`` rows of a measure's table as one flat record (names shared by both measures)."""
-    coeffs = table["Coeff"].astype(float).to_numpy()
-    pos, neg = (table[np.isclose(coeffs, c)].iloc[0] for c in (coeff, -coeff))
-    if measure.kind == "dailydilemmas":
-        return {"effect": float(pos["Δ Truth"]), "effect_neg": float(neg["Δ Truth"]), "p_value": float(pos["p-value"]),
-                "delta_nll": float(pos["Δ NLL"]), "delta_nll_neg": float(neg["Δ NLL"]),
-                "answer_bias": float(pos["Answer bias"]), "effect_single": float(pos["Δ Truth single-question"]),
-                "effect_to_do_half": float(pos["Δ Truth to-do half"]),
-                "effect_not_to_do_half": float(pos["Δ Truth not-to-do half"]),
-                "monotonic": bool(neg["Δ Truth"] < 0 < pos["Δ Truth"])}
-    return {"effect": float(pos["Δ margin"]), "effect_neg": float(neg["Δ margin"]), "p_value": float(pos["p-value"]),
-            "delta_nll": float(pos["Δ NLL"]), "delta_nll_neg": float(pos["Δ NLL (-c)"]),
-            "monotonic": bool(neg["Δ margin"] < 0 < pos["Δ margin"])}
+    """The ``+coeff`` / ``-coeff`` rows of a measure's table as one flat record (:func:`interp.protocol.metrics_at`'s
+    keys, plus whether the two sides are ordered around c = 0)."""
+    from interp.protocol import metrics_at
+
+    row = metrics_at(table, coeff)
+    return {**row, "monotonic": bool(row["delta_target_neg"] < 0 < row["delta_target"])}
 
 
 # --------------------------------------------------------------------------- table
 
 
-TABLE = ("recipe", "seed", "n_items", "effect", "effect_neg", "monotonic", "p_value", "delta_nll", "delta_nll_neg", "answer_bias",
-         "effect_single", "n_sites", "train_seconds")
+TABLE = ("recipe", "seed", "n_items", "delta_target", "delta_target_neg", "monotonic", "p_value", "delta_nll", "delta_nll_neg",
+         "answer_bias", "delta_target_single", "n_sites", "train_seconds")
 # the matched-cost columns: the run scaled to a KL budget (:func:`budget_row`)
-AT_BUDGET = ("coeff", "reached", "effect", "effect_neg", "p_value", "delta_nll", "delta_nll_neg", "answer_bias")
+AT_BUDGET = ("coeff", "reached", "delta_target", "delta_target_neg", "p_value", "delta_nll", "delta_nll_neg", "answer_bias")
 
 
 def finished_records(out: Path, split: str) -> list[dict]:
@@ -270,11 +263,11 @@ def figure(ds: xr.Dataset):
     mean = ds.mean("seed")
     recipes = [str(r) for r in mean["recipe"].values]
     fig = go.Figure()
-    fig.add_bar(x=recipes, y=mean["effect"].values, name="Δ at c = +1")
-    fig.add_bar(x=recipes, y=mean["effect_neg"].values, name="Δ at c = -1")
-    if "effect_at_budget" in mean:
-        fig.add_bar(x=recipes, y=mean["effect_at_budget"].values, name="Δ at +c, matched KL budget")
-        fig.add_bar(x=recipes, y=mean["effect_neg_at_budget"].values, name="Δ at -c, matched KL budget")
+    fig.add_bar(x=recipes, y=mean["delta_target"].values, name="Δ at c = +1")
+    fig.add_bar(x=recipes, y=mean["delta_target_neg"].values, name="Δ at c = -1")
+    if "delta_target_at_budget" in mean:
+        fig.add_bar(x=recipes, y=mean["delta_target_at_budget"].values, name="Δ at +c, matched KL budget")
+        fig.add_bar(x=recipes, y=mean["delta_target_neg_at_budget"].values, name="Δ at -c, matched KL budget")
     fig.add_scatter(x=recipes, y=mean["delta_nll"].values, name="ΔNLL at +1 (nats/token)", yaxis="y2", mode="markers",
                     marker=dict(size=10, symbol="diamond"))
     fig.update_layout(title=f"Recipe search: {ds.attrs.get('model_spec', '')}, {ds.attrs.get('concept', '')} "

@@ -170,7 +170,9 @@ def figure_depth(ds: xr.Dataset):
     fig = go.Figure()
     fig.add_scatter(x=x, y=ds["rot_v_norm"].mean("site").values, mode="lines+markers", name="‖R_v(1) − I‖_F")
     if np.isfinite(ds["delta_target"].values).any():
-        effect, label = ds["delta_target"].values, "Δ truthfulness at +1 (probability)"
+        from interp.tables import label as metric_label
+
+        effect, label = ds["delta_target"].values, f"{metric_label('delta_target', str(ds.attrs.get('target', 'target')))} at +1"
     else:  # unscored runs: the training validation separation is the only effect measure
         effect, label = ds["val_separation"].values, "validation separation gap@+1 − gap@-1 (loss units)"
     fig.add_scatter(x=x, y=effect, mode="lines+markers", name=label.split(" (")[0], yaxis="y2", line=dict(dash="dot"))

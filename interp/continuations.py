@@ -59,13 +59,14 @@ from tqdm.auto import tqdm
 from interp.backends import run
 from interp.calibrate import bootstrap_ci, three_way_split
 from interp.data import concepts_dir
-from interp.evaluate import delta_nll_rows, dose_response
+from interp.evaluate import delta_nll_rows, dose_response, main_metric
 from interp.provenance import provenance
 from interp.steering import NoSteering, SteeringMethod
 
 ITEM_KEYS: tuple[str, ...] = ("id", "user", "prefix", "positive", "negative")
-TABLE_COLUMNS = ("Method", "Coeff", "Δ margin", "Δ margin low", "Δ margin high", "margin(0)", "margin(c)",
-                 "slope", "t", "p-value", "Δ NLL", "Δ NLL (-c)", "n")
+# the table's columns (snake_case keys; interp.tables.shown gives their labels)
+TABLE_COLUMNS = ("method", "coeff", "delta_target", "delta_target_low", "delta_target_high", "target_at_zero",
+                 "target_at_coeff", "slope", "t", "p_value", "delta_nll", "delta_nll_neg", "main_metric", "n")
 Chat = list[dict[str, str]]
 
 
@@ -393,10 +394,12 @@ def continuation_metrics(ds: xr.Dataset, method: str, coeff: float, seed: int = 
                 return math.nan
             return delta_nll_rows(_at(m, "coeff", c)["nll"].values, zero["nll"].values, zero["nll_tokens"].values)
 
-        return {"Method": method, "Coeff": float(coeff), "Δ margin": float(paired.mean()) if len(paired) else math.nan,
-                "Δ margin low": low, "Δ margin high": high, "margin(0)": float(np.nanmean(zero["margin"].values)),
-                "margin(c)": float(np.nanmean(at["margin"].values)), "slope": slope, "t": t, "p-value": p,
-                "Δ NLL": d_nll(float(coeff)), "Δ NLL (-c)": d_nll(-float(coeff)), "n": int(len(paired))}
+        delta = d_nll(float(coeff))
+        return {"method": method, "coeff": float(coeff), "delta_target": float(paired.mean()) if len(paired) else math.nan,
+                "delta_target_low": low, "delta_target_high": high, "target_at_zero": float(np.nanmean(zero["margin"].values)),
+                "target_at_coeff": float(np.nanmean(at["margin"].values)), "slope": slope, "t": t, "p_value": p,
+                "delta_nll": delta, "delta_nll_neg": d_nll(-float(coeff)), "main_metric": main_metric(t, delta),
+                "n": int(len(paired))}
 
 
 def continuation_table(ds: xr.Dataset, seed: int = 0) -> pd.DataFrame:

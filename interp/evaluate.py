@@ -84,9 +84,10 @@ from interp.steering import NoSteering, SteeringMethod
 YES = ("Yes", " Yes", "yes", " yes", "YES", " YES")
 NO = ("No", " No", "no", " no", "NO", " NO")
 QUESTIONS: tuple[str, ...] = ("to_do", "not_to_do")  # which action a question asks about
-TABLE_COLUMNS = ("Method", "Coeff", "Δ Truth", "Δ Truth low", "Δ Truth high", "Δ Truth to-do half",
-                 "Δ Truth not-to-do half", "Δ Truth balanced", "Answer bias", "Δ Truth single-question", "Δ Other",
-                 "p-value", "Δ NLL", "Normalized Gain (%)", "Main metric", "n", "NaN rows")
+# the metrics table's columns (snake_case keys; interp.tables.shown gives their labels)
+TABLE_COLUMNS = ("method", "coeff", "delta_target", "delta_target_low", "delta_target_high", "delta_target_to_do_half",
+                 "delta_target_not_to_do_half", "delta_target_balanced", "answer_bias", "delta_target_single", "delta_other",
+                 "p_value", "delta_nll", "normalized_gain", "main_metric", "slope", "t", "n", "nan_rows")
 DEFAULT_COEFFS: tuple[float, ...] = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
 
 
@@ -449,28 +450,30 @@ def _method_metrics(ds: xr.Dataset, method: str, coeff: float, target: str, seed
     if len(paired) >= 2:
         _, low, high = bootstrap_ci(paired, seed=seed)
     nan_rows = int(np.isnan(at["log_ratio"].values).sum())
-    return {"Method": method, "Coeff": coeff, "Δ Truth": d_target, "Δ Truth low": low, "Δ Truth high": high,
-            "Δ Truth to-do half": halves["to_do"], "Δ Truth not-to-do half": halves["not_to_do"],
-            "Δ Truth balanced": float(np.mean([halves["to_do"], halves["not_to_do"]])), "Answer bias": answer_bias,
-            "Δ Truth single-question": d_single,
-            "Δ Other": d_other, "p-value": p, "Δ NLL": d_nll, "Normalized Gain (%)": normalized_gain(d_target, d_nll),
-            "Main metric": main_metric(t_stat, d_nll), "slope": slope, "t": t_stat, "n": len(paired), "NaN rows": nan_rows}
+    return {"method": method, "coeff": coeff, "delta_target": d_target, "delta_target_low": low, "delta_target_high": high,
+            "delta_target_to_do_half": halves["to_do"], "delta_target_not_to_do_half": halves["not_to_do"],
+            "delta_target_balanced": float(np.mean([halves["to_do"], halves["not_to_do"]])), "answer_bias": answer_bias,
+            "delta_target_single": d_single, "delta_other": d_other, "p_value": p, "delta_nll": d_nll,
+            "normalized_gain": normalized_gain(d_target, d_nll), "main_metric": main_metric(t_stat, d_nll), "slope": slope,
+            "t": t_stat, "n": len(paired), "nan_rows": nan_rows}
 
 
 def metrics_table(ds: xr.Dataset, config: EvalConfig = EvalConfig()) -> pd.DataFrame:
-    """One row per method and non-zero coefficient (the results table)."""
+    """One row per method and non-zero coefficient (the results table; columns :data:`TABLE_COLUMNS`)."""
     rows = [method_metrics(ds, str(m), float(c), config.target, config.seed)
             for m in ds["method"].values for c in ds["coeff"].values if c != 0]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
 
 
-def table_text(table: pd.DataFrame, floor=None) -> str:
-    """The markdown table, headed by the floor check when one was made.
+def table_text(table: pd.DataFrame, floor=None, target: str = TARGET) -> str:
+    """The markdown table (labels naming ``target``), headed by the floor check when one was made.
 
     Below the floor the effects are not printed as results: the header says the model
     does not hold the preference, and the table follows under a heading saying so.
     """
-    body = table.to_markdown(index=False, floatfmt=".4g") + "\n"
+    from interp.tables import shown
+
+    body = shown(table, target).to_markdown(index=False, floatfmt=".4g") + "\n"
     if floor is None:
         return body
     if floor.passes:
@@ -481,7 +484,7 @@ def table_text(table: pd.DataFrame, floor=None) -> str:
             f"Effects measured anyway (not evidence of steering on this model):\n\n{body}")
 
 
-def write_results(ds: xr.Dataset, table: pd.DataFrame, out_dir: str | Path, floor=None) -> dict[str, Path]:
+def write_results(ds: xr.Dataset, table: pd.DataFrame, out_dir: str | Path, floor=None, target: str = TARGET) -> dict[str, Path]:
     """``scores.nc``, ``table.md`` and ``table.csv`` in ``out_dir`` (atomic writes); ``floor``
     (a :class:`interp.floor.FloorCheck`) heads the markdown and is stored in the dataset's attrs."""
     from interp.provenance import to_attr
@@ -492,7 +495,7 @@ def write_results(ds: xr.Dataset, table: pd.DataFrame, out_dir: str | Path, floo
         ds = ds.assign_attrs(floor_check=to_attr(floor.to_dict()))
     with run_lock(out):  # the three files come from one run
         return {"dataset": write_netcdf(ds, out / "scores.nc"),
-                "markdown": write_text(out / "table.md", table_text(table, floor)),
+                "markdown": write_text(out / "table.md", table_text(table, floor, target)),
                 "csv": write_text(out / "table.csv", table.to_csv(index=False))}
 
 
@@ -571,21 +574,23 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
             print(f"no floor check: {err}")
     table = metrics_table(ds, config)
     print(f"{len(data)} dilemmas ({args.split} split), {ds.attrs['nan_rows']} NaN questions (pmass < {config.min_pmass})")
-    return _report(ds, table, floor, args.out)
+    return _report(ds, table, floor, args.out, config.target)
 
 
-def _report(ds: xr.Dataset, table: pd.DataFrame, floor, out: str | None) -> pd.DataFrame:
+def _report(ds: xr.Dataset, table: pd.DataFrame, floor, out: str | None, target: str) -> pd.DataFrame:
     """The CLI's output: the floor check, then the table unless below the floor; files with ``out``."""
+    from interp.tables import shown
+
     if floor is not None:
         print(floor.summary())
     if floor is None or floor.passes:
-        print(table.to_markdown(index=False, floatfmt=".4g"))
+        print(shown(table, target).to_markdown(index=False, floatfmt=".4g"))
     else:
         from interp.floor import FLOOR_MESSAGE
 
         print(f"{FLOOR_MESSAGE}: effects not printed (--out keeps them in table.md under that heading)")
     if out:
-        for path in write_results(ds, table, out, floor).values():
+        for path in write_results(ds, table, out, floor, target).values():
             print(f"wrote {path}")
     return table
 
@@ -606,7 +611,7 @@ def _main_continuations(p, args, model, method, measure, coeffs, split_seed) -> 
     ds, table = score_measure(model, method, measure, items, coeffs, seed=args.seed)
     floor = None if args.no_floor_check else floor_check(model, measure, items, seed=args.seed)[0]
     print(f"{len(items)} items ({args.split} split) of {measure.label}")
-    return _report(ds, table, floor, args.out)
+    return _report(ds, table, floor, args.out, measure.label)
 
 
 if __name__ == "__main__":

@@ -126,53 +126,33 @@ def scored_metrics(ds: xr.Dataset, coeff: float, config=None, measure=None) -> d
     """The ``+coeff`` metrics row of a scored dataset (as :func:`score_method` returns it).
 
     Resumed analyses call this on their stored scores, so a finished run's table always
-    follows the current metric definitions. Keys are :data:`COLUMNS`' snake-case names
-    (``delta_nll_neg`` is ΔNLL at ``-coeff``); a continuation measure fills the target
-    keys with its margin and leaves the DailyDilemmas-only ones NaN.
+    follows the current metric definitions. Keys are :data:`interp.tables.METRIC_KEYS`
+    (``delta_target_neg`` / ``delta_nll_neg`` are those at ``-coeff``); a continuation measure
+    leaves the DailyDilemmas-only ones NaN.
     """
-    from interp.evaluate import EvalConfig, metrics_table
-
     if measure is not None and measure.kind != "dailydilemmas":
-        from interp.continuations import continuation_metrics
+        from interp.continuations import continuation_table
 
-        m = continuation_metrics(ds, str(ds["method"].values[0]), float(coeff), seed=(config.seed if config else 0))
-        row = dict.fromkeys(COLUMNS.values(), math.nan)
-        row.update(delta_target=m["Δ margin"], delta_target_low=m["Δ margin low"], delta_target_high=m["Δ margin high"],
-                   p_value=m["p-value"], delta_nll=m["Δ NLL"], main_metric=m["t"] / (1 + max(m["Δ NLL"], 0.0)))
-        row["delta_nll_neg"] = m["Δ NLL (-c)"]
-        neg = continuation_metrics(ds, str(ds["method"].values[0]), -float(coeff))
-        row["delta_target_neg"] = neg["Δ margin"]
-        return row
-    config = config or EvalConfig()
-    table = metrics_table(ds, config)
-    row = metrics_row(table[np.isclose(table["Coeff"].astype(float), coeff)].iloc[0])
-    neg = table[np.isclose(table["Coeff"].astype(float), -coeff)]
-    row["delta_nll_neg"] = float(neg["Δ NLL"].iloc[0]) if len(neg) else math.nan
-    row["delta_target_neg"] = float(neg["Δ Truth"].iloc[0]) if len(neg) else math.nan
+        table = continuation_table(ds, seed=config.seed if config else 0)
+    else:
+        from interp.evaluate import EvalConfig, metrics_table
+
+        table = metrics_table(ds, config or EvalConfig())
+    return metrics_at(table, coeff)
+
+
+def metrics_at(table, coeff: float) -> dict[str, float]:
+    """The ``+coeff`` row of a measure's metrics table (evaluate's or continuations') as
+    :data:`interp.tables.METRIC_KEYS` (NaN where the measure has no such metric), with
+    ``delta_target_neg`` / ``delta_nll_neg`` read from its ``-coeff`` row."""
+    from interp.tables import METRIC_KEYS
+
+    coeffs = table["coeff"].astype(float).to_numpy()
+    pos, neg = table[np.isclose(coeffs, coeff)], table[np.isclose(coeffs, -coeff)]
+    row = {k: float(pos[k].iloc[0]) if k in pos else math.nan for k in METRIC_KEYS}
+    row["delta_target_neg"] = float(neg["delta_target"].iloc[0]) if len(neg) else math.nan
+    row["delta_nll_neg"] = float(neg["delta_nll"].iloc[0]) if len(neg) else math.nan
     return row
-
-
-# Column names of interp.evaluate's table -> snake-case keys for datasets and json.
-COLUMNS: dict[str, str] = {
-    "Δ Truth": "delta_target",
-    "Δ Truth low": "delta_target_low",
-    "Δ Truth high": "delta_target_high",
-    "Δ Truth to-do half": "delta_target_to_do_half",
-    "Δ Truth not-to-do half": "delta_target_not_to_do_half",
-    "Δ Truth balanced": "delta_target_balanced",
-    "Answer bias": "answer_bias",
-    "Δ Truth single-question": "delta_target_single",
-    "Δ Other": "delta_other",
-    "p-value": "p_value",
-    "Δ NLL": "delta_nll",
-    "Normalized Gain (%)": "normalized_gain",
-    "Main metric": "main_metric",
-}
-
-
-def metrics_row(row) -> dict[str, float]:
-    """One table row as ``{snake_case: float}`` (missing columns are NaN)."""
-    return {key: float(row[col]) if col in row and row[col] is not None else math.nan for col, key in COLUMNS.items()}
 
 
 TRAINED_KINDS: tuple[str, ...] = ("innerpissa", "lora")

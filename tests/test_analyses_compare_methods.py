@@ -25,7 +25,7 @@ def test_table_dataset_and_figure(run):
     assert list(ds["method"].values) == ["innerpissa", "lora", "pca", "prompt"]
     assert list(ds["budget"].values) == ["0.3", "n/a"] and ds.attrs["split"] == "test"
     table = written["csv"].read_text().splitlines()
-    assert table[0].startswith("Method,Budget,Coeff,Δ target (+c),Δ target (-c)") and len(table) == 1 + 6  # innerpissa and lora at 0.3 nats and at c = ±1, pca, prompt
+    assert table[0].startswith("Method,Budget,Coeff,Δ Truthfulness,Δ Truthfulness (-c)") and len(table) == 1 + 6  # innerpissa and lora at 0.3 nats and at c = ±1, pca, prompt
     # every calibrated strength is a positive coefficient; prompting is scored at its strong wording
     assert (ds["coeff"].sel({"budget": "0.3"}).values[:3] > 0).all()
     assert float(ds["coeff"].sel({"method": "prompt", "budget": "n/a"}).values[0]) == 1.0

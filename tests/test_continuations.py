@@ -160,7 +160,7 @@ def test_steering_towards_a_positive_token_raises_the_margin(tiny, items):
     assert (m.sel(coeff=1.0) > m.sel(coeff=0.0) + 1.0).all() and (m.sel(coeff=-1.0) < m.sel(coeff=0.0) - 1.0).all()
     np.testing.assert_allclose(ds["logp_neg"].sel(coeff=1.0), ds["logp_neg"].sel(coeff=0.0), atol=0.05)
     row = continuation_metrics(ds, "push", 1.0)
-    assert row["Δ margin"] > 1.0 and row["Δ margin low"] > 0 and row["slope"] > 0 and row["n"] == 3
+    assert row["delta_target"] > 1.0 and row["delta_target_low"] > 0 and row["slope"] > 0 and row["n"] == 3
     # sign calibration reads the per-item margins; flipping the orientation flips them
     up = target_values(tiny, method, 1.0, pick)
     np.testing.assert_allclose(up, m.sel(coeff=1.0).values, atol=1e-5)
@@ -223,13 +223,13 @@ def test_metrics_on_hand_made_margins():
     margins = np.stack([base + 0.5 * c + rng.normal(0, 0.05, 30) for c in coeffs])
     nll = np.stack([np.full(30, 2.0 + 0.1 * abs(c) + 0.05 * c) for c in coeffs])
     row = continuation_metrics(_dataset(margins, coeffs, nll), "m", 1.0)
-    assert row["Δ margin"] == pytest.approx(float((margins[2] - margins[1]).mean()))
-    assert row["Δ margin low"] < row["Δ margin"] < row["Δ margin high"]
-    assert row["slope"] == pytest.approx(0.5, abs=0.03) and row["p-value"] < 1e-10
-    assert row["Δ NLL"] == pytest.approx(0.15) and row["Δ NLL (-c)"] == pytest.approx(0.05)
-    assert row["margin(0)"] == pytest.approx(margins[1].mean()) and row["n"] == 30
+    assert row["delta_target"] == pytest.approx(float((margins[2] - margins[1]).mean()))
+    assert row["delta_target_low"] < row["delta_target"] < row["delta_target_high"]
+    assert row["slope"] == pytest.approx(0.5, abs=0.03) and row["p_value"] < 1e-10
+    assert row["delta_nll"] == pytest.approx(0.15) and row["delta_nll_neg"] == pytest.approx(0.05)
+    assert row["target_at_zero"] == pytest.approx(margins[1].mean()) and row["n"] == 30
     table = continuation_table(_dataset(margins, coeffs, nll))
-    assert table["Coeff"].tolist() == [-1.0, 1.0] and table.loc[0, "Δ margin"] < 0
+    assert table["coeff"].tolist() == [-1.0, 1.0] and table.loc[0, "delta_target"] < 0
     mean, low, high = margin_summary(_dataset(margins, coeffs), "m", 0.0)
     assert mean == pytest.approx(margins[1].mean()) and low < mean < high
 
@@ -237,8 +237,8 @@ def test_metrics_on_hand_made_margins():
 def test_metrics_without_minus_c_and_with_no_effect():
     margins = np.stack([np.arange(5.0), np.arange(5.0)])
     row = continuation_metrics(_dataset(margins, [0.0, 2.0]), "m", 2.0)
-    assert row["Δ margin"] == 0 and math.isnan(row["Δ NLL (-c)"]) and row["Δ NLL"] == 0
-    assert row["slope"] == 0 and not row["p-value"] < 1  # no dose-response (scipy gives NaN for a flat fit)
+    assert row["delta_target"] == 0 and math.isnan(row["delta_nll_neg"]) and row["delta_nll"] == 0
+    assert row["slope"] == 0 and not row["p_value"] < 1  # no dose-response (scipy gives NaN for a flat fit)
 
 
 # --------------------------------------------------------------------------- bad files

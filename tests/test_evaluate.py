@@ -128,33 +128,33 @@ def _synthetic(deltas: dict[float, float], n: int = 40, seed: int = 0, yes_shift
 
 def test_metrics_table_known_answers():
     ds = _synthetic({-1.0: -0.1, 0.0: 0.0, 1.0: 0.1})
-    t = metrics_table(ds).set_index("Coeff")
+    t = metrics_table(ds).set_index("coeff")
     # target: 3/4 of dilemmas serve via to-do (+0.1), 1/4 via not-to-do (-0.1): mean = 0.05
-    assert t.loc[1.0, "Δ Truth"] == pytest.approx(0.05)
-    assert t.loc[-1.0, "Δ Truth"] == pytest.approx(-0.05)
-    assert t.loc[1.0, "Δ Other"] == pytest.approx(0.1)  # MFT/Care is served by the to-do action only
-    assert t.loc[1.0, "Δ NLL"] == pytest.approx(0.1)
-    assert t.loc[1.0, "Δ Truth low"] <= 0.05 <= t.loc[1.0, "Δ Truth high"]
-    assert t.loc[1.0, "Normalized Gain (%)"] == pytest.approx(100 * 0.05 / 1.1)
-    assert t.loc[1.0, "p-value"] < 0.05 and t.loc[1.0, "Main metric"] > 0
+    assert t.loc[1.0, "delta_target"] == pytest.approx(0.05)
+    assert t.loc[-1.0, "delta_target"] == pytest.approx(-0.05)
+    assert t.loc[1.0, "delta_other"] == pytest.approx(0.1)  # MFT/Care is served by the to-do action only
+    assert t.loc[1.0, "delta_nll"] == pytest.approx(0.1)
+    assert t.loc[1.0, "delta_target_low"] <= 0.05 <= t.loc[1.0, "delta_target_high"]
+    assert t.loc[1.0, "normalized_gain"] == pytest.approx(100 * 0.05 / 1.1)
+    assert t.loc[1.0, "p_value"] < 0.05 and t.loc[1.0, "main_metric"] > 0
     # halves: +0.1 where the to-do action serves truth, -0.1 where the not-to-do one does
-    assert t.loc[1.0, "Δ Truth to-do half"] == pytest.approx(0.1)
-    assert t.loc[1.0, "Δ Truth not-to-do half"] == pytest.approx(-0.1)
-    assert t.loc[1.0, "Δ Truth balanced"] == pytest.approx(0.0, abs=1e-12)
-    assert t.loc[1.0, "Answer bias"] > 0  # only the to-do question's log-ratio moved
+    assert t.loc[1.0, "delta_target_to_do_half"] == pytest.approx(0.1)
+    assert t.loc[1.0, "delta_target_not_to_do_half"] == pytest.approx(-0.1)
+    assert t.loc[1.0, "delta_target_balanced"] == pytest.approx(0.0, abs=1e-12)
+    assert t.loc[1.0, "answer_bias"] > 0  # only the to-do question's log-ratio moved
 
 
 def test_pure_answer_bias_cancels_in_the_debiased_score():
     """A constant added to both questions' Yes-No log-ratio moves the single-question score
     and the answer bias, never the de-biased score."""
     ds = _synthetic({-1.0: 0.0, 0.0: 0.0, 1.0: 0.0}, yes_shift=2.0)
-    t = metrics_table(ds).set_index("Coeff")
+    t = metrics_table(ds).set_index("coeff")
     for c in (-1.0, 1.0):
-        assert t.loc[c, "Δ Truth"] == pytest.approx(0.0, abs=1e-12)
-        assert t.loc[c, "Δ Truth to-do half"] == pytest.approx(0.0, abs=1e-12)
-        assert t.loc[c, "Answer bias"] == pytest.approx(2.0 * c)
-    assert t.loc[1.0, "Δ Truth single-question"] > 0.1  # 3/4 of truth dilemmas serve it by the to-do action
-    assert not t.loc[1.0, "p-value"] < 0.5
+        assert t.loc[c, "delta_target"] == pytest.approx(0.0, abs=1e-12)
+        assert t.loc[c, "delta_target_to_do_half"] == pytest.approx(0.0, abs=1e-12)
+        assert t.loc[c, "answer_bias"] == pytest.approx(2.0 * c)
+    assert t.loc[1.0, "delta_target_single"] > 0.1  # 3/4 of truth dilemmas serve it by the to-do action
+    assert not t.loc[1.0, "p_value"] < 0.5
 
 
 # --------------------------------------------------------------------------- end to end on tiny-random
@@ -226,13 +226,13 @@ def test_sign_convention_end_to_end(tiny, small):
     """A Yes push is an answer bias: the single question rewards it, the de-biased score does not."""
     pos, neg = small
     cfg = FAST
-    up = metrics_table(score_dilemmas(tiny, YesNoPush(tiny.tokenizer), [-1.0, 0.0, 1.0], pos, cfg, progress=False)).set_index("Coeff")
-    assert up.loc[1.0, "Δ Truth single-question"] > 0.1 and up.loc[-1.0, "Δ Truth single-question"] < -0.1
-    assert up.loc[1.0, "Answer bias"] == pytest.approx(2.0, abs=1e-3) and up.loc[1.0, "NaN rows"] == 0
-    assert abs(up.loc[1.0, "Δ Truth"]) < 1e-4 and abs(up.loc[-1.0, "Δ Truth"]) < 1e-4
-    down = metrics_table(score_dilemmas(tiny, YesNoPush(tiny.tokenizer), [0.0, 1.0], neg, cfg, progress=False)).set_index("Coeff")
-    assert down.loc[1.0, "Δ Truth single-question"] < -0.1  # more Yes on dilemmas whose not-to-do serves truth
-    assert abs(down.loc[1.0, "Δ Truth"]) < 1e-4
+    up = metrics_table(score_dilemmas(tiny, YesNoPush(tiny.tokenizer), [-1.0, 0.0, 1.0], pos, cfg, progress=False)).set_index("coeff")
+    assert up.loc[1.0, "delta_target_single"] > 0.1 and up.loc[-1.0, "delta_target_single"] < -0.1
+    assert up.loc[1.0, "answer_bias"] == pytest.approx(2.0, abs=1e-3) and up.loc[1.0, "nan_rows"] == 0
+    assert abs(up.loc[1.0, "delta_target"]) < 1e-4 and abs(up.loc[-1.0, "delta_target"]) < 1e-4
+    down = metrics_table(score_dilemmas(tiny, YesNoPush(tiny.tokenizer), [0.0, 1.0], neg, cfg, progress=False)).set_index("coeff")
+    assert down.loc[1.0, "delta_target_single"] < -0.1  # more Yes on dilemmas whose not-to-do serves truth
+    assert abs(down.loc[1.0, "delta_target"]) < 1e-4
 
 
 def test_truth_preference_scores_positive_on_both_halves(tiny, small):
@@ -243,10 +243,10 @@ def test_truth_preference_scores_positive_on_both_halves(tiny, small):
 
     both = Dilemmas(pd.concat([pos.frame.head(3), neg.frame.head(3)], ignore_index=True), pos.taxonomy)
     method = TruthPreference(tiny.tokenizer, both, yes_bias=3.0)
-    t = metrics_table(score_dilemmas(tiny, method, [-1.0, 0.0, 1.0], both, FAST, progress=False)).set_index("Coeff")
-    assert t.loc[1.0, "Δ Truth to-do half"] > 0.3 and t.loc[1.0, "Δ Truth not-to-do half"] > 0.3
-    assert t.loc[1.0, "Δ Truth"] > 0.3 and t.loc[-1.0, "Δ Truth"] < -0.3 and t.loc[1.0, "p-value"] < 0.01
-    assert t.loc[1.0, "Answer bias"] == pytest.approx(3.0, abs=1e-3)
+    t = metrics_table(score_dilemmas(tiny, method, [-1.0, 0.0, 1.0], both, FAST, progress=False)).set_index("coeff")
+    assert t.loc[1.0, "delta_target_to_do_half"] > 0.3 and t.loc[1.0, "delta_target_not_to_do_half"] > 0.3
+    assert t.loc[1.0, "delta_target"] > 0.3 and t.loc[-1.0, "delta_target"] < -0.3 and t.loc[1.0, "p_value"] < 0.01
+    assert t.loc[1.0, "answer_bias"] == pytest.approx(3.0, abs=1e-3)
 
 
 def test_flipped_orientation_is_calibrated_back(tiny, small):
@@ -254,7 +254,7 @@ def test_flipped_orientation_is_calibrated_back(tiny, small):
     method = TruthPreference(tiny.tokenizer, pos)
     method.orientation = -1  # as if training had found the representation sign opposite
     before = metrics_table(score_dilemmas(tiny, method, [0.0, 1.0], pos, FAST, progress=False))
-    assert float(before["Δ Truth"].iloc[0]) < -0.1
+    assert float(before["delta_target"].iloc[0]) < -0.1
 
     def score(m, c):
         return target_score(tiny, m, c, pos, FAST)
@@ -266,7 +266,7 @@ def test_flipped_orientation_is_calibrated_back(tiny, small):
     again = calibrate_sign(method, score)
     assert not again.flipped and method.orientation == 1
     after = metrics_table(score_dilemmas(tiny, method, [0.0, 1.0], pos, FAST, progress=False))
-    assert float(after["Δ Truth"].iloc[0]) > 0.1
+    assert float(after["delta_target"].iloc[0]) > 0.1
 
 
 def test_low_mass_rows_are_nan_and_counted(tiny, small):
@@ -324,7 +324,7 @@ def test_delta_nll_matches_calibrate_delta_nll(tiny, small):
             steered = tiny(tokens, attention_mask=mask)
     expected = float(delta_nll(base, steered, tokens, nll_mask.long()))
     assert abs(expected) > 1e-3  # the push changes every position's normaliser
-    assert float(table["Δ NLL"].iloc[0]) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert float(table["delta_nll"].iloc[0]) == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
 def test_system_prompt_and_prompting_do_not_change_the_nll_span(tiny, small):
@@ -349,10 +349,10 @@ def test_write_results_round_trip(tiny, small, tmp_path):
     assert back.attrs["model_spec"] == "tiny-random" and back.attrs["weight_hash"] and back.attrs["target"] == TARGET
     assert set(back.dims) == {"method", "coeff", "question", "dilemma", "label"}
     text = paths["markdown"].read_text()
-    assert "Δ Truth" in text and "Main metric" in text
+    assert "Δ Truthfulness" in text and "Main metric" in text  # labels, the target named by the config
     import pandas as pd
 
-    assert list(pd.read_csv(paths["csv"])["Coeff"]) == [-1.0, 1.0]
+    assert list(pd.read_csv(paths["csv"])["coeff"]) == [-1.0, 1.0]
     assert not list((tmp_path / "out").glob("*.tmp"))
 
 
@@ -368,7 +368,7 @@ def test_cli_scores_a_saved_adapter(tiny, tmp_path, dilemmas_dir):
     adapter.detach()
     table = main(["--adapter", str(tmp_path / "adapter"), "--model", "tiny-random", "--limit", "3", "--coeffs=-1,1",
                   "--dilemmas", str(dilemmas_dir), "--min-pmass", "0", "--out", str(tmp_path / "out")])
-    assert list(table["Coeff"]) == [-1.0, 1.0] and table["Method"].iloc[0] == "innerpissa"
+    assert list(table["coeff"]) == [-1.0, 1.0] and table["method"].iloc[0] == "innerpissa"
     assert (tmp_path / "out" / "scores.nc").is_file() and (tmp_path / "out" / "table.md").is_file()
     with pytest.raises(SystemExit):
         main(["--coeffs", "a,b"])

@@ -100,7 +100,7 @@ def test_evaluate_cli_on_a_continuation_concept(mini_concept, tmp_path, capsys):
                   "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "items (test split) of sentiment margin" in out and "floor check on sentiment margin" in out
-    assert list(table["Coeff"]) == [-1.0, 1.0] and (tmp_path / "scores.nc").is_file()
+    assert list(table["coeff"]) == [-1.0, 1.0] and (tmp_path / "scores.nc").is_file()
 
 
 @pytest.mark.slow

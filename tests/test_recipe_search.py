@@ -65,7 +65,7 @@ def test_matched_budget_and_baselines_scored_alike(mini_concept, tmp_path):
     band, vector, prompt = (table.iloc[i] for i in range(3))
     for row in (band, vector):
         assert row["reached_at_budget"] and 0 < row["coeff_at_budget"] < 16 and row["n_items"] == 3
-        assert np.isfinite(row["effect_at_budget"]) and np.isfinite(row["delta_nll_neg_at_budget"])
+        assert np.isfinite(row["delta_target_at_budget"]) and np.isfinite(row["delta_nll_neg_at_budget"])
     assert np.isnan(prompt["coeff_at_budget"])  # prompting has no continuous dose
     # the coefficient found costs the budget: KL on the first calibration prompts, the larger of +c and -c
     model = load_model("tiny-random")
