@@ -85,6 +85,7 @@ from interp.sites import LINEAR_MODULES, Site, linear_of, n_layers, parse_layers
 from interp.store import RunLocked, atomic_write, config_differences, run_lock, said_differences, write_text
 
 TARGETS = ("gap", "shift", "both")
+KL_SPANS = ("all", "prompt")
 CHECKPOINT = "checkpoint.pt"
 LOG = "metrics.jsonl"
 
@@ -139,9 +140,11 @@ class TrainConfig:
     margin: float = 0.1
     # read the loss's hidden state as the mean over the last n suffix tokens (1: the last token only)
     last_tokens: int = 1
-    # weight of the mean next-token KL(base || steered) over every position of the training rows,
-    # at c = +1 and -1: the coherence cost the strength calibration matches, paid during training
+    # weight of the mean next-token KL(base || steered) over the training rows at c = +1 and -1: the
+    # coherence cost the strength calibration matches, paid during training; kl_span "all" takes every
+    # position, "prompt" those before the assistant suffix (where the concept is not being expressed)
     kl_weight: float = 0.0
+    kl_span: str = "all"
     # bookkeeping
     eval_batch_size: int = 16
     diagnostics_every: int = 10
@@ -165,6 +168,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_calibration < 2:
             raise ValueError("n_calibration must be >= 2 (a direction needs two pairs)")
+        if self.kl_span not in KL_SPANS:
+            raise ValueError(f"unknown kl_span {self.kl_span!r}; valid: {list(KL_SPANS)}")
         if not self.kl_weight >= 0:
             raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
         if not 0 <= self.warmup_fraction < 1:
@@ -437,7 +442,10 @@ def step_loss(
     loss = proj.loss + config.coherence_weight * coh + config.ordering_weight * order
     kls = {}
     if config.kl_weight > 0:
-        kl_pos, kl_neg = (next_token_kl(ref_logits[0], logits[0][part], batch.attention_mask)
+        span = batch.attention_mask.bool()
+        if config.kl_span == "prompt":
+            span = span & ~batch.suffix_mask
+        kl_pos, kl_neg = (next_token_kl(ref_logits[0], logits[0][part], span)
                           for part in (slice(0, rows), slice(rows, None)))
         loss = loss + config.kl_weight * (kl_pos + kl_neg) / 2
         kls = {"kl_pos": float(kl_pos.detach()), "kl_neg": float(kl_neg.detach())}
@@ -463,7 +471,7 @@ def step_loss(
 RESUME_FREE = ("checkpoint_every", "diagnostics_every")
 # settings added after runs were first recorded, with the value that means "as before": a stored
 # config without them describes a run made with these values
-ADDED_SETTINGS = {"last_tokens": 1, "kl_weight": 0.0, "target": "gap"}
+ADDED_SETTINGS = {"last_tokens": 1, "kl_weight": 0.0, "target": "gap", "kl_span": "all"}
 
 
 def _checkpoint_state(adapter, opt, sched, step: int, direction: Tensor, scale: Tensor, history: list[dict],

@@ -372,6 +372,13 @@ def test_kl_term_is_the_weighted_next_token_kl_of_both_directions(tiny, kind):
         assert parts["kl_pos"] == pytest.approx(expect[0], rel=1e-3) and parts["kl_neg"] == pytest.approx(expect[1], rel=1e-3)
         assert min(expect) > 1e-4
         assert float(loss - plain) == pytest.approx(2.0 * (expect[0] + expect[1]) / 2, rel=1e-3)
+        # kl_span="prompt": only the positions before the assistant suffix count
+        _, prompt = step_loss(tiny, adapter, batch, direction, gap_scale(torch.ones(4)),
+                              replace(config, kl_weight=2.0, kl_span="prompt"), **kw)
+        with torch.no_grad(), adapter.steer(tiny, 1.0):
+            span = batch.attention_mask.bool() & ~batch.suffix_mask
+            want = float(next_token_kl(base, tiny(batch.tokens, attention_mask=batch.attention_mask), span))
+        assert prompt["kl_pos"] == pytest.approx(want, rel=1e-3) and abs(want - expect[0]) > 1e-6
     finally:
         adapter.detach()
 
