@@ -4,10 +4,11 @@ figures written the same way, and their common CLI bits."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from interp.store import (
 )
 
 __all__ = ["atomic_write", "load_dataset", "load_or_compute", "write_netcdf", "write_text", "write_html",
-           "result_folder", "resumable_run", "locked", "add_common_args", "analysis_layers"]
+           "result_folder", "resumable_run", "locked", "add_analysis_args", "analysis_layers"]
 
 
 def write_html(fig, path: str | Path) -> Path:
@@ -37,46 +38,54 @@ def result_folder(analysis: str, model: str, quick: bool = False) -> Path:
     return Path("results") / analysis / (model.replace("/", "_") + ("-quick" if quick else ""))
 
 
+def _exit(message: str) -> NoReturn:
+    raise SystemExit(f"error: {message}")
+
+
 @contextmanager
-def locked(folder: str | Path) -> Iterator[Path]:
-    """:func:`interp.store.run_lock` for a command line: a held folder exits with the holder named."""
+def locked(folder: str | Path, error: Callable[[str], NoReturn] | None = None) -> Iterator[Path]:
+    """:func:`interp.store.run_lock` for a command line: a held folder is reported, naming the holder,
+    through ``error`` (the command's ``parser.error``; default: exit with the message)."""
     try:
         with run_lock(folder) as held:
             yield held
     except RunLocked as err:
-        raise SystemExit(f"error: {err}") from None
+        (error or _exit)(str(err))
 
 
 @contextmanager
-def resumable_run(out: str | None, analysis: str, config, *, quick: bool, ignore: Sequence[str] = ()) -> Iterator[Path]:
+def resumable_run(out: str | None, analysis: str, config, *, quick: bool, ignore: Sequence[str] = (),
+                  error: Callable[[str], NoReturn] | None = None) -> Iterator[Path]:
     """The results folder of a resumable run (``out`` or :func:`result_folder`), held for this run.
 
     The folder is created and locked (:func:`interp.store.run_lock`: a second writer fails at
     once, naming the holder) *before* ``config`` (a dataclass with a ``model``) is checked
     against the run that started it, so two runs cannot both pass the check. A re-run with
-    other settings exits with the reason instead of mixing results.
+    other settings is reported through ``error`` (as :func:`locked`) instead of mixing results.
     """
     folder = Path(out) if out else result_folder(analysis, config.model, quick)
-    with locked(folder):
+    with locked(folder, error):
         try:
             check_run_config(folder, asdict(config), ignore=ignore)
         except ValueError as err:
-            raise SystemExit(f"error: {err}") from None
+            (error or _exit)(str(err))
         yield folder
 
 
 # --------------------------------------------------------------------------- CLI pieces
 
 
-def add_common_args(p: argparse.ArgumentParser, *, analysis: str, writes: str, figures: str = "figures") -> None:
-    """The options every per-layer analysis takes: ``--model``, ``--out``, ``--figures``, ``--layers``.
+def add_analysis_args(p: argparse.ArgumentParser, *, analysis: str, writes: str, quick: str, figures: str = "figures",
+                      **shared) -> None:
+    """The shared options (:func:`interp.cli.add_shared_args`: ``--model --device --dtype --out --seed
+    --quick --no-progress`` and, as asked, ``--n-eval``, ``--layers``, ``--backend``) plus ``--figures``.
 
     ``--out`` defaults to None: resolve it with :func:`result_folder` once the model is known.
     """
-    p.add_argument("--model", default="smollm2-135m", help="model spec (see interp.models)")
-    p.add_argument("--out", default=None, help=f"results folder for {writes} (default results/{analysis}/<model>[-quick])")
-    p.add_argument("--figures", default=figures, help="folder for the HTML figures")
-    p.add_argument("--layers", default=None, help="layer indices / depth fractions (default: all layers)")
+    from interp.cli import add_shared_args
+
+    add_shared_args(p, out=f"results folder for {writes} (default results/{analysis}/<model>[-quick])", quick=quick, **shared)
+    p.add_argument("--figures", default=figures, help="folder for the HTML figures ('' for none)")
 
 
 def analysis_layers(spec: str | None, n_layers: int, *, quick: bool = False, most: int = 6) -> list[int]:

@@ -47,6 +47,7 @@ from interp.adapters.innerpissa import ABLATIONS
 from interp.protocol import ProtocolConfig
 from interp.tables import METRIC_KEYS, shown
 from interp.provenance import provenance
+from interp.models import DEFAULT_MODEL
 from interp.train import TrainConfig
 
 # the InnerPiSSA ablations (interp.adapters.innerpissa.ABLATIONS) and the loss-space ablation
@@ -60,7 +61,7 @@ NO_BUDGET = "n/a"
 class CompareConfig:
     """One comparison: model, layer, methods, seeds, budgets and scoring caps."""
 
-    model: str = "smollm2-135m"
+    model: str = DEFAULT_MODEL
     layers: str | None = None  # None: the training default's band; given: those layers, loss at the deepest
     concept: str = "honesty"
     recipe: str = ""  # TrainConfig overrides "field=value;..." for every trained method (see analyses.recipe_search)
@@ -70,7 +71,9 @@ class CompareConfig:
     steps: int = TrainConfig.steps
     n_pairs: int = TrainConfig.n_pairs
     n_calibration: int = 64
-    n_test: int | None = 200
+    n_eval: int | None = 200  # items of the scored split (None: all)
+    split: str = "test"  # the scored split: "test" for the final table, "validation" while choosing
+    seed: int = 0  # the first training / fitting seed
     n_cost_texts: int = 16
     c_max: float = 16.0
     min_pmass: float = 0.1
@@ -82,6 +85,8 @@ class CompareConfig:
             raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
         if self.seeds < 1 or self.steps < 1:
             raise ValueError("seeds and steps must be >= 1")
+        if self.split not in ("validation", "test"):
+            raise ValueError(f"split must be 'validation' or 'test', got {self.split!r}")
         if not self.budgets or not all(b > 0 for b in self.budgets):
             raise ValueError(f"budgets must be positive nats, got {self.budgets}")
 
@@ -91,7 +96,7 @@ class CompareConfig:
         return EvalConfig(min_pmass=self.min_pmass, seed=seed)
 
     def train_config(self, method: str, seed: int) -> TrainConfig:
-        from analyses.recipe_search import parse_recipe
+        from interp.train import parse_recipe
 
         base = replace(TrainConfig(), model=self.model, steps=self.steps, n_pairs=self.n_pairs, concept=self.concept, seed=seed)
         if self.layers is not None:
@@ -137,7 +142,7 @@ def scores_path(folder: Path, budget) -> Path:
 
 def run_method(model, method: str, config: CompareConfig, seed: int, splits: dict, out: Path, *, progress: bool = True,
                base: xr.Dataset | None = None, measure=None) -> dict:
-    """Fit, calibrate (sign, strength per budget) and score one method on the test split."""
+    """Fit, calibrate (sign, strength per budget) and score one method on the config's split."""
     from interp.protocol import calibrate_method_strength, score_method, scored_metrics
 
     folder = out / method / f"seed_{seed}"
@@ -161,14 +166,14 @@ def run_method(model, method: str, config: CompareConfig, seed: int, splits: dic
                 strength = calibrate_method_strength(model, m, splits["calibration"], float(budget),
                                                      n_texts=config.n_cost_texts, c_max=config.c_max, measure=measure)
                 coeff, reached = float(strength), bool(strength.reached)
-            ds, row = score_method(model, m, splits["test"], coeff=coeff, progress=progress,
+            ds, row = score_method(model, m, splits[config.split], coeff=coeff, progress=progress,
                                    config=config.eval_config(seed), base=base, measure=measure)
             write_netcdf(ds, scores_path(folder, budget))
             rows.append({"budget": str(budget), "coeff": coeff, "reached": reached, **row})
     finally:
         if hasattr(m, "detach"):
             m.detach()
-    record = {"method": method, "seed": seed, "split": "test", "orientation": int(m.orientation),
+    record = {"method": method, "seed": seed, "split": config.split, "orientation": int(m.orientation),
               "calibration": getattr(m, "calibration", None), "config": m.config(), "rows": rows}
     write_text(done, json.dumps(record, indent=2, default=str))
     return record
@@ -199,7 +204,7 @@ def compare_dataset(records: Sequence[dict], model, config: CompareConfig) -> xr
     ds["delta_target"].attrs["units"] = ("Δ P(choice serves the target), de-biased" if measure.kind == "dailydilemmas"
                                          else "Δ margin (nats/token)")
     ds.attrs.update(provenance(model, config=asdict(config), seed=seeds[0] if seeds else None,
-                               split="test", target=measure.label, budget_cost="next-token KL (nats/token)"))
+                               split=config.split, target=measure.label, budget_cost="next-token KL (nats/token)"))
     return ds
 
 
@@ -253,45 +258,46 @@ def figure(ds: xr.Dataset):
     for b in ds["budget"].values:
         if b != NO_BUDGET:
             fig.add_vline(x=float(b), line_dash="dot", line_color="grey", annotation_text=f"{float(b):g} nats KL budget")
-    fig.update_layout(title=f"Effect vs coherence cost: {ds.attrs.get('model_spec', '')} (test split)",
+    fig.update_layout(title=f"Effect vs coherence cost: {ds.attrs.get('model_spec', '')} ({ds.attrs.get('split', 'test')} split)",
                       xaxis_title="ΔNLL at +c (nats/token)", yaxis_title="Δ Truthfulness score at +c (probability)")
     return fig
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[CompareConfig, argparse.Namespace]:
+    from analyses._io import add_analysis_args
     from interp.cli import fraction, positive_int
 
     d = CompareConfig()
     p = argparse.ArgumentParser(prog="python -m analyses.compare_methods", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=d.model)
-    p.add_argument("--layers", default=d.layers,
-                   help="layers shared by every method (indices, depth fractions, bands 'a:b'; default: the training default's band)")
+    add_analysis_args(p, analysis="compare_methods", writes="the method folders, table and compare_methods.nc",
+                      quick="every method, short training, few items, one budget", seed="first training / fitting seed",
+                      n_eval=f"items of the scored split (default {d.n_eval}; --quick: 16)",
+                      layers="layers shared by every method (indices, depth fractions, bands 'a:b'; default: the training default's band)")
     p.add_argument("--concept", default=d.concept, help="concept whose own measure judges (honesty: DailyDilemmas; sentiment: margins)")
     p.add_argument("--recipe", default=d.recipe, help="InnerPiSSA recipe, 'field=value;...' TrainConfig overrides, or a name "
                                                       "from analyses.recipe_search.RECIPES")
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
-    p.add_argument("--seeds", type=positive_int, default=d.seeds, help="training / fitting seeds (mean ± std in the table)")
+    p.add_argument("--seeds", type=positive_int, default=d.seeds, help="training / fitting seeds --seed, --seed + 1, ... "
+                                                                        "(mean ± std in the table)")
     p.add_argument("--budgets", default=None, help="coherence budgets in nats of next-token KL (default 0.1,0.3,1.0; --quick: 0.3)")
     p.add_argument("--steps", type=positive_int, default=None, help=f"training steps (default {d.steps}; --quick: 6)")
-    p.add_argument("--n-test", type=positive_int, default=None, help="test dilemmas scored (default 200; --quick: 16)")
+    p.add_argument("--split", choices=("validation", "test"), default=d.split,
+                   help="scored split: test for the final table, validation while choosing (its own results folder)")
     p.add_argument("--n-calibration", type=positive_int, default=None, help="calibration dilemmas (default 64; --quick: 16)")
     p.add_argument("--dilemmas", default=None, help="DailyDilemmas folder")
     p.add_argument("--min-pmass", type=fraction, default=d.min_pmass, help="rows with p(Yes)+p(No) below this are NaN")
-    p.add_argument("--quick", action="store_true", help="every method, short training, few dilemmas, one budget")
-    p.add_argument("--out", default=None, help="results folder (default results/compare_methods/<model>[-quick])")
-    p.add_argument("--figures", default="figures")
-    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    args.error = p.error
     q = args.quick
     try:
         config = CompareConfig(
             model=args.model, layers=args.layers, concept=args.concept, recipe=_recipe_spec(args.recipe),
             methods=tuple(m.strip() for m in args.methods.split(",")) if args.methods else d.methods,
-            seeds=args.seeds,
+            seeds=args.seeds, seed=args.seed, split=args.split,
             budgets=tuple(float(b) for b in args.budgets.split(",")) if args.budgets else ((0.3,) if q else d.budgets),
             steps=args.steps or (6 if q else d.steps), n_pairs=200 if q else d.n_pairs,
-            n_test=args.n_test or (16 if q else d.n_test), n_calibration=args.n_calibration or (16 if q else d.n_calibration),
+            n_eval=args.n_eval or (16 if q else d.n_eval), n_calibration=args.n_calibration or (16 if q else d.n_calibration),
             n_cost_texts=8 if q else d.n_cost_texts, min_pmass=args.min_pmass, dilemmas=args.dilemmas,
         )
     except ValueError as err:
@@ -308,33 +314,36 @@ def _recipe_spec(recipe: str) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run (or resume) the comparison; returns the paths written."""
     config, args = parse_args(argv)
+    from interp.cli import model_from_args
     from interp.floor import floor_line
     from interp.measures import measure_of, measure_splits, stored_floor
-    from interp.models import load_model
     from interp.protocol import base_scores, dilemma_splits
 
     measure = measure_of(config.concept)
+    split = config.split
     # more methods or seeds only add work; other settings must match the folder's
-    folder = args.out or (None if config.concept == "honesty" else
-                          str(Path("results") / "compare_methods" / f"{config.model.replace('/', '_')}-{measure.concept}"
-                              f"{'-quick' if args.quick else ''}"))
-    with resumable_run(folder, "compare_methods", config, quick=args.quick, ignore=("methods", "seeds")) as out:
+    folder = args.out
+    if folder is None and (config.concept != "honesty" or split != "test"):  # the main table's folder is result_folder's
+        name = (("" if config.concept == "honesty" else f"-{measure.concept}") + ("" if split == "test" else f"-{split}")
+                + ("-quick" if args.quick else ""))
+        folder = str(Path("results") / "compare_methods" / f"{config.model.replace('/', '_')}{name}")
+    with resumable_run(folder, "compare_methods", config, quick=args.quick, ignore=("methods", "seeds"), error=args.error) as out:
         progress = not args.no_progress
-        model = load_model(config.model)
+        model = model_from_args(args)
         if measure.kind == "dailydilemmas":
-            splits = dilemma_splits(ProtocolConfig(n_calibration=config.n_calibration, n_test=config.n_test,
-                                                   dilemmas=config.dilemmas))
+            caps = {"n_test": config.n_eval} if split == "test" else {"n_validation": config.n_eval}
+            splits = dilemma_splits(ProtocolConfig(n_calibration=config.n_calibration, dilemmas=config.dilemmas, **caps))
             base = load_or_compute(out / "base_scores.nc",
-                                   lambda: base_scores(model, splits["test"], progress=progress, config=config.eval_config(0)))
+                                   lambda: base_scores(model, splits[split], progress=progress, config=config.eval_config(0)))
         else:
             from interp.continuations import score_continuations
 
             splits = measure_splits(measure)
-            splits["test"] = splits["test"].head(config.n_test) if config.n_test else splits["test"]
+            splits[split] = splits[split].head(config.n_eval) if config.n_eval else splits[split]
             base = load_or_compute(out / "base_scores.nc",
-                                   lambda: score_continuations(model, None, (0.0,), splits["test"], progress=progress))
-        floor = stored_floor(model, measure, splits["test"], out / "floor_test.json", base=base, progress=progress)
-        jobs = [(m, s) for s in range(config.seeds) for m in config.methods]
+                                   lambda: score_continuations(model, None, (0.0,), splits[split], progress=progress))
+        floor = stored_floor(model, measure, splits[split], out / f"floor_{split}.json", base=base, progress=progress)
+        jobs = [(m, s) for s in range(config.seed, config.seed + config.seeds) for m in config.methods]
         records = []
         for method, seed in tqdm(jobs, desc="methods", disable=not progress):
             records.append(run_method(model, method, config, seed, splits, out, progress=progress, base=base,
@@ -343,12 +352,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         stored = load_dataset(written["dataset"])
         table = results_table(stored)
         written["csv"] = write_text(out / "compare_methods.csv", table.to_csv(index=False))
-        header = (f"Methods on {stored.attrs.get('model_spec', '')}, concept {measure.concept} ({measure.label}), test split "
-                  f"({len(splits['test'])} items), layers {config.train_config('innerpissa', 0).layers}, "
+        header = (f"Methods on {stored.attrs.get('model_spec', '')}, concept {measure.concept} ({measure.label}), {split} split "
+                  f"({len(splits[split])} items), layers {config.train_config('innerpissa', 0).layers}, "
                   f"recipe {config.recipe or 'default'}, {config.seeds} seed(s); budgets are next-token KL on calibration "
-                  f"prompts\n\n{floor_line(floor)} (test split)\n\n")
+                  f"prompts\n\n{floor_line(floor)} ({split} split)\n\n")
         written["table"] = write_text(out / "compare_methods.md", header + table.to_markdown(index=False) + "\n")
-        written["figure"] = write_html(figure(stored), Path(args.figures) / "compare_methods.html")
+        if args.figures:
+            written["figure"] = write_html(figure(stored), Path(args.figures) / "compare_methods.html")
         print(header + table.to_markdown(index=False))
         return written
 

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from analyses._io import load_dataset, load_or_compute, resumable_run, write_html, write_netcdf, write_text
 from interp.provenance import provenance
 from interp.sites import LINEAR_MODULES, depth_to_layer, n_layers as layer_count
+from interp.models import DEFAULT_MODEL
 from interp.train import TrainConfig
 
 DEFAULT_DEPTHS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -62,7 +63,7 @@ METRICS: tuple[str, ...] = (
 class SweepConfig:
     """What a sweep depends on (stored in the dataset's attrs)."""
 
-    model: str = "smollm2-135m"
+    model: str = DEFAULT_MODEL
     depths: tuple[float, ...] = DEFAULT_DEPTHS
     modules: tuple[str, ...] = ("mlp.out",)
     steps: int = TrainConfig.steps
@@ -93,7 +94,7 @@ class SweepConfig:
 
     def train_config(self, depth: float, n_layers: int | None = None) -> TrainConfig:
         """The training settings at ``depth`` (a band needs ``n_layers`` to place the loss just after it)."""
-        from analyses.recipe_search import parse_recipe
+        from interp.train import parse_recipe
 
         layers, loss_layer = f"{depth:g}", None
         if self.band is not None:
@@ -222,32 +223,30 @@ def markdown(ds: xr.Dataset, floor: dict | None = None) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[SweepConfig, argparse.Namespace]:
+    from analyses._io import add_analysis_args
     from interp.cli import fraction, positive_int
 
     d = SweepConfig()
     p = argparse.ArgumentParser(prog="python -m analyses.layer_sweep", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=d.model, help="model spec (see interp.models)")
-    p.add_argument("--depths", default=None, help=f"comma-separated depth fractions (default {','.join(map(str, d.depths))})")
+    add_analysis_args(p, analysis="layer_sweep", writes="the depth run folders, layer_sweep.nc and the table",
+                      quick="2 depths, 6 steps, 16 items: a smoke run", seed="training seed",
+                      n_eval=f"validation items scored per depth (default {d.n_eval}; --quick: 16)",
+                      layers=f"the depths swept: comma-separated depth fractions (default {','.join(map(str, d.depths))})")
     p.add_argument("--modules", default=",".join(d.modules), help=f"comma-separated, from {list(LINEAR_MODULES)}")
     p.add_argument("--steps", type=positive_int, default=None, help=f"training steps per depth (default {d.steps}; --quick: 6)")
-    p.add_argument("--n-eval", type=positive_int, default=None, help=f"validation dilemmas scored per depth (default {d.n_eval}; --quick: 16)")
     p.add_argument("--n-calibration", type=positive_int, default=None, help=f"calibration dilemmas for the sign (default {d.n_calibration}; --quick: 16)")
     p.add_argument("--coeff", type=float, default=d.coeff)
     p.add_argument("--concept", default=d.concept, help="concept whose own measure judges (honesty: DailyDilemmas; sentiment: margins)")
     p.add_argument("--band", type=float, default=None, help="sweep a band of layers this wide (depth fraction) instead of one site")
     p.add_argument("--recipe", default=d.recipe, help="further training settings, 'field=value;...'")
-    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--min-pmass", type=fraction, default=d.min_pmass, help="rows with p(Yes)+p(No) below this are NaN")
     p.add_argument("--dilemmas", default=None, help="DailyDilemmas folder (default: $INTERP_DILEMMAS_DIR or ../shared/data/daily_dilemmas)")
-    p.add_argument("--quick", action="store_true", help="2 depths, 6 steps, 16 dilemmas: a smoke run")
-    p.add_argument("--out", default=None, help="results folder (default results/layer_sweep/<model>[-quick])")
-    p.add_argument("--figures", default="figures")
-    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    args.error = p.error
     quick = args.quick
     try:
-        depths = tuple(float(x) for x in args.depths.split(",")) if args.depths else (QUICK_DEPTHS if quick else d.depths)
+        depths = tuple(float(x) for x in args.layers.split(",")) if args.layers else (QUICK_DEPTHS if quick else d.depths)
         config = SweepConfig(
             model=args.model, depths=depths, modules=tuple(m.strip() for m in args.modules.split(",") if m.strip()),
             steps=args.steps or (6 if quick else d.steps), n_pairs=200 if quick else d.n_pairs, coeff=args.coeff,
@@ -264,7 +263,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SweepConfig, argparse
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run (or resume) the sweep; returns the paths written (``dataset``, ``table``, ``figure``)."""
     config, args = parse_args(argv)
-    from interp.models import load_model
+    from interp.cli import model_from_args
     from interp.evaluate import EvalConfig
     from interp.measures import measure_of, measure_splits, stored_floor
     from interp.protocol import ProtocolConfig, base_scores, dilemma_splits
@@ -274,9 +273,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
 
     default = result_folder("layer_sweep", config.model, args.quick)  # honesty, one site: the main job's folder
     suffix = ("" if config.concept == "honesty" else f"-{Path(config.concept).stem}") + (f"-band{config.band:g}" if config.band else "")
-    with resumable_run(args.out or (str(default) + suffix if suffix else None), "layer_sweep", config, quick=args.quick, ignore=("depths",)) as out:
+    with resumable_run(args.out or (str(default) + suffix if suffix else None), "layer_sweep", config, quick=args.quick, ignore=("depths",),
+                       error=args.error) as out:
         progress = not args.no_progress
-        model = load_model(config.model)
+        model = model_from_args(args)
         measure = measure_of(config.concept)
         eval_config = EvalConfig(min_pmass=config.min_pmass, seed=config.seed, target=measure.target)
         if measure.kind == "dailydilemmas":

@@ -38,7 +38,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from analyses._io import write_netcdf, write_text
-from interp.train import ADAPTER_FIELDS, ADDED_SETTINGS, TRAIN_FIELDS, TrainConfig
+from interp.train import ADDED_SETTINGS, TrainConfig, parse_recipe
 
 # Named recipes: TrainConfig overrides as "field=value;field=value" (see parse_recipe).
 # Every recipe names what it changes from the earlier single-site default, so the names keep
@@ -66,32 +66,6 @@ RECIPES: dict[str, str] = {
     "band_narrow": "layers=0.2:0.4;modules=attn.o,mlp.out;loss_layer=0.45;loss=proj;max_angle=0.3",
     "band_antisym": f"{_BAND};loss=antisym;margin=1.0;max_angle=0.3",
 }
-_TUPLES = {"modules"}
-
-
-def _value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
-
-
-def parse_recipe(spec: str) -> dict:
-    """``"layers=0.1:0.5;modules=attn.o,mlp.out;lr=0.02"`` -> TrainConfig overrides (names checked)."""
-    known = set(TRAIN_FIELDS) | set(ADAPTER_FIELDS)
-    out: dict = {}
-    for part in filter(None, (p.strip() for p in spec.split(";"))):
-        key, sep, value = part.partition("=")
-        key = key.strip()
-        if not sep or key not in known:
-            raise ValueError(f"bad recipe part {part!r}: write field=value with a TrainConfig or adapter field, one of {sorted(known)}")
-        out[key] = tuple(v.strip() for v in value.split(",") if v.strip()) if key in _TUPLES else (
-            value.strip() if key == "layers" else _value(value.strip()))
-    return out
-
-
 def recipe_config(base: TrainConfig, spec: str, seed: int) -> TrainConfig:
     """``base`` with the recipe's overrides and the seed."""
     return base.with_(**parse_recipe(spec), seed=seed)
@@ -281,10 +255,14 @@ def figure(ds: xr.Dataset):
 
 
 def parse_args(argv: Sequence[str] | None = None):
+    from analyses._io import add_analysis_args
     from interp.cli import positive_float, positive_int
 
     p = argparse.ArgumentParser(prog="python -m analyses.recipe_search", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=TrainConfig.model, help="model spec (see interp.models)")
+    add_analysis_args(p, analysis="recipe_search", writes="the run folders, table and recipe_search_<split>.nc "
+                      "(default results/recipe_search/<model>/<concept>)", quick="6 steps, 16 items of the split",
+                      seed="first training seed", n_eval="score at most this many items of the split (DailyDilemmas: "
+                      "dilemmas with a target sign only)")
     p.add_argument("--concept", default="sentiment", help="shipped concept name or a concept .json path")
     p.add_argument("--recipes", default="default,band", help=f"comma-separated names from {sorted(RECIPES)}")
     p.add_argument("--recipe", action="append", default=[], metavar="NAME=SPEC",
@@ -295,16 +273,14 @@ def parse_args(argv: Sequence[str] | None = None):
                    help="also score every run scaled to this next-token KL (nats) on the calibration prompts: the "
                         "matched-cost comparison ('0' is refused; pass --no-budget to skip)")
     p.add_argument("--no-budget", action="store_true", help="score at c = ±1 only")
-    p.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    p.add_argument("--seeds", type=positive_int, default=1, help="training seeds --seed, --seed + 1, ...")
     p.add_argument("--steps", type=positive_int, default=None, help="override every recipe's steps")
     p.add_argument("--split", choices=("validation", "test"), default="validation",
                    help="scored split (test: only for the final measurement of a chosen recipe)")
-    p.add_argument("--n-eval", type=positive_int, default=None,
-                   help="score at most this many items of the split (DailyDilemmas: dilemmas with a target sign only)")
-    p.add_argument("--out", default=None, help="results folder (default results/recipe_search/<model>/<concept>)")
-    p.add_argument("--figures", default="figures", help="folder for the HTML figure ('' for none)")
-    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    args.error = p.error
+    if args.quick:
+        args.steps, args.n_eval = args.steps or 6, args.n_eval or 16
     recipes: dict[str, str] = {}
     for name in filter(None, (n.strip() for n in args.recipes.split(","))):
         if name not in RECIPES:
@@ -324,7 +300,7 @@ def parse_args(argv: Sequence[str] | None = None):
     if args.n_eval is not None and args.n_eval < 2:
         p.error(f"--n-eval must be >= 2, got {args.n_eval}")
     try:
-        seeds = [int(s) for s in args.seeds.split(",")]
+        seeds = list(range(args.seed, args.seed + args.seeds))
         base = replace(TrainConfig(), model=args.model, concept=args.concept,
                        **({"steps": args.steps} if args.steps else {}))
         configs = {(name, s): recipe_config(base, spec, s) for name, spec in recipes.items() for s in seeds}
@@ -345,15 +321,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """
     args, configs = parse_args(argv)
     from interp.floor import floor_line
+    from interp.cli import model_from_args
     from interp.measures import measure_of, measure_splits, stored_floor
-    from interp.models import load_model
     from interp.provenance import provenance
     from interp.store import RunLocked, load_or_compute
 
     measure = measure_of(args.concept)
     out = Path(args.out or Path("results") / "recipe_search" / args.model.replace("/", "_") / measure.concept)
     progress = not args.no_progress
-    model = load_model(args.model)
+    model = model_from_args(args)
     splits = measure_splits(measure)
     if measure.kind == "dailydilemmas":  # a search reads the target only: score the dilemmas that carry it
         part = splits[args.split]
@@ -386,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
             write_text(out / f"table_{args.split}.md", header + table.to_markdown(index=False, floatfmt=".4g") + "\n")
             write_text(out / f"table_{args.split}.csv", table.to_csv(index=False))
     except RunLocked as err:
-        raise SystemExit(f"error: {err}") from None
+        args.error(str(err))
     ds = search_dataset(records, provenance(model, config={"recipes": {n: c.record() for (n, _), c in configs.items()},
                                                            "baselines": args.baselines},
                                             concept=measure.concept, split=args.split, floor_check=json.dumps(floor)),

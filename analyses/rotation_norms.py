@@ -195,21 +195,22 @@ def figure_steps(ds: xr.Dataset):
     return fig
 
 
-def _train_runs(model_spec: str, depths: Sequence[float], steps: int, out: Path, progress: bool) -> list[Path]:
+def _train_runs(args, depths: Sequence[float], steps: int, out: Path) -> list[Path]:
     """Small standalone runs (when no sweep output exists): one adapter per depth."""
     from dataclasses import replace
 
-    from interp.models import load_model
+    from interp.cli import model_from_args
     from interp.protocol import fit_adapter
     from interp.train import TrainConfig
 
-    model = load_model(model_spec)
+    model_spec, progress = args.model, not args.no_progress
+    model = model_from_args(args)
     folders = []
     for depth in tqdm(depths, desc="train depths", disable=not progress):
         folder = out / "runs" / f"depth_{depth:.2f}"
         if not (folder / "adapter" / "adapter.json").is_file():
             # Small validation / calibration sets: their forward passes (full-vocab NLL) dominate short runs.
-            config = replace(TrainConfig(), model=model_spec, layers=f"{depth:g}", modules=("mlp.out",), loss_layer=None,
+            config = replace(TrainConfig(), model=model_spec, layers=f"{depth:g}", modules=("mlp.out",), loss_layer=None, seed=args.seed,
                              steps=steps, n_pairs=200,
                              n_validation=8, n_calibration=8, diagnostics_every=max(1, steps // 4))
             fit_adapter(model, config, folder, calibrate=False, progress=progress)[0].detach()
@@ -218,31 +219,33 @@ def _train_runs(model_spec: str, depths: Sequence[float], steps: int, out: Path,
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
+    from analyses._io import add_analysis_args
+    from interp.cli import positive_int
+
     p = argparse.ArgumentParser(prog="python -m analyses.rotation_norms", description=__doc__.split("\n\n")[0])
+    add_analysis_args(p, analysis="rotation_norms", writes="rotation_norms.nc", quick="with --train: one depth, 3 steps",
+                      seed="training seed of --train's adapters",
+                      layers="with --train: the depths (fractions in (0, 1]) of the small adapters (default 0.3,0.6)")
     p.add_argument("--runs", default=None, help="folder of run folders (default: the layer sweep's results, else --train)")
     p.add_argument("--train", action="store_true", help="train small adapters here first (no sweep needed)")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--depths", default="0.3,0.6")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--out", default=None)
-    p.add_argument("--figures", default="figures")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--steps", type=positive_int, default=20, help="with --train: training steps")
     args = p.parse_args(argv)
-    out = Path(args.out or result_folder("rotation_norms", args.model))
-    with locked(out):
+    out = Path(args.out or result_folder("rotation_norms", args.model, args.quick))
+    with locked(out, p.error):
         if args.runs is not None and not Path(args.runs).is_dir():
             p.error(f"--runs {args.runs}: not a folder (give the layer sweep's output folder, or use --train)")
         runs_dir = Path(args.runs or result_folder("layer_sweep", args.model))
         if args.train or not runs_dir.is_dir():
             if not args.train:
                 print(f"no run folders at {runs_dir}; training small adapters into {out / 'runs'}")
+            spec = args.layers or ("0.5" if args.quick else "0.3,0.6")
             try:
-                depths = [float(d) for d in args.depths.split(",")]
+                depths = [float(d) for d in spec.split(",")]
             except ValueError:
-                p.error(f"--depths {args.depths!r}: give comma-separated fractions in (0, 1], e.g. 0.3,0.6")
+                p.error(f"--layers {spec!r}: give comma-separated depth fractions in (0, 1], e.g. 0.3,0.6")
             if not all(0 < d <= 1 for d in depths):
-                p.error(f"--depths {args.depths!r}: every depth must be a fraction in (0, 1]")
-            folders = _train_runs(args.model, depths, args.steps, out, not args.no_progress)
+                p.error(f"--layers {spec!r}: every depth must be a fraction in (0, 1]")
+            folders = _train_runs(args, depths, 3 if args.quick else args.steps, out)
         else:
             folders = sorted(f for f in runs_dir.iterdir() if (f / "adapter" / "adapter.json").is_file())
         if not folders:

@@ -15,7 +15,7 @@ the spaces (:func:`interp.geometry.space_metrics`):
 
 The Dataset (dims ``layer``, ``space``; provenance attrs) goes to ``<out>/space_compare.nc``; the
 figure ``<figures>/space_compare.html`` is drawn from the stored file only (:func:`figure`).
-With ``--train`` it goes on to the downstream question: InnerPiSSA adapters trained with the
+With ``--compare-methods`` it goes on to the downstream question: InnerPiSSA adapters trained with the
 loss in each space, calibrated and scored on DailyDilemmas by :mod:`analyses.compare_methods`
 (methods ``innerpissa`` and ``loss_dHS@U``; results under ``<out>/trained``).
 ``--backend nnsight`` reads the hidden states through an nnsight trace instead of bridge hooks.
@@ -34,7 +34,7 @@ import xarray as xr
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from analyses._io import locked, add_common_args, analysis_layers, load_dataset, result_folder, write_html, write_netcdf
+from analyses._io import locked, add_analysis_args, analysis_layers, load_dataset, result_folder, write_html, write_netcdf
 from interp.geometry import METRICS, SPACES, GeometryConfig, left_singular_basis, space_metrics
 from interp.backends import backend_of
 from interp.baselines import last_token_hidden
@@ -151,22 +151,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     d = GeometryConfig()
     p = argparse.ArgumentParser(prog="python -m analyses.space_compare", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(p, analysis="space_compare", writes="space_compare.nc", figures=DEFAULT_FIGURES)
+    add_analysis_args(p, analysis="space_compare", writes="space_compare.nc", figures=DEFAULT_FIGURES,
+                      quick="32 pairs, 5 draws, 3 folds, at most 6 evenly spaced layers", seed="seed of the pairs, draws and folds",
+                      layers="layer indices / depth fractions / bands (default: all layers)", backends=True)
     p.add_argument("--rank", type=int, default=64, help="r: top-r left singular vectors of mlp.out (clipped to d_model // 2)")
     p.add_argument("--n-pairs", type=int, default=128)
     p.add_argument("--concept", default="honesty", help="shipped concept name or path to a concept .json")
     p.add_argument("--draws", type=int, default=d.draws, help="random subspaces for the energy baseline")
     p.add_argument("--folds", type=int, default=d.folds, help="probe cross-validation folds")
-    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--quick", action="store_true", help="32 pairs, 5 draws, 3 folds, at most 6 evenly spaced layers")
-    p.add_argument("--train", action="store_true",
+    p.add_argument("--compare-methods", action="store_true",
                    help="then the downstream question: adapters trained with the loss in each space, scored on "
                         "DailyDilemmas (analyses.compare_methods --methods innerpissa,loss_dHS@U)")
-    p.add_argument("--backend", choices=("bridge", "nnsight"), default="bridge",
-                   help="read hidden states through TransformerBridge hooks or an nnsight trace (same numbers)")
-    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    args.error = p.error
     if args.rank < 1 or args.n_pairs < 2 or args.draws < 1 or args.folds < 2 or args.batch_size < 1:
         p.error("--rank, --draws, --batch-size must be >= 1; --n-pairs and --folds >= 2")
     return args
@@ -176,15 +174,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run the analysis; returns the paths written (``dataset``, ``figure``)."""
     args = parse_args(argv)
     out = Path(args.out or result_folder("space_compare", args.model, args.quick))
-    with locked(out):
-        if args.backend == "nnsight":
-            from interp.backends.nnsight import load_nnsight
+    with locked(out, args.error):
+        from interp.backends.nnsight import RemoteUnavailable
+        from interp.cli import model_from_args
 
-            model = load_nnsight(args.model)
-        else:
-            from interp.models import load_model
-
-            model = load_model(args.model)
+        try:
+            model = model_from_args(args)
+        except RemoteUnavailable as err:
+            args.error(f"cannot run remotely: {err}")
         n_layers, d_model = backend_of(model).n_layers, backend_of(model).d_model
         layers = analysis_layers(args.layers, n_layers, quick=args.quick)
         n_pairs, draws, folds = args.n_pairs, args.draws, args.folds
@@ -204,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
               f"{float(e.sel(space='random').mean()):.3f} (r/d = {rank / d_model:.3f}); probe AUROC dHS "
               f"{float(stored['probe_auroc'].sel(space='dHS').mean()):.3f}, dHS@U {float(stored['probe_auroc'].sel(space='dHS@U').mean()):.3f}"
               f" -> {written['dataset']}")
-        if args.train:
+        if args.compare_methods:
             # Training needs gradients through a bridge; the comparison keeps its own results folder.
             from analyses import compare_methods
 

@@ -35,7 +35,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from analyses._io import locked, add_common_args, analysis_layers, load_dataset, result_folder, write_html, write_netcdf
+from analyses._io import locked, add_analysis_args, analysis_layers, load_dataset, result_folder, write_html, write_netcdf
 from interp.neurons import (
     NEURON_CLASSES,
     NeuronConfig,
@@ -255,18 +255,18 @@ def figure_overlap(ds: xr.Dataset):
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m analyses.suppression", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(p, analysis="suppression", writes="neurons.nc, overlap.nc", figures=DEFAULT_FIGURES)
+    add_analysis_args(p, analysis="suppression", writes="neurons.nc, overlap.nc", figures=DEFAULT_FIGURES,
+                      quick="few prompts, 5 baseline draws, at most 6 evenly spaced layers", seed="seed of the prompts and draws",
+                      layers="layer indices / depth fractions / bands (default: all layers)")
     p.add_argument("--adapter", default=None, help="saved adapter folder (interp.adapters.io); without it only part 1 runs")
-    p.add_argument("--quick", action="store_true", help="few prompts, 5 baseline draws, at most 6 evenly spaced layers")
     p.add_argument("--n-prompts", type=int, default=64, help="contrastive pairs for the mean activations (sign correction)")
     p.add_argument("--sign-correct", choices=("auto", "yes", "no"), default="auto", help="auto: only for gated MLPs")
     p.add_argument("--kurtosis-threshold", type=float, default=NeuronConfig().kurtosis_threshold)
     p.add_argument("--skew-threshold", type=float, default=NeuronConfig().skew_threshold)
     p.add_argument("--top-k", type=int, default=8, help="ΔW(1) directions spanning the adapter's write space")
     p.add_argument("--draws", type=int, default=20, help="random-neuron baseline draws")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    args.error = p.error
     if args.n_prompts < 1 or args.top_k < 1 or args.draws < 1:
         p.error("--n-prompts, --top-k and --draws must be positive")
     return args
@@ -275,11 +275,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run the analysis; returns the paths written (``neurons``, ``figure_layers`` and, with an adapter, ``overlap``, ``figure_overlap``)."""
     args = parse_args(argv)
-    from interp.models import load_model
+    from interp.cli import model_from_args
+    from interp.sites import n_layers as layer_count
 
     progress = not args.no_progress
-    model = load_model(args.model)
-    n_layers = int(model.cfg.n_layers)
+    model = model_from_args(args)
+    n_layers = layer_count(model)
     layers = analysis_layers(args.layers, n_layers, quick=args.quick)
     n_prompts, draws = args.n_prompts, args.draws
     if args.quick:
@@ -287,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     config = NeuronConfig(kurtosis_threshold=args.kurtosis_threshold, skew_threshold=args.skew_threshold)
     sign_correct = {"auto": None, "yes": True, "no": False}[args.sign_correct]
     out, figures = Path(args.out or result_folder("suppression", args.model, args.quick)), Path(args.figures)
-    with locked(out):
+    with locked(out, args.error):
         written: dict[str, Path] = {}
 
         ds = neuron_dataset(model, layers, config=config, n_prompts=n_prompts, sign_correct=sign_correct,

@@ -16,6 +16,7 @@ import argparse
 import torch
 from _timing import median_time  # benchmarks/ is on sys.path when run as a script
 
+from interp.models import DEFAULT_MODEL
 from interp.adapters.innerpissa import InnerPiSSAConfig, attach
 from interp.models import load_model
 from interp.sites import select_sites
@@ -23,7 +24,7 @@ from interp.sites import select_sites
 
 def main(argv=None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rank", type=int, default=64)

@@ -15,6 +15,7 @@ import argparse
 import torch
 from bench_train import time_train_step  # benchmarks/ is on sys.path when run as a script
 
+from interp.models import DEFAULT_MODEL
 from interp.data import tokenize_pairs
 from interp.models import load_model
 from interp.train import TrainConfig, build_pairs
@@ -25,7 +26,7 @@ SINGLE = dict(layers="0.5", modules=("mlp.out",), loss_layer=None, max_angle=0.3
 
 def main(argv=None) -> float:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     torch.manual_seed(0)

@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 
+from interp.models import DEFAULT_MODEL
 from interp.dilemmas import load_dilemmas, split_dilemmas
 from interp.evaluate import EvalConfig, score_dilemmas
 from interp.models import load_model
@@ -34,7 +35,7 @@ def _rate(model, data, batch_size: int, repeats: int) -> tuple[float, np.ndarray
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--n", type=int, default=32, help="number of dilemmas")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=1)

@@ -18,6 +18,7 @@ import argparse
 import torch
 
 from benchmarks._timing import median_time
+from interp.models import DEFAULT_MODEL
 from interp.generate import GenerateConfig, generate
 from interp.models import load_model
 from interp.protocol import fit_vector_method
@@ -37,7 +38,7 @@ PROMPTS = [
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--prompts", type=int, default=4, help=f"number of prompts (at most {len(PROMPTS)})")
     parser.add_argument("--coeffs", default="-1,0,1")
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per row")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from interp.models import DEFAULT_MODEL
 from interp.backends.nnsight import load_nnsight
 from interp.models import load_model
 from interp.sites import n_layers
@@ -35,7 +36,7 @@ def _time(fn, repeats: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--n", type=int, default=32, help="number of prompts")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)

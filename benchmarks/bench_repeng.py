@@ -24,6 +24,7 @@ import time
 import numpy as np
 import torch
 
+from interp.models import DEFAULT_MODEL
 from interp.baselines import PCASteering, last_token_hidden
 from interp.models import load_hf, load_model
 
@@ -61,7 +62,7 @@ def build_pairs(tokenizer, n: int) -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--layers", default="5,14,22")
     parser.add_argument("--batch-size", type=int, default=32)

@@ -19,6 +19,7 @@ import argparse
 import torch
 from _timing import median_time  # benchmarks/ is on sys.path when run as a script
 
+from interp.models import DEFAULT_MODEL
 from interp.adapters.innerpissa import attach
 from interp.data import tokenize_pairs
 from interp.losses import gap_scale, gaps, preference_direction, token_nll
@@ -54,7 +55,7 @@ def time_train_step(model, config: TrainConfig, batch, pairs, repeats: int) -> t
 
 def main(argv=None) -> float:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--rank", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)

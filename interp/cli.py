@@ -1,9 +1,15 @@
-"""Command-line pieces every entry point shares: which model, on which device, in which dtype.
+"""The command-line vocabulary every entry point shares (:func:`add_shared_args`).
 
-``--model`` defaults to :data:`interp.models.DEFAULT_MODEL`; ``--device`` takes
-``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (the first of cuda, mps, cpu that
-this machine has); ``--dtype`` takes ``float32``, ``bfloat16`` or ``float16``. Bad values
-fail in the parser, naming the option and the valid choices.
+* ``--model`` (default :data:`interp.models.DEFAULT_MODEL`), ``--device`` (``cpu``, ``cuda``,
+  ``cuda:N``, ``mps`` or ``auto``: the first of cuda, mps, cpu that this machine has),
+  ``--dtype`` (``float32``, ``bfloat16``, ``float16``; adapter parameters stay float32);
+* ``--out`` (the results folder), ``--seed``, ``--quick`` (a small smoke run), ``--no-progress``;
+* where a command has them: ``--n-eval`` (how many items of the scored split: dilemmas or
+  continuation items), ``--layers`` (layer indices, depth fractions or bands ``a:b``), and
+  ``--backend bridge|nnsight`` with ``--remote`` (nnsight on NDIF).
+
+Bad values fail in the parser, naming the option and the valid choices; commands report
+other errors through ``parser.error``.
 """
 
 from __future__ import annotations
@@ -43,15 +49,45 @@ def _device_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """``--model``, ``--device``, ``--dtype``."""
+def add_model_args(p: argparse.ArgumentParser, *, backends: bool = False) -> None:
+    """``--model``, ``--device``, ``--dtype`` (and, with ``backends``, ``--backend``, ``--remote``)."""
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec: {SPECS_HELP}")
     p.add_argument("--device", type=_device_arg, default="cpu", help="cpu, cuda, cuda:N, mps or auto")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model weights' dtype")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model weights' dtype (adapters stay float32)")
+    if backends:
+        p.add_argument("--backend", choices=("bridge", "nnsight"), default="bridge",
+                       help="run the model as a TransformerBridge or through nnsight (same results)")
+        p.add_argument("--remote", action="store_true",
+                       help="run on NDIF through nnsight (implies --backend nnsight; a Hub model NDIF serves and NDIF_API_KEY)")
+
+
+def add_shared_args(p: argparse.ArgumentParser, *, out: str, seed: str = "seed of the run (training, fitting, bootstrap)",
+                    quick: str | None = None, n_eval: str | None = None, layers: str | None = None,
+                    backends: bool = False) -> None:
+    """The shared options (see the module docstring); the strings are each option's help."""
+    add_model_args(p, backends=backends)
+    p.add_argument("--out", default=None, help=out)
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help=seed)
+    if quick:
+        p.add_argument("--quick", action="store_true", help=quick)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if n_eval:
+        p.add_argument("--n-eval", type=positive_int, default=None, help=n_eval)
+    if layers:
+        p.add_argument("--layers", default=None, help=layers)
 
 
 def model_from_args(args: argparse.Namespace):
-    """The bridge that ``--model --device --dtype`` name."""
+    """The model that ``--model --device --dtype`` (and ``--backend``, ``--remote`` where given) name:
+    a TransformerBridge, or an nnsight model (whose backend runs on NDIF with ``--remote``)."""
+    if getattr(args, "remote", False) or getattr(args, "backend", "bridge") == "nnsight":
+        from interp.backends.nnsight import check_remote, check_remote_spec, load_nnsight
+
+        if args.remote:  # key and network first: building a remote model already reads its config from the Hub
+            check_remote_spec(args.model)
+            check_remote()
+        return load_nnsight(args.model, dtype=DTYPES[args.dtype], device=args.device, remote=args.remote)
     return load_model(args.model, dtype=DTYPES[args.dtype], device=args.device)
 
 

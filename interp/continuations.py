@@ -206,9 +206,10 @@ def encode_rows(
     prompts = [tokenizer.apply_chat_template(c, tokenize=False, continue_final_message=True) for c in chats]
     enc = tokenizer([p + s for p, s in zip(prompts, continuations)], return_tensors="pt", padding=True,
                     padding_side="left", add_special_tokens=False, return_offsets_mapping=True)
-    ends = torch.tensor([len(p) for p in prompts])
+    ends = torch.tensor([len(p) for p in prompts], device="cpu")
     # the user message's last occurrence before the assistant prefix (a system prompt may quote it)
-    starts = torch.tensor([p.rfind(c[-2]["content"], 0, len(p) - len(c[-1]["content"])) for p, c in zip(prompts, chats)])
+    starts = torch.tensor([p.rfind(c[-2]["content"], 0, len(p) - len(c[-1]["content"])) for p, c in zip(prompts, chats)],
+                          device="cpu")
     real = enc["attention_mask"].bool()
     first, last = enc["offset_mapping"][..., 0], enc["offset_mapping"][..., 1]
     straddle = real & (first < ends[:, None]) & (last > ends[:, None])

@@ -299,12 +299,13 @@ def tokenize_pairs(
             rows.append(ids)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     width = max(len(r) for r in rows)
-    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    suffix_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    # host-side batches (moved to the model's device by the backend)
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long, device="cpu")
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device="cpu")
+    suffix_mask = torch.zeros((len(rows), width), dtype=torch.bool, device="cpu")
     for i, (ids, ns) in enumerate(zip(rows, n_suffix)):
         start = width - len(ids) if padding_side == "left" else 0
-        tokens[i, start : start + len(ids)] = torch.tensor(ids, dtype=torch.long)
+        tokens[i, start : start + len(ids)] = torch.tensor(ids, dtype=torch.long, device="cpu")
         mask[i, start : start + len(ids)] = 1
         ns = min(ns, len(ids))
         suffix_mask[i, start + len(ids) - ns : start + len(ids)] = True

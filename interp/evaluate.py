@@ -153,7 +153,7 @@ def encode(tokenizer, chat_list: Sequence[list[dict]]) -> tuple[Tensor, Tensor, 
     texts = [tokenizer.apply_chat_template(c, tokenize=False, continue_final_message=True) for c in chat_list]
     enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False,
                     return_offsets_mapping=True)
-    starts = torch.tensor([t.rfind(c[-2]["content"]) for t, c in zip(texts, chat_list)])
+    starts = torch.tensor([t.rfind(c[-2]["content"]) for t, c in zip(texts, chat_list)], device="cpu")
     offsets = enc["offset_mapping"][..., 0]
     nll_mask = (offsets >= starts[:, None]) & enc["attention_mask"].bool()
     return enc["input_ids"], enc["attention_mask"], nll_mask
@@ -500,52 +500,46 @@ def write_results(ds: xr.Dataset, table: pd.DataFrame, out_dir: str | Path, floo
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
-    from interp.cli import fraction, positive_int
+    from interp.cli import add_shared_args, fraction, join_negative_values, positive_int
 
-    p = argparse.ArgumentParser(prog="python -m interp.evaluate", description="Score a saved adapter (or the base model) on DailyDilemmas.")
+    p = argparse.ArgumentParser(prog="python -m interp.evaluate",
+                                description="Score a saved adapter (or the base model) on a concept's own measure (DailyDilemmas for honesty).")
+    add_shared_args(p, out="folder for scores.nc / table.md / table.csv (default: print only)", seed="bootstrap seed",
+                    quick="score 16 items: a smoke run", n_eval="score only the first N items of the split", backends=True)
     p.add_argument("--adapter", default=None, help="saved adapter folder (default: the base model only)")
-    p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--coeffs", default=",".join(f"{c:g}" for c in DEFAULT_COEFFS),
-                   help="comma-separated coefficients, 0 added if missing (write --coeffs=-1,1 for a leading minus)")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N dilemmas of the split")
+                   help="comma-separated coefficients, 0 added if missing (e.g. --coeffs -1,1)")
     p.add_argument("--split", choices=("calibration", "validation", "test", "all"), default="test")
     p.add_argument("--dilemmas", default=None, help="DailyDilemmas folder")
     p.add_argument("--batch-size", type=positive_int, default=EvalConfig.batch_size)
     p.add_argument("--min-pmass", type=fraction, default=EvalConfig.min_pmass, help="rows with p(Yes)+p(No) below are NaN")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--split-seed", type=int, default=None,
                    help="seed of the calibration/validation/test split (default: the protocol's one split for every analysis)")
     p.add_argument("--no-floor-check", action="store_true",
                    help="skip the floor check (base model at chance and prompting does not move it -> effects are not shown)")
     p.add_argument("--concept", default="honesty",
                    help="whose measure: honesty (DailyDilemmas) or a concept with a continuation measure, e.g. sentiment")
-    p.add_argument("--out", default=None, help="folder for scores.nc / table.md / table.csv")
-    p.add_argument("--backend", choices=("bridge", "nnsight"), default="bridge",
-                   help="run the model as a TransformerBridge or through nnsight (same prompts, metrics and results)")
-    p.add_argument("--remote", action="store_true",
-                   help="run on NDIF through nnsight (implies --backend nnsight; needs a Hub model id NDIF serves and NDIF_API_KEY)")
-    args = p.parse_args(argv)
+    args = p.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv, ["--coeffs"]))
     try:
         coeffs = sorted({0.0, *(float(c) for c in args.coeffs.split(","))})
     except ValueError:
         p.error(f"--coeffs must be comma-separated numbers, got {args.coeffs!r}")
+    if args.quick and args.n_eval is None:
+        args.n_eval = 16
+    from interp.backends.nnsight import RemoteUnavailable
+    from interp.cli import model_from_args
     from interp.dilemmas import load_dilemmas, split_dilemmas
-    from interp.models import load_model
 
-    if args.remote or args.backend == "nnsight":
-        from interp.backends.nnsight import RemoteUnavailable, evaluation_pair
-
-        try:
-            model, method = evaluation_pair(args.model, args.adapter, remote=args.remote)
-        except RemoteUnavailable as err:
-            p.exit(2, f"{p.prog}: cannot run remotely: {err}\n")
-    else:
-        model = load_model(args.model)
+    try:
+        model = model_from_args(args)
         method = None
         if args.adapter:
             from interp.adapters.io import load_adapter
+            from interp.backends.nnsight import load_adapter_nnsight
 
-            method = load_adapter(model, args.adapter)
+            method = (load_adapter_nnsight if args.backend == "nnsight" or args.remote else load_adapter)(model, args.adapter)
+    except RemoteUnavailable as err:
+        p.exit(2, f"{p.prog}: cannot run remotely: {err}\n")
     from interp.measures import measure_of
     from interp.protocol import SPLIT_SEED
 
@@ -558,18 +552,16 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         return _main_continuations(p, args, model, method, measure, coeffs, split_seed)
     data = load_dilemmas(args.dilemmas)
     data = data if args.split == "all" else split_dilemmas(data, seed=split_seed)[args.split]
-    if args.limit is not None:
-        if args.limit < 1:
-            p.error(f"--limit must be >= 1, got {args.limit}")
-        data = data.head(args.limit)
+    if args.n_eval is not None:
+        data = data.head(args.n_eval)
     config = EvalConfig(batch_size=args.batch_size, min_pmass=args.min_pmass, seed=args.seed)
-    ds = score_dilemmas(model, method, coeffs, data, config)
+    ds = score_dilemmas(model, method, coeffs, data, config, progress=not args.no_progress)
     floor = None
     if not args.no_floor_check:
         from interp.floor import dilemma_floor
 
         try:
-            floor, _ = dilemma_floor(model, data, config, base=ds.isel(method=[0]).sel(coeff=[0.0]))
+            floor, _ = dilemma_floor(model, data, config, base=ds.isel(method=[0]).sel(coeff=[0.0]), progress=not args.no_progress)
         except ValueError as err:  # too few dilemmas with a target sign in this selection
             print(f"no floor check: {err}")
     table = metrics_table(ds, config)
@@ -604,12 +596,12 @@ def _main_continuations(p, args, model, method, measure, coeffs, split_seed) -> 
     if args.split != "all":
         kw = {"n_calibration": measure.n_calibration} if measure.n_calibration else {}
         items = split_items(items, split_seed=split_seed, **kw)[args.split]
-    if args.limit is not None:
-        if args.limit < 2:
-            p.error(f"--limit must be >= 2 for a continuation measure, got {args.limit}")
-        items = items.head(args.limit)
-    ds, table = score_measure(model, method, measure, items, coeffs, seed=args.seed)
-    floor = None if args.no_floor_check else floor_check(model, measure, items, seed=args.seed)[0]
+    if args.n_eval is not None:
+        if args.n_eval < 2:
+            p.error(f"--n-eval must be >= 2 for a continuation measure, got {args.n_eval}")
+        items = items.head(args.n_eval)
+    ds, table = score_measure(model, method, measure, items, coeffs, seed=args.seed, progress=not args.no_progress)
+    floor = None if args.no_floor_check else floor_check(model, measure, items, seed=args.seed, progress=not args.no_progress)[0]
     print(f"{len(items)} items ({args.split} split) of {measure.label}")
     return _report(ds, table, floor, args.out, measure.label)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -150,18 +151,21 @@ def _hub_id(model) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from interp.cli import DTYPES
+    from interp.cli import add_shared_args, join_negative_values
 
     p = argparse.ArgumentParser(prog="python -m interp.export", description=__doc__.split("\n\n")[0])
+    # no --seed or --quick: a merge has no randomness and no smaller version
+    add_shared_args(p, out="the Hugging Face folder to write (required)", seed="")
+    p.set_defaults(model=None)
     p.add_argument("--adapter", required=True, help="a saved adapter folder (InnerPiSSA or LoRA)")
     p.add_argument("--coeff", type=float, required=True, help="the coefficient to merge at (its saved sign applied)")
-    p.add_argument("--out", required=True, help="the Hugging Face folder to write")
-    p.add_argument("--model", default=None, help="model spec (default: the one the adapter was saved for)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the written weights")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    args = p.parse_args(argv)
+    args = p.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv, ["--coeff"]))
+    if args.out is None:
+        p.error("--out is required: the Hugging Face folder to write")
     if not torch.isfinite(torch.tensor(args.coeff)):
         p.error(f"--coeff must be finite, got {args.coeff}")
+    args.error = p.error
     return args
 
 
@@ -174,13 +178,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     try:
         spec = args.model or read_adapter_config(args.adapter).get("model_spec")
         if not spec:
-            raise SystemExit(f"error: {args.adapter} does not name its base model; pass --model")
-        model = load_model(spec)
+            args.error(f"{args.adapter} does not name its base model; pass --model")
+        model = load_model(spec, device=args.device)  # merged in float32; --dtype is the written weights'
         adapter = load_adapter(model, args.adapter)
         path = export_merged(model, adapter, args.coeff, args.out, dtype=DTYPES[args.dtype],
                              adapter_path=str(args.adapter), overwrite=args.overwrite)
     except (AdapterLoadError, ExportError) as err:
-        raise SystemExit(f"error: {err}") from None
+        args.error(str(err))
     print(f"wrote {path} ({spec} + {args.adapter} merged at c = {args.coeff:+g}); "
           f"load it with transformers.AutoModelForCausalLM.from_pretrained({str(path)!r})")
     return path

@@ -322,18 +322,18 @@ def fitted_method(model, name: str, concept: str, *, layers: str | None = None, 
 # --------------------------------------------------------------------------- CLI
 
 
-def read_prompts(args: argparse.Namespace) -> list[str]:
-    """``--prompt`` values, then the lines (or a JSON list) of ``--prompts FILE``."""
-    prompts = list(args.prompt or [])
-    if args.prompts:
-        path = Path(args.prompts)
+def read_prompts(prompt: Sequence[str] | None, prompts_file: str | None) -> list[str]:
+    """``--prompt`` values, then the lines (or a JSON list) of ``--prompts FILE``; ``ValueError`` naming a bad file."""
+    prompts = list(prompt or [])
+    if prompts_file:
+        path = Path(prompts_file)
         if not path.is_file():
-            raise SystemExit(f"error: --prompts {path}: no such file")
+            raise ValueError(f"--prompts {path}: no such file")
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".json":
             loaded = json.loads(text)
             if not isinstance(loaded, list) or not all(isinstance(s, str) for s in loaded):
-                raise SystemExit(f"error: --prompts {path}: a .json prompts file must hold a list of strings")
+                raise ValueError(f"--prompts {path}: a .json prompts file must hold a list of strings")
             prompts += loaded
         else:
             prompts += [line.strip() for line in text.splitlines() if line.strip()]
@@ -341,16 +341,17 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from interp.cli import add_model_args, float_list, join_negative_values, positive_int
+    from interp.cli import add_shared_args, float_list, join_negative_values, positive_int
 
     d = GenerateConfig()
     p = argparse.ArgumentParser(prog="python -m interp.generate", description=__doc__.split("\n\n")[0])
-    add_model_args(p)
+    add_shared_args(p, out="folder for generations.nc and generations.md (default: print only)",
+                    seed="sampling and fitting seed", quick="16 new tokens: a smoke run",
+                    layers="layers of a --method vector (default: the training default's band)", backends=True)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--adapter", default=None, help="a saved adapter folder (InnerPiSSA or LoRA)")
     which.add_argument("--method", choices=METHODS, default=None, help="a baseline fitted on --concept's pairs")
     p.add_argument("--concept", default="honesty", help="concept the --method baseline is fitted on")
-    p.add_argument("--layers", default=None, help="layers of a --method vector (default: the training default's band)")
     p.add_argument("--budget", type=float, default=0.3,
                    help="scale --method vectors so c = 1 costs this many nats of KL (0: raw vectors)")
     p.add_argument("--prompt", action="append", help="a user message (repeatable)")
@@ -360,23 +361,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--top-p", type=float, default=d.top_p)
-    p.add_argument("--seed", type=int, default=d.seed, help="sampling and fitting seed")
     p.add_argument("--system", default=None, help="a system message for every prompt")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="rows per batched generation")
     p.add_argument("--width", type=positive_int, default=36, help="column width of the printed table")
-    p.add_argument("--backend", choices=("bridge", "nnsight"), default="bridge",
-                   help="run the model as a TransformerBridge or through nnsight (local; same tokens)")
-    p.add_argument("--out", default=None, help="folder for generations.nc and generations.md")
-    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv, ["--coeffs"]))
     if not args.prompt and not args.prompts:
         p.error("give at least one --prompt TEXT or --prompts FILE")
-    if args.backend == "nnsight" and args.device != "cpu":
-        p.error("--backend nnsight runs locally on the CPU here; use --backend bridge for --device " + args.device)
-    if args.backend == "nnsight" and args.method and args.method != "prompt":
-        p.error("--method vectors are fitted on the bridge; use --backend bridge (or --adapter / --method prompt)")
+    if args.remote:
+        p.error("generation runs on a local model; drop --remote (use --backend nnsight for a local nnsight model)")
     try:
-        args.config = GenerateConfig(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature,
+        args.prompt_list = read_prompts(args.prompt, args.prompts)
+        args.config = GenerateConfig(max_new_tokens=16 if args.quick else args.max_new_tokens, sample=args.sample, temperature=args.temperature,
                                      top_p=args.top_p, seed=args.seed, system=args.system, batch_size=args.batch_size)
     except ValueError as err:
         p.error(str(err))
@@ -386,21 +381,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> xr.Dataset:
     from interp.cli import model_from_args
 
+    from interp.adapters.io import load_adapter
+
     args = parse_args(argv)
-    prompts = read_prompts(args)
-    if args.backend == "nnsight":
-        from interp.backends.nnsight import load_adapter_nnsight, load_nnsight
-        from interp.cli import DTYPES
-
-        model = load_nnsight(args.model, dtype=DTYPES[args.dtype])
-        load = load_adapter_nnsight
-    else:
-        from interp.adapters.io import load_adapter
-
-        model = model_from_args(args)
-        load = load_adapter
+    prompts = args.prompt_list
+    model = model_from_args(args)
     if args.adapter:
-        method = load(model, args.adapter)
+        method = load_adapter(model, args.adapter)
     elif args.method:
         method = fitted_method(model, args.method, args.concept, layers=args.layers, seed=args.seed,
                                budget=args.budget or None)

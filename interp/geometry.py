@@ -69,11 +69,20 @@ def top_svd(weight: Float[Tensor, "d_out d_in"], rank: int) -> tuple[Tensor, Ten
     d_out, d_in = weight.shape
     if not 1 <= rank <= min(d_out, d_in):
         raise ValueError(f"rank must lie in 1..{min(d_out, d_in)} for a {d_out}x{d_in} weight, got {rank}")
+    return svd_columns(weight, torch.arange(rank))
+
+
+def svd_columns(weight: Float[Tensor, "d_out d_in"], index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`top_svd`'s float64 ``(U, S, V)`` restricted to the singular directions ``index`` (any order)."""
+    index = torch.as_tensor(index, dtype=torch.long, device="cpu")
+    full = min(weight.shape)
+    if index.ndim != 1 or len(index) == 0 or int(index.min()) < 0 or int(index.max()) >= full:
+        raise ValueError(f"singular-direction indices must lie in 0..{full - 1}, got {index.tolist()[:8]}...")
     u, s, vh = torch.linalg.svd(weight.detach().to("cpu", torch.float64), full_matrices=False)
-    u, s, v = u[:, :rank], s[:rank], vh[:rank].T
     flip = torch.sign(u.gather(0, u.abs().argmax(0, keepdim=True)))
     flip[flip == 0] = 1
-    return u * flip, s, v * flip
+    u, v = u * flip, vh.T * flip
+    return u[:, index], s[index], v[:, index]
 
 
 def left_singular_basis(weight: Float[Tensor, "d_out d_in"], rank: int) -> Float[Tensor, "d_out r"]:

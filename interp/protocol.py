@@ -207,9 +207,18 @@ def attach_adapter(model, sites, train_config, kind: str = "innerpissa"):
         from interp.adapters.lora import LoRAConfig, attach
 
         return attach(model, sites, LoRAConfig(rank=8, seed=train_config.seed))
-    from interp.adapters.innerpissa import attach
+    from interp.adapters.innerpissa import attach, select_directions
 
-    return attach(model, sites, train_config.adapter_config())
+    config = train_config.adapter_config()
+    indices = None
+    if config.select != "top":  # the basis chosen on the training pairs' first n_calibration pairs
+        from interp.data import tokenize_pairs
+        from interp.train import build_pairs
+
+        pairs = build_pairs(train_config).train[: train_config.n_calibration]
+        batch = tokenize_pairs(model.tokenizer, pairs, system=train_config.system, max_length=train_config.max_length)
+        indices = select_directions(model, sites, batch, config)
+    return attach(model, sites, config, indices)
 
 
 def fit_vector_method(model, method: str, train_config, seed: int):

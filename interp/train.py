@@ -18,9 +18,10 @@ orientation is set from the separation summed over all steps (training
 data only) so that ``+c`` means "more of the concept". Validation (held-out suffixes)
 reports the mean gap at ``c ∈ {−1, 0, +1}`` and ΔNLL at ``c = ±1``.
 
-Runs are reproducible: data order is a pure function of ``(seed, step)``
-(:func:`interp.data.batch_indices`), and checkpoints (adapter parameters, optimizer,
-scheduler, RNG state, step, direction, history) are written atomically every
+Runs are reproducible without touching the global random generators: data order is a pure
+function of ``(seed, step)`` (:func:`interp.data.batch_indices`), the adapter's initial values
+come from its own seeded generator, and checkpoints (adapter parameters, optimizer,
+scheduler, step, direction, history) are written atomically every
 ``checkpoint_every`` steps; ``--resume`` continues a killed run to the same adapter, bit
 for bit on CPU.
 
@@ -34,7 +35,6 @@ import argparse
 import json
 import math
 import pickle
-import random
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +42,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -210,6 +209,34 @@ class TrainConfig:
 TRAIN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig) if f.name != "adapter")
 # the adapter's options a training config sets by name (its seed is the run's)
 ADAPTER_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(InnerPiSSAConfig) if f.name != "seed")
+
+
+# settings written as comma-separated lists in a recipe
+_TUPLES = {"modules"}
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def parse_recipe(spec: str) -> dict:
+    """``"layers=0.1:0.5;modules=attn.o,mlp.out;lr=0.02"`` -> overrides for :meth:`TrainConfig.with_`
+    (TrainConfig and adapter fields, names checked): the ``--recipe`` of every command that trains."""
+    known = set(TRAIN_FIELDS) | set(ADAPTER_FIELDS)
+    out: dict = {}
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in known:
+            raise ValueError(f"bad recipe part {part!r}: write field=value with a TrainConfig or adapter field, one of {sorted(known)}")
+        out[key] = tuple(v.strip() for v in value.split(",") if v.strip()) if key in _TUPLES else (
+            value.strip() if key == "layers" else _value(value.strip()))
+    return out
 
 
 @dataclass
@@ -425,7 +452,7 @@ def step_loss(
     kw = dict(last_tokens=config.last_tokens, keep_logits=config.kl_weight > 0)
     with torch.no_grad():
         h_ref, nll_ref, *ref_logits = _forward(model, batch, hook, **kw)
-    coeff = torch.cat([torch.ones(rows), -torch.ones(rows)]).to(batch.tokens.device)
+    coeff = torch.cat([torch.ones(rows, device=batch.tokens.device), -torch.ones(rows, device=batch.tokens.device)])
     h, nll, *logits = _forward(model, _stack(batch, 2), hook, adapter.edits(coeff), **kw)
     # per item, at c = +1, -1, 0: its coordinates in the loss space and their value along the direction
     points = loss_points(h[:rows], h[rows:], h_ref, n, config.target, config.space, U)
@@ -484,9 +511,6 @@ def _checkpoint_state(adapter, opt, sched, step: int, direction: Tensor, scale: 
         "adapter": {name: p.detach().clone() for name, p in adapter.layers.named_parameters()},
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "numpy_rng": _numpy_rng_state(),
-        "python_rng": random.getstate(),
         "direction": direction,
         "history": history,
     }
@@ -503,21 +527,6 @@ def _restore(state: dict, adapter, opt, sched) -> None:
             params[name].copy_(value)
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    _set_numpy_rng_state(state["numpy_rng"])
-    random.setstate(state["python_rng"])
-
-
-def _numpy_rng_state() -> dict:
-    """numpy's global RNG state as tensors and numbers, so a checkpoint loads with ``weights_only=True``."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached)}
-
-
-def _set_numpy_rng_state(state: dict) -> None:
-    np.random.set_state((state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
-                         state["cached_gaussian"]))
 
 
 def train(
@@ -598,7 +607,6 @@ def _train(model, adapter, pairs, config: TrainConfig, out: Path | None, resume:
         start, direction, history = state["step"], state["direction"].to(device), list(state["history"])
         scale = state["scale"].to(device)
     else:
-        torch.manual_seed(config.seed)
         # the direction: PC1 of reference differences on training pairs only
         with torch.no_grad(), _orientation(adapter, 1):
             h = []
@@ -695,13 +703,14 @@ def train_adapter(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
-    from interp.cli import positive_int
+    from interp.cli import add_shared_args, positive_int
 
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m interp.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=d.model, help="model spec (see interp.models)")
-    p.add_argument("--layers", default=d.layers, help="layer indices, depth fractions and bands, e.g. '0.5', '10,14' or '0.1:0.5'")
+    add_shared_args(p, out="run folder (default: runs/<concept>-<model>-s<seed>)", seed="training seed (data order, adapter init)",
+                    quick="6 steps on 200 pairs: a smoke run",
+                    layers=f"adapted layers: indices, depth fractions and bands, e.g. '0.5', '10,14' or '0.1:0.5' (default {d.layers})")
     p.add_argument("--modules", default=",".join(d.modules), help=f"comma-separated, from {list(LINEAR_MODULES)}")
     p.add_argument("--rank", type=positive_int, default=d.adapter.rank)
     p.add_argument("--concept", default=d.concept, help="shipped concept name or path to a concept .json")
@@ -717,14 +726,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--rotate-u", action="store_true")
     p.add_argument("--scaling", choices=SCALINGS, default=d.adapter.scaling)
     p.add_argument("--max-angle", type=float, default=d.adapter.max_angle, help="largest rotation angle at |c| = 1 (radians)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", default=None, help="run folder (default: runs/<concept>-<model>-s<seed>)")
+    p.add_argument("--recipe", default="", help="further TrainConfig or adapter settings, 'field=value;...' (e.g. 'target=shift')")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     p.add_argument("--no-calibrate", action="store_true",
                    help="keep the training orientation instead of calibrating the sign on the concept's own measure "
                         "(its calibration split: DailyDilemmas for honesty, continuation margins for sentiment)")
-    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    args.error = p.error
     loss_layer = None
     if args.loss_layer is not None and args.loss_layer.lower() != "none":
         try:
@@ -736,12 +744,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
                 p.error(f"--loss-layer must be an int index or a float depth fraction, got {args.loss_layer!r}")
     try:
         config = TrainConfig.of(
-            model=args.model, layers=args.layers, modules=tuple(m.strip() for m in args.modules.split(",") if m.strip()),
+            model=args.model, layers=args.layers or d.layers,
+            modules=tuple(m.strip() for m in args.modules.split(",") if m.strip()),
             rank=args.rank, rotate_v=not args.no_rotate_v, rotate_u=args.rotate_u, scaling=args.scaling,
             max_angle=args.max_angle,
-            concept=args.concept, suffixes=args.suffixes, n_pairs=args.n_pairs, steps=args.steps,
+            concept=args.concept, suffixes=args.suffixes, n_pairs=200 if args.quick else args.n_pairs,
+            steps=6 if args.quick else args.steps,
             batch_size=args.batch_size, lr=args.lr, space=args.space, loss=args.loss, loss_layer=loss_layer, seed=args.seed,
-        )
+        ).with_(**parse_recipe(args.recipe))
     except ValueError as err:
         p.error(str(err))
     return config, args
@@ -755,14 +765,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         with run_lock(out):
             return _main(config, args, out)
     except RunLocked as err:
-        raise SystemExit(f"error: {err}") from None
+        args.error(str(err))
 
 
 def _main(config: TrainConfig, args: argparse.Namespace, out: Path) -> dict:
-    from interp.models import load_model
+    from interp.cli import model_from_args
     from interp.protocol import fit_adapter
 
-    model = load_model(config.model)
+    model = model_from_args(args)
     # representation orientation does not fix the behavioural sign: unless --no-calibrate it is
     # checked on the calibration split of the concept's own measure
     adapter, training = fit_adapter(model, config, out, calibrate=not args.no_calibrate, resume=args.resume,

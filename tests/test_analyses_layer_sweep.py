@@ -7,7 +7,7 @@ import pytest
 from analyses import layer_sweep
 from analyses._io import load_dataset
 
-ARGS = ["--model", "tiny-random", "--quick", "--depths", "0.3,0.6", "--steps", "2", "--n-eval", "8",
+ARGS = ["--model", "tiny-random", "--quick", "--layers", "0.3,0.6", "--steps", "2", "--n-eval", "8",
         "--n-calibration", "8", "--min-pmass", "0", "--no-progress"]
 
 
@@ -56,12 +56,13 @@ def test_resume_skips_finished_depths_and_reuses_adapters(sweep, dilemmas_dir):
     assert a["delta_target"].values.tolist() == pytest.approx(b["delta_target"].values.tolist(), nan_ok=True)
 
 
-def test_resume_with_other_settings_is_refused(sweep, dilemmas_dir):
+def test_resume_with_other_settings_is_refused(sweep, dilemmas_dir, capsys):
     out, _ = sweep
     argv = [*ARGS, "--out", str(out / "res"), "--figures", str(out / "fig"), "--dilemmas", str(dilemmas_dir)]
     argv[argv.index("--steps") + 1] = "3"  # finished depths were trained for 2 steps
-    with pytest.raises(SystemExit, match="steps 2 there, 3 now"):
+    with pytest.raises(SystemExit):
         layer_sweep.main(argv)
+    assert "steps 2 there, 3 now" in capsys.readouterr().err
 
 
 def test_bad_config_is_rejected():
@@ -70,12 +71,12 @@ def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="unknown module"):
         layer_sweep.SweepConfig(modules=("mlp.nope",))
     with pytest.raises(SystemExit):
-        layer_sweep.parse_args(["--depths", "0.5,2"])
+        layer_sweep.parse_args(["--layers", "0.5,2"])
 
 
 def test_quick_first_depth_on_the_default_model(tmp_path, dilemmas_dir):
     """The main job: the quick sweep's first depth on the embedded default runs in CI (about 3.5 min on one thread)."""
-    written = layer_sweep.main(["--quick", "--depths", "0.5", "--steps", "4", "--n-eval", "16", "--n-calibration", "16",
+    written = layer_sweep.main(["--quick", "--layers", "0.5", "--steps", "4", "--n-eval", "16", "--n-calibration", "16",
                                 "--no-progress", "--out", str(tmp_path / "res"), "--figures", str(tmp_path / "fig"),
                                 "--dilemmas", str(dilemmas_dir)])
     ds = load_dataset(written["dataset"])
@@ -87,7 +88,7 @@ def test_band_mode_on_a_continuation_concept(mini_concept, tmp_path):
     """A band of fixed width centred at each depth, the loss read just after it, judged by the concept's margin."""
     from interp.adapters.io import read_adapter_config
 
-    written = layer_sweep.main(["--model", "tiny-random", "--concept", str(mini_concept), "--band", "0.5", "--depths", "0.25",
+    written = layer_sweep.main(["--model", "tiny-random", "--concept", str(mini_concept), "--band", "0.5", "--layers", "0.25",
                                 "--modules", "attn.o,mlp.out", "--steps", "2", "--n-eval", "6", "--no-progress",
                                 "--out", str(tmp_path / "res"), "--figures", str(tmp_path / "fig")])
     ds = load_dataset(written["dataset"])

@@ -84,7 +84,7 @@ def test_dataset_from_saved_runs(tiny, tmp_path):
 
 def test_standalone_training_on_tiny(tmp_path):
     """--train: 2 depths x 3 steps on tiny-random, end to end, every variable documented."""
-    written = rotation_norms.main(["--train", "--model", "tiny-random", "--depths", "0.3,0.6", "--steps", "3",
+    written = rotation_norms.main(["--train", "--model", "tiny-random", "--layers", "0.3,0.6", "--steps", "3",
                                    "--out", str(tmp_path / "out"), "--figures", str(tmp_path / "fig"), "--no-progress"])
     ds = load_dataset(written["dataset"])
     assert set(ds.dims) == {"run", "site", "step", "angle_rank", "sv"}
@@ -108,7 +108,7 @@ def test_bad_input_is_rejected(tmp_path):
     with pytest.raises(SystemExit):
         rotation_norms.main(["--runs", str(tmp_path / "missing"), "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
-        rotation_norms.main(["--train", "--depths", "0.3,1.5", "--model", "tiny-random", "--out", str(tmp_path)])
+        rotation_norms.main(["--train", "--layers", "0.3,1.5", "--model", "tiny-random", "--out", str(tmp_path)])
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit):
         rotation_norms.main(["--runs", str(tmp_path / "empty"), "--out", str(tmp_path)])

@@ -52,7 +52,7 @@ def test_train_hands_the_two_loss_spaces_to_compare_methods(tmp_path, monkeypatc
 
     seen = {}
     monkeypatch.setattr(compare_methods, "main", lambda argv: seen.setdefault("argv", argv) and {"table": tmp_path / "t.md"})
-    written = space_compare.main(["--model", "tiny-random", "--quick", "--rank", "8", "--n-pairs", "12", "--train",
+    written = space_compare.main(["--model", "tiny-random", "--quick", "--rank", "8", "--n-pairs", "12", "--compare-methods",
                                   "--out", str(tmp_path / "res"), "--figures", str(tmp_path / "figs"), "--no-progress"])
     argv = seen["argv"]
     assert argv[argv.index("--methods") + 1] == "innerpissa,loss_dHS@U"

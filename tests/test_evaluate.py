@@ -366,14 +366,14 @@ def test_cli_scores_a_saved_adapter(tiny, tmp_path, dilemmas_dir):
     adapter = attach(model, [Site(1, "mlp.out")], InnerPiSSAConfig(rank=4, init_std=0.3))
     save_adapter(adapter, tmp_path / "adapter")
     adapter.detach()
-    table = main(["--adapter", str(tmp_path / "adapter"), "--model", "tiny-random", "--limit", "3", "--coeffs=-1,1",
+    table = main(["--adapter", str(tmp_path / "adapter"), "--model", "tiny-random", "--n-eval", "3", "--coeffs=-1,1",
                   "--dilemmas", str(dilemmas_dir), "--min-pmass", "0", "--out", str(tmp_path / "out")])
     assert list(table["coeff"]) == [-1.0, 1.0] and table["method"].iloc[0] == "innerpissa"
     assert (tmp_path / "out" / "scores.nc").is_file() and (tmp_path / "out" / "table.md").is_file()
     with pytest.raises(SystemExit):
         main(["--coeffs", "a,b"])
     # The same adapter through nnsight: same table (rebuilt on nnsight's own copy of the weights).
-    via_nn = main(["--adapter", str(tmp_path / "adapter"), "--model", "tiny-random", "--limit", "3", "--coeffs=-1,1",
+    via_nn = main(["--adapter", str(tmp_path / "adapter"), "--model", "tiny-random", "--n-eval", "3", "--coeffs=-1,1",
                    "--dilemmas", str(dilemmas_dir), "--min-pmass", "0", "--backend", "nnsight"])
     numeric = table.select_dtypes("number").columns
     assert np.allclose(via_nn[numeric].to_numpy(float), table[numeric].to_numpy(float), atol=1e-4, equal_nan=True)
@@ -384,7 +384,7 @@ def test_cli_remote_fails_fast_with_the_reason(tmp_path, dilemmas_dir, capsys):
 
     start = time.perf_counter()
     with pytest.raises(SystemExit) as err:
-        main(["--model", "tiny-random", "--remote", "--limit", "2", "--dilemmas", str(dilemmas_dir)])
+        main(["--model", "tiny-random", "--remote", "--n-eval", "2", "--dilemmas", str(dilemmas_dir)])
     assert err.value.code == 2 and time.perf_counter() - start < 30
     assert "NDIF only runs Hub models" in capsys.readouterr().err
 

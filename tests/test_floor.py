@@ -84,7 +84,7 @@ def test_synthetic_model_that_holds_the_preference_passes(tiny, truth_dilemmas):
 
 def test_cli_prints_the_floor_and_withholds_effects_below_it(tiny, truth_dilemmas, dilemmas_dir, tmp_path, capsys):
     # tiny-random answers at random: the floor check decides from its own scores
-    main(["--model", "tiny-random", "--limit", "6", "--coeffs=-1,1", "--dilemmas", str(dilemmas_dir), "--split",
+    main(["--model", "tiny-random", "--n-eval", "6", "--coeffs=-1,1", "--dilemmas", str(dilemmas_dir), "--split",
           "validation", "--min-pmass", "0", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "floor check on Virtue/Truthfulness" in out

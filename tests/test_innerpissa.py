@@ -281,3 +281,43 @@ def test_default_model_exact_at_zero_and_merge_parity(smol):
         a.detach()
     with torch.no_grad():
         assert torch.equal(smol(tokens), base)
+
+
+def test_data_selected_directions_are_chosen_by_the_pairs_and_saved(tiny, tmp_path):
+    """select="diff" works in the singular directions through which chosen and rejected inputs differ most;
+    the choice is saved and a reload rebuilds the same basis (and the same outputs)."""
+    from interp.adapters.innerpissa import choose_directions, direction_scores, select_directions
+    from interp.adapters.io import load_adapter, save_adapter
+    from interp.data import make_pairs, tokenize_pairs
+    from interp.geometry import svd_columns
+
+    # known answer: a contrast only along direction 5 and a large common activity along 2
+    a_cho, a_rej = torch.zeros(4, 8), torch.zeros(4, 8)
+    a_cho[:, 5], a_cho[:, 2], a_rej[:, 2] = 1.0, 3.0, 3.0
+    scores = direction_scores(a_cho, a_rej, torch.ones(8))
+    assert choose_directions(scores, 1, "diff").tolist() == [5]
+    assert {2, 5} <= set(choose_directions(scores, 3, "data").tolist())  # the activity leader and the contrast leader
+    batch = tokenize_pairs(tiny.tokenizer, make_pairs(n_pairs=6, seed=0), system="")
+    config = InnerPiSSAConfig(rank=4, select="diff", init_std=0.3)
+    indices = select_directions(tiny, SITES, batch, config)
+    assert {k: len(v) for k, v in indices.items()} == {s.name: 4 for s in SITES}
+    assert any(v.tolist() != [0, 1, 2, 3] for v in indices.values())  # not simply the top directions
+    with pytest.raises(ValueError, match="needs the directions"):
+        attach(tiny, SITES, config)
+    adapter = attach(tiny, SITES, config, indices)
+    loaded = None
+    try:
+        layer = adapter.layers[SITES[0].name.replace(".", "_")]
+        u, s, v = svd_columns(linear_of(tiny, SITES[0]).weight, indices[SITES[0].name])
+        assert torch.allclose(layer.S.double(), s) and torch.allclose(layer.V.double(), v)
+        x = torch.randn(2, 3, linear_of(tiny, SITES[0]).weight.shape[1])
+        before = layer.delta(x, 1.0)
+        save_adapter(adapter, tmp_path / "a")
+        adapter.detach()
+        loaded = load_adapter(tiny, tmp_path / "a")
+        again = loaded.layers[SITES[0].name.replace(".", "_")]
+        assert torch.equal(again.index, layer.index) and torch.allclose(again.delta(x, 1.0), before, atol=1e-6)
+    finally:
+        adapter.detach()
+        if loaded is not None:
+            loaded.detach()

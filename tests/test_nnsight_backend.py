@@ -298,5 +298,5 @@ def test_evaluate_remote_without_key_says_why_before_building_anything(monkeypat
 
     monkeypatch.setattr(backend, "load_nnsight", never)
     with pytest.raises(SystemExit):
-        evaluate.main(["--remote", "--model", "meta-llama/Llama-3.1-8B", "--limit", "2"])
+        evaluate.main(["--remote", "--model", "meta-llama/Llama-3.1-8B", "--n-eval", "2"])
     assert "NDIF_API_KEY" in capsys.readouterr().err

@@ -404,3 +404,20 @@ def test_loss_points_a_common_shift_is_invisible_to_the_gap_but_not_to_the_shift
     assert sep["gap"] == pytest.approx(0.0, abs=1e-5) and sep["shift"] == pytest.approx(4.0, rel=1e-5)
     with pytest.raises(ValueError, match="valid targets"):
         TrainConfig(target="rows")
+
+
+def test_training_leaves_the_global_random_generators_alone(tiny):
+    import random
+
+    import numpy as np
+
+    sites = select_sites(tiny, layers=[1], modules=["mlp.out"])
+    config = TrainConfig.of(**{**SHORT, "steps": 2, "n_calibration": 4, "n_validation": 4})
+    states = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    adapter = ToyAdapter(tiny, sites)
+    try:
+        train(tiny, adapter, build_pairs(config), config, progress=False)
+    finally:
+        adapter.detach()
+    assert torch.equal(torch.get_rng_state(), states[0]) and (np.random.get_state()[1] == states[1]).all()
+    assert random.getstate() == states[2]

@@ -35,12 +35,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from interp.adapters.base import ConfiguredAdapter, DeltaLayer, site_seed
+from interp.adapters.base import ConfiguredAdapter, DeltaLayer, layer_key, site_seed
 from interp.cayley import cayley, orthogonality_error, skew, soft_clamp, soft_clamp_angle
-from interp.geometry import top_svd
+from interp.geometry import svd_columns, top_svd
 from interp.sites import Site
 
 SCALINGS: tuple[str, ...] = ("mult", "add", "none")
+# which r singular directions of a site the adapter works in (see select_directions)
+SELECTS: tuple[str, ...] = ("top", "data", "diff")
 CLAMPS = {"angle": soft_clamp_angle, "entry": soft_clamp}
 
 
@@ -58,8 +60,13 @@ class InnerPiSSAConfig:
     clamp: Literal["angle", "entry"] = "angle"
     init_std: float = 1e-3
     seed: int = 0
+    # "top": the r largest singular values (PiSSA); "data" / "diff": chosen from the whole spectrum by
+    # what the concept's pairs put through each direction (select_directions; saved with the adapter)
+    select: str = "top"
 
     def __post_init__(self) -> None:
+        if self.select not in SELECTS:
+            raise ValueError(f"unknown select {self.select!r}; choose one of {list(SELECTS)}")
         if self.scaling not in SCALINGS:
             raise ValueError(f"unknown scaling {self.scaling!r}; choose one of {list(SCALINGS)}")
         if int(self.rank) != self.rank or self.rank < 1:
@@ -111,28 +118,46 @@ def scaled_values(
 
 
 class InnerPiSSALayer(DeltaLayer):
-    """One site: frozen ``U, S, V`` buffers, learnable ``theta_v``, ``theta_u``, ``lam``."""
+    """One site: frozen ``U, S, V`` buffers (and ``index``, which singular directions they are),
+    learnable ``theta_v``, ``theta_u``, ``lam``."""
 
-    def __init__(self, site: Site, linear: nn.Linear, config: InnerPiSSAConfig = InnerPiSSAConfig()):
+    def __init__(self, site: Site, linear: nn.Linear, config: InnerPiSSAConfig = InnerPiSSAConfig(),
+                 index: Tensor | None = None):
         super().__init__()
         self.site = site
         self.config = config
         w = linear.weight
-        try:
-            u, s, v = top_svd(w, config.rank)
-        except ValueError as err:
-            raise ValueError(f"{site.name}: {err}") from None
-        self.register_buffer("U", u.to(w.device, w.dtype))
-        self.register_buffer("S", s.to(w.device, w.dtype))
-        self.register_buffer("V", v.to(w.device, w.dtype))
+        self.use_basis(w, index)
         r = config.rank
         gen = torch.Generator().manual_seed(site_seed(config.seed, site))
-        init = lambda *shape: nn.Parameter((torch.randn(*shape, generator=gen) * config.init_std).to(w.device))  # noqa: E731
+        init = lambda *shape: nn.Parameter((torch.randn(*shape, generator=gen, device="cpu") * config.init_std).to(w.device))  # noqa: E731
         # Drawn in a fixed order whatever the options, so ablations share their initial values.
         theta_v, theta_u, lam = init(r, r), init(r, r), init(r)
         self.theta_v = theta_v if config.rotate_v else None
         self.theta_u = theta_u if config.rotate_u else None
         self.lam = lam if config.scaling != "none" else None
+
+    @property
+    def saves_index(self) -> bool:
+        """Whether the basis was chosen from data (then its ``index`` is saved with the adapter)."""
+        return self.config.select != "top"
+
+    def use_basis(self, weight: Float[Tensor, "d_out d_in"], index: Tensor | None = None) -> None:
+        """Work in the singular directions ``index`` of ``weight`` (default: the top ``rank``)."""
+        try:
+            if index is None:
+                u, s, v = top_svd(weight, self.config.rank)
+                index = torch.arange(self.config.rank)
+            else:
+                if len(index) != self.config.rank:
+                    raise ValueError(f"{len(index)} singular directions for an adapter of rank {self.config.rank}")
+                u, s, v = svd_columns(weight, index)
+        except ValueError as err:
+            raise ValueError(f"{self.site.name}: {err}") from None
+        self.register_buffer("U", u.to(weight.device, weight.dtype))
+        self.register_buffer("S", s.to(weight.device, weight.dtype))
+        self.register_buffer("V", v.to(weight.device, weight.dtype))
+        self.register_buffer("index", torch.as_tensor(index, dtype=torch.long).to(weight.device))
 
     # ------------------------------------------------------------------ pieces
 
@@ -181,11 +206,11 @@ class InnerPiSSALayer(DeltaLayer):
             m = self.middle(values)[inverse.to(self.S.device)]
             h = torch.einsum("bpr,brs->bps", h, m)
         else:
-            h = h @ self.middle(torch.tensor([float(coeff)]))[0]
+            h = h @ self.middle(torch.tensor([float(coeff)], device=self.S.device))[0]
         return h.to(x.dtype) @ self.U.T
 
     def delta_weight(self, coeff: float) -> Float[Tensor, "d_out d_in"]:
-        m = self.middle(torch.tensor([float(coeff)]))[0]
+        m = self.middle(torch.tensor([float(coeff)], device=self.S.device))[0]
         return (self.U.float() @ m.T @ self.V.float().T).to(self.U.dtype)
 
     def diagnostics(self) -> dict[str, float]:
@@ -206,7 +231,7 @@ class InnerPiSSALayer(DeltaLayer):
             "scale_mean": float(factor.mean()),
             "scale_min": float(factor.min()),
             "scale_max": float(factor.max()),
-            "delta_norm": float(torch.linalg.matrix_norm(self.middle(torch.ones(1))[0])),
+            "delta_norm": float(torch.linalg.matrix_norm(self.middle(torch.ones(1, device=self.S.device))[0])),
         }
 
 
@@ -222,6 +247,70 @@ class InnerPiSSA(ConfiguredAdapter):
         return cls(model, sites, config_from_options(options))
 
 
-def attach(model, sites: Sequence[Site | str], config: InnerPiSSAConfig = InnerPiSSAConfig()) -> InnerPiSSA:
-    """Attach an InnerPiSSA adapter to ``model`` at ``sites`` (c = 0 until steered)."""
-    return InnerPiSSA(model, sites, config)
+def direction_scores(a_cho: Float[Tensor, "n R"], a_rej: Float[Tensor, "n R"], S: Float[Tensor, " R"]) -> dict[str, Tensor]:
+    """What the pairs put through each singular direction of a weight, weighted by its singular value.
+
+    ``a = x V`` are the inputs' coordinates on all ``R`` right singular vectors (one row per pair):
+    ``cho`` / ``rej`` is ``S · mean |a|`` over the chosen / rejected rows (how much of either flows
+    through the direction: Wanda's weight-times-activation), ``diff`` is ``S · |mean(a_cho - a_rej)|``
+    (how much of the concept's contrast does).
+    """
+    S = S.double()
+    return {"cho": S * a_cho.double().abs().mean(0), "rej": S * a_rej.double().abs().mean(0),
+            "diff": S * (a_cho.double() - a_rej.double()).mean(0).abs()}
+
+
+def choose_directions(scores: dict[str, Tensor], rank: int, how: str) -> Tensor:
+    """``rank`` direction indices: ``"diff"`` the top of the contrast score; ``"data"`` round-robin over the
+    chosen, rejected and contrast rankings (a third each, no repeats), as the method's later code does."""
+    if how == "diff":
+        return scores["diff"].argsort(descending=True)[:rank]
+    orders = [scores[k].argsort(descending=True).tolist() for k in ("cho", "rej", "diff")]
+    chosen: list[int] = []
+    pos = [0, 0, 0]
+    while len(chosen) < rank:
+        for k in range(3):
+            while pos[k] < len(orders[k]) and orders[k][pos[k]] in chosen:
+                pos[k] += 1
+            if pos[k] < len(orders[k]) and len(chosen) < rank:
+                chosen.append(orders[k][pos[k]])
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+@torch.no_grad()
+def select_directions(model, sites: Sequence[Site], batch, config: InnerPiSSAConfig) -> dict[str, Tensor]:
+    """Per site, the ``config.rank`` singular directions ``config.select`` picks from the pairs in ``batch``
+    (an :class:`interp.data.PairBatch`): the inputs of every site are read at each row's last token
+    in one unsteered forward pass and scored by :func:`direction_scores`."""
+    from interp.backends import run
+    from interp.sites import linear_of
+
+    n = batch.n_pairs
+    states = run(model, batch.tokens, batch.attention_mask, read=[s.hook_in for s in sites]).states
+    out = {}
+    for site in sites:
+        x = states[site.hook_in]
+        x = x.flatten(2) if x.ndim == 4 else x  # attention outputs come per head: [batch, pos, heads, d_head]
+        x = x[torch.arange(x.shape[0], device=x.device), batch.last.to(x.device)].double().cpu()
+        weight = linear_of(model, site).weight
+        _, S, V = top_svd(weight, min(weight.shape))
+        a = x @ V
+        out[site.name] = choose_directions(direction_scores(a[:n], a[n:], S), config.rank, config.select)
+    return out
+
+
+def attach(model, sites: Sequence[Site | str], config: InnerPiSSAConfig = InnerPiSSAConfig(),
+           indices: dict[str, Tensor] | None = None) -> InnerPiSSA:
+    """Attach an InnerPiSSA adapter to ``model`` at ``sites`` (c = 0 until steered).
+
+    ``indices`` (site name -> singular-direction indices, e.g. from :func:`select_directions`)
+    sets each site's basis; without it every site uses its top ``rank`` directions.
+    """
+    if config.select != "top" and indices is None:
+        raise ValueError(f"select={config.select!r} needs the directions: attach(..., indices=select_directions(model, sites, "
+                         "pair_batch, config))")
+    adapter = InnerPiSSA(model, sites, config)
+    for site in adapter.sites:
+        if indices and site.name in indices:
+            adapter.layers[layer_key(site)].use_basis(adapter._linears[site.name].weight, indices[site.name])
+    return adapter

@@ -61,6 +61,8 @@ def _tensors(adapter: AdapterSet) -> dict[str, torch.Tensor]:
     for key, layer in adapter.layers.items():
         if isinstance(getattr(layer, "S", None), torch.Tensor):
             out[f"{key}.S"] = layer.S.detach().cpu().contiguous()
+        if getattr(layer, "saves_index", False):  # a basis chosen from data: which singular directions
+            out[f"{key}.index"] = layer.index.detach().cpu().contiguous()
     return out
 
 
@@ -246,7 +248,12 @@ def _copy_tensors(adapter: AdapterSet, tensors: dict[str, torch.Tensor], file: P
     for name, value in expected.items():
         if tuple(tensors[name].shape) != tuple(value.shape):
             raise AdapterLoadError(f"{name} has shape {tuple(tensors[name].shape)} in the file but {tuple(value.shape)} here (another rank?)")
-    for key, layer in adapter.layers.items():
+    for site, (key, layer) in zip(adapter.sites, adapter.layers.items(), strict=True):
+        if f"{key}.index" in tensors:  # rebuild the basis the adapter was trained in
+            try:
+                layer.use_basis(linear_of(adapter._backend, site).weight, tensors[f"{key}.index"])
+            except ValueError as err:
+                raise AdapterLoadError(f"{file}: {err}") from None
         saved_s = tensors.get(f"{key}.S")
         if saved_s is not None and not torch.allclose(saved_s.double(), layer.S.cpu().double(), rtol=1e-4, atol=1e-6):
             raise AdapterLoadError(f"the singular values at {key} differ from the saved ones: other weights")

@@ -57,22 +57,22 @@ class LoRALayer(DeltaLayer):
         if r > min(d_out, d_in):
             raise ValueError(f"rank {r} too large for {site.name} ({d_out}x{d_in}); use rank <= {min(d_out, d_in)}")
         gen = torch.Generator().manual_seed(site_seed(config.seed, site))
-        a = torch.randn(r, d_in, generator=gen, dtype=torch.float32) / math.sqrt(d_in)
-        b = torch.randn(d_out, r, generator=gen, dtype=torch.float32) * config.init_std
+        a = torch.randn(r, d_in, generator=gen, dtype=torch.float32, device="cpu") / math.sqrt(d_in)
+        b = torch.randn(d_out, r, generator=gen, dtype=torch.float32, device="cpu") * config.init_std
         if config.init == "zero_b":
             b = torch.zeros_like(b)
-        w = linear.weight
-        self.lora_a = nn.Parameter(a.to(w.device, w.dtype))
-        self.lora_b = nn.Parameter(b.to(w.device, w.dtype))
+        # float32 whatever the model's dtype (small updates need the precision), on the model's device
+        self.lora_a = nn.Parameter(a.to(linear.weight.device))
+        self.lora_b = nn.Parameter(b.to(linear.weight.device))
         self.scaling = float(config.alpha) / r
 
     def delta(
         self, x: Float[Tensor, "batch pos d_in"], coeff: float | Float[Tensor, " batch"]
     ) -> Float[Tensor, "batch pos d_out"]:
-        out = (x @ self.lora_a.T) @ self.lora_b.T
+        out = (x.float() @ self.lora_a.T) @ self.lora_b.T
         if isinstance(coeff, Tensor) and coeff.ndim == 1:
             coeff = coeff.to(out.device, out.dtype).view(-1, *([1] * (out.ndim - 1)))
-        return out * (coeff * self.scaling)
+        return (out * (coeff * self.scaling)).to(x.dtype)
 
     def delta_weight(self, coeff: float) -> Float[Tensor, "d_out d_in"]:
         return (float(coeff) * self.scaling) * (self.lora_b @ self.lora_a)

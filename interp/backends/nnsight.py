@@ -42,11 +42,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.backends.base import Backend, Readout, backend_of
+from interp.backends.base import Backend, Readout
 from interp.interventions import ADAPTED, AddToResidual, Edits, WeightDelta
 from interp.models import DEFAULT_MODEL, TINY_PREFIX, load_hf
 from interp.sites import LINEAR_MODULES, Site
-from interp.steering import SteeringMethod
 from interp.store import site_hook
 
 Remote = bool | Literal["local"]
@@ -86,6 +85,7 @@ def load_nnsight(
     spec: str = DEFAULT_MODEL,
     *,
     dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
     attn_implementation: str = "eager",
     remote: bool = False,
 ):
@@ -106,6 +106,7 @@ def load_nnsight(
         return nn_model
     hf_model, tokenizer = load_hf(spec, dtype=dtype)
     hf_model.set_attn_implementation(attn_implementation)
+    hf_model.to(device)
     return wrap(hf_model, tokenizer, spec=spec)
 
 
@@ -462,9 +463,15 @@ class NNsightBackend(Backend):
             if isinstance(edit, WeightDelta) and getattr(self.linear(edit.site), ADAPTED, None) is not edit.layer:
                 raise ValueError(f"{edit.site.name}: this edit's adapter is not attached to this model (attach it, or "
                                  "load it with interp.backends.nnsight.load_adapter_nnsight)")
-        return edit_tensors(edits, self.n_layers)
+        steering = edit_tensors(edits, self.n_layers)
+        if self.remote:
+            return steering
+        here = self.device  # a local model: the tensors go where its weights are
+        return NNSteering({k: v.to(here) for k, v in steering.deltas.items()}, {k: v.to(here) for k, v in steering.vectors.items()})
 
     def run(self, tokens: Tensor, attention_mask: Tensor, edits: Edits = (), read: Sequence[str] = ()) -> Readout:
+        if not self.remote:
+            tokens, attention_mask = tokens.to(self.device), attention_mask.to(self.device)
         logits, found = nnsight_trace(self.nn_model, tokens, attention_mask, sites=read, steering=self._checked(edits),
                                       remote=self.remote)
         return Readout(logits, found)
@@ -475,7 +482,7 @@ class NNsightBackend(Backend):
         seeded by ``seed``; local models only)."""
         if self.remote is True:
             raise RemoteUnavailable("generation runs on a local nnsight model only; this backend runs on NDIF")
-        new, lengths = nnsight_generate(self.nn_model, tokens, attention_mask, self._checked(edits),
+        new, lengths = nnsight_generate(self.nn_model, tokens.to(self.device), attention_mask.to(self.device), self._checked(edits),
                                         max_new_tokens=config.max_new_tokens, sample=config.sample,
                                         temperature=config.temperature, top_p=config.top_p, seed=seed, eos=eos)
         return new[:, : int(lengths.max())], lengths
@@ -486,17 +493,3 @@ class NNsightBackend(Backend):
             raise RemoteUnavailable("edits as hooks run on a local model only; this backend runs on NDIF")
         with hooked(self.nn_model, self._checked(edits)):
             yield
-
-
-def evaluation_pair(spec: str, adapter_path=None, *, remote: bool = False) -> tuple[NNsightBackend, SteeringMethod | None]:
-    """``(backend, method)`` for evaluation code (:func:`interp.evaluate.score_dilemmas`) through
-    nnsight, from a model spec and an optional saved adapter; ``remote=True`` checks NDIF before any
-    work (key and network first: building a remote model already reads its config from the Hub)."""
-    if remote:
-        check_remote_spec(spec)
-        check_remote()
-    nn_model = load_nnsight(spec, remote=remote)
-    if remote:
-        check_remote(nn_model)
-    method = load_adapter_nnsight(nn_model, adapter_path) if adapter_path else None
-    return backend_of(nn_model), method
