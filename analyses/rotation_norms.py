@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from analyses._io import locked, load_dataset, result_folder, write_html, write_netcdf
 from interp.adapters.io import read_adapter_config, read_tensors
-from interp.adapters.innerpissa import InnerPiSSAConfig, config_from_options, generator, scaled_values
+from interp.adapters.innerpissa import InnerPiSSAConfig, generator, scaled_values
 from interp.cayley import cayley
 from interp.provenance import provenance
 
@@ -92,7 +92,7 @@ def run_summary(folder: Path) -> dict:
     cfg = read_adapter_config(folder / "adapter")
     if cfg["class"] != "innerpissa":
         raise ValueError(f"{folder}: rotation norms need an InnerPiSSA adapter, got {cfg['class']!r}")
-    config = config_from_options(cfg["options"])
+    config = InnerPiSSAConfig(**cfg["options"])
     tensors = read_tensors(folder / "adapter", cfg)
     sites = []
     for name in cfg["sites"]:

@@ -408,9 +408,3 @@ def continuation_table(ds: xr.Dataset, seed: int = 0) -> pd.DataFrame:
     rows = [continuation_metrics(ds, str(m), float(c), seed) for m in ds["method"].values
             for c in ds["coeff"].values if c != 0]
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
-
-
-def margin_summary(ds: xr.Dataset, method: str, coeff: float = 0.0, seed: int = 0) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the mean margin over items at ``coeff`` with a bootstrap interval."""
-    values = _at(_at(ds, "method", method), "coeff", float(coeff))["margin"].values
-    return bootstrap_ci(values[np.isfinite(values)], seed=seed)

@@ -212,8 +212,9 @@ def _score_arrays(model, method: SteeringMethod, coeffs: Sequence[float], dilemm
     values = np.zeros((len(coeffs), 4, len(QUESTIONS), len(dilemmas)))
     bar = tqdm(total=len(coeffs) * len(dilemmas), desc=f"score {method.name}", disable=not progress)
     for k, c in enumerate(coeffs):
-        # (a base stored before both questions were scored has no "question" dim: recomputed)
-        if c == 0.0 and base is not None and 0.0 in base["coeff"].values and "question" in base.dims:
+        if c == 0.0 and base is not None and 0.0 in base["coeff"].values:
+            if "question" not in base.dims:
+                raise ValueError("the base dataset was scored on one question per dilemma (an earlier version); score it again")
             b = _pick(base.isel(method=0), "coeff", 0.0)
             if not np.array_equal(b["dilemma"].values, dilemmas.ids):
                 raise ValueError("base dataset scored other dilemmas (same ids in the same order needed)")

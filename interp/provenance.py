@@ -12,6 +12,7 @@ missing ones are ``""``. Read them back with :func:`read_json_attr`.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import subprocess
 from collections.abc import Sequence
@@ -28,16 +29,19 @@ _REPO = Path(__file__).resolve().parents[1]
 Attr = str | int | float
 
 
+@functools.lru_cache(maxsize=None)
 def package_version(name: str = PACKAGE) -> str:
-    """Installed version of a distribution, or ``"unknown"``."""
+    """Installed version of a distribution, or ``"unknown"`` (read once per process)."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "unknown"
 
 
+@functools.lru_cache(maxsize=None)
 def git_commit(repo: str | Path = _REPO) -> str:
-    """``git rev-parse HEAD`` of the checkout this package runs from, or ``"unknown"``."""
+    """``git rev-parse HEAD`` of the checkout this package runs from, or ``"unknown"`` (asked once per
+    process: the code a run executes is the code it started with)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5, check=True

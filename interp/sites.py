@@ -191,9 +191,3 @@ def linear_of(model, site: Site | str) -> nn.Linear:
     if not isinstance(linear, nn.Linear):
         raise ValueError(f"{site.name} wraps a {type(linear).__name__}, not an nn.Linear; pick another module")
     return linear
-
-
-def weight_shape(model, site: Site | str) -> tuple[int, int]:
-    """(out_features, in_features) of the site's weight (HF layout, ``y = x W^T + b``)."""
-    w = linear_of(model, site).weight
-    return int(w.shape[0]), int(w.shape[1])

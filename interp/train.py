@@ -498,7 +498,7 @@ def step_loss(
 RESUME_FREE = ("checkpoint_every", "diagnostics_every")
 # settings added after runs were first recorded, with the value that means "as before": a stored
 # config without them describes a run made with these values
-ADDED_SETTINGS = {"last_tokens": 1, "kl_weight": 0.0, "target": "gap", "kl_span": "all"}
+ADDED_SETTINGS = {"last_tokens": 1, "kl_weight": 0.0, "target": "gap", "kl_span": "all", "select": "top"}
 
 
 def _checkpoint_state(adapter, opt, sched, step: int, direction: Tensor, scale: Tensor, history: list[dict],

@@ -9,12 +9,12 @@ from interp.adapters import innerpissa, lora
 from interp.adapters.io import (
     AdapterLoadError,
     load_adapter,
+    options_hash,
     read_adapter_config,
     save_adapter,
     tensor_hashes,
     tensors_file,
 )
-from interp.cayley import cayley, skew, soft_clamp
 from interp.models import load_model
 from interp.sites import Site
 
@@ -106,29 +106,20 @@ def test_other_shape_is_refused(saved, tiny):
 def test_wrong_rank_is_refused_and_nothing_stays_attached(saved, tiny):
     cfg = json.loads((saved / "adapter.json").read_text())
     cfg["options"]["rank"] = 4
-    del cfg["hashes"]  # as an adapter saved before integrity hashes: the shape check is what refuses it
+    cfg["hashes"]["options"] = options_hash(cfg)  # a consistent json with the wrong rank: the tensors' shapes refuse it
     (saved / "adapter.json").write_text(json.dumps(cfg))
-    with pytest.raises(AdapterLoadError, match="shape"), pytest.warns(UserWarning, match="unverified"):
+    with pytest.raises(AdapterLoadError, match="shape"):
         load_adapter(tiny, saved)
     innerpissa.attach(tiny, SITES, innerpissa.InnerPiSSAConfig(rank=4)).detach()  # sites are free again
 
 
-def test_adapter_saved_before_the_angle_clamp_keeps_its_entry_clamp(saved, tiny):
-    """Options without ``clamp`` come from adapters trained with the per-entry clamp: they must load with it."""
+def test_a_folder_of_the_format_before_hashes_is_refused_with_the_reason(saved, tiny):
     cfg = json.loads((saved / "adapter.json").read_text())
-    assert cfg["options"]["clamp"] == "angle"
-    del cfg["options"]["clamp"]
     del cfg["hashes"]
+    cfg["format_version"] = 1
     (saved / "adapter.json").write_text(json.dumps(cfg))
-    with pytest.warns(UserWarning, match="unverified"):
-        old = load_adapter(tiny, saved)
-    try:
-        layer = next(iter(old.layers.values()))
-        assert layer.config.clamp == "entry"
-        entry = cayley(soft_clamp(skew(layer.theta_v), layer.config.max_angle))
-        torch.testing.assert_close(layer.rotation_v(1.0), entry)
-    finally:
-        old.detach()
+    with pytest.raises(AdapterLoadError, match="before 0.1"):
+        load_adapter(tiny, saved)
     with pytest.raises(ValueError, match="unknown clamp"):
         innerpissa.InnerPiSSAConfig(clamp="spectral")
 

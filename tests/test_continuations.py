@@ -17,7 +17,6 @@ from interp.continuations import (
     encode_rows,
     item_chats,
     load_items,
-    margin_summary,
     score_continuations,
     split_items,
     target_values,
@@ -230,8 +229,6 @@ def test_metrics_on_hand_made_margins():
     assert row["target_at_zero"] == pytest.approx(margins[1].mean()) and row["n"] == 30
     table = continuation_table(_dataset(margins, coeffs, nll))
     assert table["coeff"].tolist() == [-1.0, 1.0] and table.loc[0, "delta_target"] < 0
-    mean, low, high = margin_summary(_dataset(margins, coeffs), "m", 0.0)
-    assert mean == pytest.approx(margins[1].mean()) and low < mean < high
 
 
 def test_metrics_without_minus_c_and_with_no_effect():

@@ -1,7 +1,7 @@
 import pytest
 from torch import nn
 
-from interp.sites import LINEAR_MODULES, Site, depth_to_layer, linear_of, parse_spec, select_sites, weight_shape
+from interp.sites import LINEAR_MODULES, Site, depth_to_layer, linear_of, parse_spec, select_sites
 
 
 def test_site_names_and_hooks(tiny):
@@ -19,8 +19,8 @@ def test_linear_is_the_hf_module(tiny):
     assert linear_of(tiny, "blocks.1.mlp.out") is hf_layer.mlp.down_proj.original_component
     assert linear_of(tiny, Site(1, "attn.o")) is hf_layer.self_attn.o_proj.original_component
     assert isinstance(linear_of(tiny, Site(0, "mlp.gate")), nn.Linear)
-    assert weight_shape(tiny, "blocks.1.mlp.out") == (64, 128)  # [out=d_model, in=d_mlp]
-    assert weight_shape(tiny, "blocks.1.mlp.in") == (128, 64)
+    assert linear_of(tiny, "blocks.1.mlp.out").weight.shape == (64, 128)  # HF layout [out=d_model, in=d_mlp]
+    assert linear_of(tiny, "blocks.1.mlp.in").weight.shape == (128, 64)
 
 
 def test_layer_lists_regex_and_spec(tiny):
@@ -60,7 +60,7 @@ def test_depth_fraction_mapping():
 def test_default_model_sites(smol):
     (site,) = select_sites(smol, layers=0.5, modules=["mlp.out"])
     assert site.name == "blocks.14.mlp.out"
-    assert weight_shape(smol, site) == (576, 1536)
+    assert linear_of(smol, site).weight.shape == (576, 1536)
     assert linear_of(smol, site) is smol.original_model.model.layers[14].mlp.down_proj.original_component
     assert "blocks.14.attn.o.hook_out" in smol.hook_dict
 

@@ -56,7 +56,7 @@ class InnerPiSSAConfig:
     scaling: Literal["mult", "add", "none"] = "add"
     max_angle: float | None = 0.3
     # "angle": the largest rotation angle of R(1) stays below max_angle (radians);
-    # "entry": each generator entry below max_angle (adapters saved before this option).
+    # "entry": each generator entry below max_angle (looser: a rank-r rotation can turn much further).
     clamp: Literal["angle", "entry"] = "angle"
     init_std: float = 1e-3
     seed: int = 0
@@ -92,11 +92,6 @@ ABLATIONS: dict[str, dict] = {
     "rank_32": {"rank": 32},
     "rank_128": {"rank": 128},
 }
-
-
-def config_from_options(options: dict) -> InnerPiSSAConfig:
-    """The config of a saved adapter; one saved before ``clamp`` existed was trained with the entry clamp."""
-    return InnerPiSSAConfig(**{"clamp": "entry", **options})
 
 
 def generator(theta: Float[Tensor, "*b r r"], config: InnerPiSSAConfig) -> Float[Tensor, "*b r r"]:
@@ -241,10 +236,6 @@ class InnerPiSSA(ConfiguredAdapter):
     name = "innerpissa"
     layer_class = InnerPiSSALayer
     config_class = InnerPiSSAConfig
-
-    @classmethod
-    def from_options(cls, model, sites: Sequence[Site], options: dict) -> "InnerPiSSA":
-        return cls(model, sites, config_from_options(options))
 
 
 def direction_scores(a_cho: Float[Tensor, "n R"], a_rej: Float[Tensor, "n R"], S: Float[Tensor, " R"]) -> dict[str, Tensor]:

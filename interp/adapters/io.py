@@ -13,8 +13,8 @@ options, orientation); loading verifies both, accepts only orientation +1 or -1 
 refuses non-finite values, all before anything is attached. The tensors are written
 under a name that carries their hash (``adapter.<hash>.safetensors``) and the json,
 replaced atomically last, names them: a save killed at any moment leaves the previous
-adapter (or the new one) complete on disk, never none and never a mix. Folders saved
-before these hashes (format version 1, ``adapter.safetensors``) still load, unverified.
+adapter (or the new one) complete on disk, never none and never a mix. Folders of an
+earlier format (version 1, without hashes) are refused with the reason.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from interp.store import atomic_write
 
 FORMAT = "innerpissa-lab-adapter"
 FORMAT_VERSION = 2
-TENSORS, CONFIG = "adapter.safetensors", "adapter.json"
+CONFIG = "adapter.json"
 
 # Adapter classes by their ``name``; imported lazily so that io does not pull them all in.
 CLASSES: dict[str, str] = {
@@ -132,10 +131,10 @@ def save_adapter(adapter: AdapterSet, path: str | Path, *, extra: dict | None = 
 
 
 def tensors_file(path: str | Path, config: dict | None = None) -> Path:
-    """The safetensors file a saved adapter's json names (``adapter.safetensors`` before version 2)."""
+    """The safetensors file a saved adapter's json names."""
     path = Path(path)
     config = config if config is not None else read_adapter_config(path)
-    name = str(config.get("tensors", TENSORS))
+    name = str(config["tensors"])
     if Path(name).name != name or not name.endswith(".safetensors"):
         raise AdapterLoadError(f"{path / CONFIG} names tensors {name!r}: not a .safetensors file in its folder")
     return path / name
@@ -152,15 +151,12 @@ def read_tensors(path: str | Path, config: dict | None = None) -> dict[str, torc
         raise AdapterLoadError(f"{file} is missing") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise AdapterLoadError(f"{file} is damaged or truncated ({err})") from None
-    recorded = (config.get("hashes") or {}).get("tensors")
-    if recorded is None:
-        warnings.warn(f"{path} was saved without integrity hashes (format version 1): loaded unverified", stacklevel=2)
-    else:
-        here = tensor_hashes(tensors)
-        changed = sorted(n for n in set(here) & set(recorded) if here[n] != recorded[n])
-        if changed:
-            raise AdapterLoadError(f"{file}: {changed} differ from the hashes in {CONFIG} (damaged or edited); "
-                                   "re-save or re-train the adapter")
+    recorded = config["hashes"]["tensors"]
+    here = tensor_hashes(tensors)
+    changed = sorted(n for n in set(here) & set(recorded) if here[n] != recorded[n])
+    if changed:
+        raise AdapterLoadError(f"{file}: {changed} differ from the hashes in {CONFIG} (damaged or edited); "
+                               "re-save or re-train the adapter")
     bad = [n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise AdapterLoadError(f"{file} holds non-finite values in {bad}")
@@ -179,13 +175,15 @@ def read_adapter_config(path: str | Path) -> dict:
         raise AdapterLoadError(f"{file} is damaged (not valid JSON: {err})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise AdapterLoadError(f"{file} is not an {FORMAT} config")
-    missing = [k for k in ("class", "sites", "shapes", "options", "weight_hash") if k not in config]
+    if config.get("format_version", 1) < FORMAT_VERSION or not isinstance(config.get("hashes"), dict):
+        raise AdapterLoadError(f"{file} was saved by a version before 0.1 (format version {config.get('format_version', 1)}, "
+                               "without integrity hashes); re-train the adapter, or load it with that version and save it again")
+    missing = [k for k in ("class", "sites", "shapes", "options", "weight_hash", "tensors") if k not in config]
     if missing:
         raise AdapterLoadError(f"{file} lacks {missing}")
     if config.get("orientation", 1) not in (1, -1):
         raise AdapterLoadError(f"{file}: orientation must be +1 or -1, got {config.get('orientation')!r}")
-    recorded = (config.get("hashes") or {}).get("options")
-    if recorded is not None and recorded != options_hash(config):
+    if config["hashes"].get("options") != options_hash(config) or "tensors" not in config["hashes"]:
         raise AdapterLoadError(f"{file}: the class, sites, options or orientation differ from the ones it was saved "
                                "with (edited?); re-save the adapter instead of editing its json")
     return config

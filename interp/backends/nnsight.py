@@ -349,11 +349,6 @@ def nnsight_trace(
 # --------------------------------------------------------------------------- generation
 
 
-def is_nnsight(model) -> bool:
-    """Whether ``model`` is an nnsight model (as :func:`load_nnsight` builds), not a bridge."""
-    return type(model).__module__.split(".")[0] == "nnsight"
-
-
 @contextmanager
 def hooked(nn_model, steering: NNSteering) -> Iterator[None]:
     """The steering tensors as plain torch hooks on the wrapped Hugging Face modules.
