@@ -24,7 +24,7 @@ from interp.store import (
 )
 
 __all__ = ["atomic_write", "load_dataset", "load_or_compute", "write_netcdf", "write_text", "write_html",
-           "result_folder", "resumable_run", "locked", "add_analysis_args", "analysis_layers"]
+           "result_folder", "resumable_run", "locked", "analysis_parser", "analysis_layers"]
 
 
 def write_html(fig, path: str | Path) -> Path:
@@ -75,17 +75,20 @@ def resumable_run(out: str | None, analysis: str, config, *, quick: bool, ignore
 # --------------------------------------------------------------------------- CLI pieces
 
 
-def add_analysis_args(p: argparse.ArgumentParser, *, analysis: str, writes: str, quick: str, figures: str = "figures",
-                      **shared) -> None:
-    """The shared options (:func:`interp.cli.add_shared_args`: ``--model --device --dtype --out --seed
-    --quick --no-progress`` and, as asked, ``--n-eval``, ``--layers``, ``--backend``) plus ``--figures``.
-
-    ``--out`` defaults to None: resolve it with :func:`result_folder` once the model is known.
+def analysis_parser(analysis: str, doc: str, *, writes: str, quick: str, figures: str = "figures",
+                    **shared) -> argparse.ArgumentParser:
+    """The parser of ``python -m analyses.<analysis>`` (its description: the first paragraph of ``doc``)
+    with the shared options (:func:`interp.cli.add_shared_args`: ``--model --device --dtype --out
+    --seed --quick --no-progress`` and, as asked, ``--n-eval``, ``--layers``, ``--backend``) and
+    ``--figures``. ``--out`` defaults to None: resolve it with :func:`result_folder` once the model is known.
     """
     from interp.cli import add_shared_args
 
+    p = argparse.ArgumentParser(prog=f"python -m analyses.{analysis}", description=doc.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_shared_args(p, out=f"results folder for {writes} (default results/{analysis}/<model>[-quick])", quick=quick, **shared)
     p.add_argument("--figures", default=figures, help="folder for the HTML figures ('' for none)")
+    return p
 
 
 def analysis_layers(spec: str | None, n_layers: int, *, quick: bool = False, most: int = 6) -> list[int]:

@@ -264,16 +264,14 @@ def figure(ds: xr.Dataset):
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[CompareConfig, argparse.Namespace]:
-    from analyses._io import add_analysis_args
+    from analyses._io import analysis_parser
     from interp.cli import fraction, positive_int
 
     d = CompareConfig()
-    p = argparse.ArgumentParser(prog="python -m analyses.compare_methods", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_analysis_args(p, analysis="compare_methods", writes="the method folders, table and compare_methods.nc",
-                      quick="every method, short training, few items, one budget", seed="first training / fitting seed",
-                      n_eval=f"items of the scored split (default {d.n_eval}; --quick: 16)",
-                      layers="layers shared by every method (indices, depth fractions, bands 'a:b'; default: the training default's band)")
+    p = analysis_parser("compare_methods", __doc__, writes="the method folders, table and compare_methods.nc",
+                        quick="every method, short training, few items, one budget", seed="first training / fitting seed",
+                        n_eval=f"items of the scored split (default {d.n_eval}; --quick: 16)",
+                        layers="layers shared by every method (indices, depth fractions, bands 'a:b'; default: the training default's band)")
     p.add_argument("--concept", default=d.concept, help="concept whose own measure judges (honesty: DailyDilemmas; sentiment: margins)")
     p.add_argument("--recipe", default=d.recipe, help="InnerPiSSA recipe, 'field=value;...' TrainConfig overrides, or a name "
                                                       "from analyses.recipe_search.RECIPES")

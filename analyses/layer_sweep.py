@@ -223,16 +223,14 @@ def markdown(ds: xr.Dataset, floor: dict | None = None) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[SweepConfig, argparse.Namespace]:
-    from analyses._io import add_analysis_args
+    from analyses._io import analysis_parser
     from interp.cli import fraction, positive_int
 
     d = SweepConfig()
-    p = argparse.ArgumentParser(prog="python -m analyses.layer_sweep", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_analysis_args(p, analysis="layer_sweep", writes="the depth run folders, layer_sweep.nc and the table",
-                      quick="2 depths, 6 steps, 16 items: a smoke run", seed="training seed",
-                      n_eval=f"validation items scored per depth (default {d.n_eval}; --quick: 16)",
-                      layers=f"the depths swept: comma-separated depth fractions (default {','.join(map(str, d.depths))})")
+    p = analysis_parser("layer_sweep", __doc__, writes="the depth run folders, layer_sweep.nc and the table",
+                        quick="2 depths, 6 steps, 16 items: a smoke run", seed="training seed",
+                        n_eval=f"validation items scored per depth (default {d.n_eval}; --quick: 16)",
+                        layers=f"the depths swept: comma-separated depth fractions (default {','.join(map(str, d.depths))})")
     p.add_argument("--modules", default=",".join(d.modules), help=f"comma-separated, from {list(LINEAR_MODULES)}")
     p.add_argument("--steps", type=positive_int, default=None, help=f"training steps per depth (default {d.steps}; --quick: 6)")
     p.add_argument("--n-calibration", type=positive_int, default=None, help=f"calibration dilemmas for the sign (default {d.n_calibration}; --quick: 16)")

@@ -23,7 +23,6 @@ whose settings changed under the same name is refused. The table (markdown + csv
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -255,14 +254,13 @@ def figure(ds: xr.Dataset):
 
 
 def parse_args(argv: Sequence[str] | None = None):
-    from analyses._io import add_analysis_args
+    from analyses._io import analysis_parser
     from interp.cli import positive_float, positive_int
 
-    p = argparse.ArgumentParser(prog="python -m analyses.recipe_search", description=__doc__.split("\n\n")[0])
-    add_analysis_args(p, analysis="recipe_search", writes="the run folders, table and recipe_search_<split>.nc "
-                      "(default results/recipe_search/<model>/<concept>)", quick="6 steps, 16 items of the split",
-                      seed="first training seed", n_eval="score at most this many items of the split (DailyDilemmas: "
-                      "dilemmas with a target sign only)")
+    p = analysis_parser("recipe_search", __doc__, writes="the run folders, table and recipe_search_<split>.nc "
+                        "(default results/recipe_search/<model>/<concept>)", quick="6 steps, 16 items of the split",
+                        seed="first training seed", n_eval="score at most this many items of the split (DailyDilemmas: "
+                        "dilemmas with a target sign only)")
     p.add_argument("--concept", default="sentiment", help="shipped concept name or a concept .json path")
     p.add_argument("--recipes", default="default,band", help=f"comma-separated names from {sorted(RECIPES)}")
     p.add_argument("--recipe", action="append", default=[], metavar="NAME=SPEC",

@@ -20,7 +20,6 @@ Stored as ``<out>/rotation_norms.nc`` (dims ``run`` (with coord ``depth``), ``si
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -219,13 +218,12 @@ def _train_runs(args, depths: Sequence[float], steps: int, out: Path) -> list[Pa
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
-    from analyses._io import add_analysis_args
+    from analyses._io import analysis_parser
     from interp.cli import positive_int
 
-    p = argparse.ArgumentParser(prog="python -m analyses.rotation_norms", description=__doc__.split("\n\n")[0])
-    add_analysis_args(p, analysis="rotation_norms", writes="rotation_norms.nc", quick="with --train: one depth, 3 steps",
-                      seed="training seed of --train's adapters",
-                      layers="with --train: the depths (fractions in (0, 1]) of the small adapters (default 0.3,0.6)")
+    p = analysis_parser("rotation_norms", __doc__, writes="rotation_norms.nc", quick="with --train: one depth, 3 steps",
+                        seed="training seed of --train's adapters",
+                        layers="with --train: the depths (fractions in (0, 1]) of the small adapters (default 0.3,0.6)")
     p.add_argument("--runs", default=None, help="folder of run folders (default: the layer sweep's results, else --train)")
     p.add_argument("--train", action="store_true", help="train small adapters here first (no sweep needed)")
     p.add_argument("--steps", type=positive_int, default=20, help="with --train: training steps")

@@ -34,7 +34,7 @@ import xarray as xr
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from analyses._io import locked, add_analysis_args, analysis_layers, load_dataset, result_folder, write_html, write_netcdf
+from analyses._io import locked, analysis_parser, analysis_layers, load_dataset, result_folder, write_html, write_netcdf
 from interp.geometry import METRICS, SPACES, GeometryConfig, left_singular_basis, space_metrics
 from interp.backends import backend_of
 from interp.baselines import last_token_hidden
@@ -149,11 +149,9 @@ def figure(ds: xr.Dataset):
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     d = GeometryConfig()
-    p = argparse.ArgumentParser(prog="python -m analyses.space_compare", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_analysis_args(p, analysis="space_compare", writes="space_compare.nc", figures=DEFAULT_FIGURES,
-                      quick="32 pairs, 5 draws, 3 folds, at most 6 evenly spaced layers", seed="seed of the pairs, draws and folds",
-                      layers="layer indices / depth fractions / bands (default: all layers)", backends=True)
+    p = analysis_parser("space_compare", __doc__, writes="space_compare.nc", figures=DEFAULT_FIGURES,
+                        quick="32 pairs, 5 draws, 3 folds, at most 6 evenly spaced layers", seed="seed of the pairs, draws and folds",
+                        layers="layer indices / depth fractions / bands (default: all layers)", backends=True)
     p.add_argument("--rank", type=int, default=64, help="r: top-r left singular vectors of mlp.out (clipped to d_model // 2)")
     p.add_argument("--n-pairs", type=int, default=128)
     p.add_argument("--concept", default="honesty", help="shipped concept name or path to a concept .json")

@@ -35,7 +35,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from analyses._io import locked, add_analysis_args, analysis_layers, load_dataset, result_folder, write_html, write_netcdf
+from analyses._io import locked, analysis_parser, analysis_layers, load_dataset, result_folder, write_html, write_netcdf
 from interp.neurons import (
     NEURON_CLASSES,
     NeuronConfig,
@@ -253,11 +253,9 @@ def figure_overlap(ds: xr.Dataset):
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m analyses.suppression", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_analysis_args(p, analysis="suppression", writes="neurons.nc, overlap.nc", figures=DEFAULT_FIGURES,
-                      quick="few prompts, 5 baseline draws, at most 6 evenly spaced layers", seed="seed of the prompts and draws",
-                      layers="layer indices / depth fractions / bands (default: all layers)")
+    p = analysis_parser("suppression", __doc__, writes="neurons.nc, overlap.nc", figures=DEFAULT_FIGURES,
+                        quick="few prompts, 5 baseline draws, at most 6 evenly spaced layers", seed="seed of the prompts and draws",
+                        layers="layer indices / depth fractions / bands (default: all layers)")
     p.add_argument("--adapter", default=None, help="saved adapter folder (interp.adapters.io); without it only part 1 runs")
     p.add_argument("--n-prompts", type=int, default=64, help="contrastive pairs for the mean activations (sign correction)")
     p.add_argument("--sign-correct", choices=("auto", "yes", "no"), default="auto", help="auto: only for gated MLPs")
