@@ -132,30 +132,6 @@ def last_token_hidden(
     return {L: torch.cat(out[L]) for L in layers}
 
 
-def tokenize_chats(model, chats: Sequence[Messages], *, continue_final: bool = False) -> tuple[Tensor, Tensor]:
-    """Chat-template and left-pad a list of chats -> ``(tokens, attention_mask)``.
-
-    A convenience for callers holding text; the pair builders in :mod:`interp.data`
-    may give token ids directly. ``continue_final=True`` leaves the last (assistant)
-    message open, as for a prefix whose next token is being read.
-    """
-    tok = model.tokenizer
-    texts = [
-        tok.apply_chat_template(
-            list(chat),
-            tokenize=False,
-            add_generation_prompt=not continue_final,
-            continue_final_message=continue_final,
-        )
-        for chat in chats
-    ]
-    enc = tok(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-    return enc["input_ids"], enc["attention_mask"]
-
-
-# --------------------------------------------------------------------------- methods
-
-
 class VectorSteering(SteeringMethod):
     """Adds ``c * vectors[L]`` to the residual stream after block ``L`` at every position."""
 

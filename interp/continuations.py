@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 
 from interp.backends import run
 from interp.calibrate import bootstrap_ci, three_way_split
-from interp.data import concepts_dir
+from interp.data import concepts_dir, encode_chats
 from interp.evaluate import delta_nll_rows, dose_response, main_metric
 from interp.provenance import provenance
 from interp.steering import NoSteering, SteeringMethod
@@ -192,39 +192,6 @@ def item_chats(items: ContinuationItems, system_prompt: str | None = None) -> li
             for u, p in zip(items.frame["user"], items.frame["prefix"])]
 
 
-def encode_rows(
-    tokenizer, chats: Sequence[Chat], continuations: Sequence[str],
-) -> tuple[Int[Tensor, "row pos"], Int[Tensor, "row pos"], Bool[Tensor, "row pos"], Bool[Tensor, "row pos"]]:
-    """Left-padded ``(tokens, attention_mask, cont_mask, nll_mask)`` of ``chat + continuation`` rows.
-
-    ``cont_mask`` marks the continuation's tokens (offset at or after the prompt's end),
-    ``nll_mask`` the span from the user message's start to the prompt's end. A token that
-    straddles the prompt/continuation boundary raises ``ValueError``.
-    """
-    if len(chats) != len(continuations):
-        raise ValueError(f"{len(chats)} chats for {len(continuations)} continuations")
-    prompts = [tokenizer.apply_chat_template(c, tokenize=False, continue_final_message=True) for c in chats]
-    enc = tokenizer([p + s for p, s in zip(prompts, continuations)], return_tensors="pt", padding=True,
-                    padding_side="left", add_special_tokens=False, return_offsets_mapping=True)
-    ends = torch.tensor([len(p) for p in prompts], device="cpu")
-    # the user message's last occurrence before the assistant prefix (a system prompt may quote it)
-    starts = torch.tensor([p.rfind(c[-2]["content"], 0, len(p) - len(c[-1]["content"])) for p, c in zip(prompts, chats)],
-                          device="cpu")
-    real = enc["attention_mask"].bool()
-    first, last = enc["offset_mapping"][..., 0], enc["offset_mapping"][..., 1]
-    straddle = real & (first < ends[:, None]) & (last > ends[:, None])
-    if straddle.any():
-        row = int(straddle.any(-1).nonzero()[0, 0])
-        raise ValueError(f"continuation {continuations[row]!r} merges with the end of prefix {chats[row][-1]['content']!r} "
-                         "into one token; start continuations with a space (or end the prefix on a word boundary)")
-    cont_mask = real & (first >= ends[:, None])
-    if (cont_mask.sum(-1) == 0).any():
-        row = int((cont_mask.sum(-1) == 0).nonzero()[0, 0])
-        raise ValueError(f"continuation {continuations[row]!r} has no tokens of its own")
-    nll_mask = real & (first >= starts[:, None]) & (first < ends[:, None])
-    return enc["input_ids"], enc["attention_mask"], cont_mask, nll_mask
-
-
 def masked_next_token_logp(
     logits: Float[Tensor, "row pos vocab"], tokens: Int[Tensor, "row pos"], pair: Bool[Tensor, "row pos_1"],
 ) -> tuple[Float[Tensor, " row"], Int[Tensor, " row"]]:
@@ -272,10 +239,9 @@ def _score_coeff(model, method: SteeringMethod, coeff: float, items: Continuatio
     for i in range(0, len(items), per_batch):
         rows = order[i : i + per_batch]
         chats = [method.messages(base[r], coeff) for r in rows]
-        tokens, mask, cont_mask, nll_mask = encode_rows(model.tokenizer, chats + chats,
-                                                        [pos[r] for r in rows] + [neg[r] for r in rows])
-        logits = run(model, tokens, mask, method.edits(coeff)).logits
-        logp, nll, counts = read_rows(logits, tokens, cont_mask, nll_mask)
+        enc = encode_chats(model.tokenizer, chats + chats, continuations=[pos[r] for r in rows] + [neg[r] for r in rows])
+        logits = run(model, enc.tokens, enc.attention_mask, method.edits(coeff)).logits
+        logp, nll, counts = read_rows(logits, enc.tokens, enc.continuation, enc.span)
         k = len(rows)
         # the prompt span is the same text in both rows: its NLL agrees up to padding noise
         out[:, rows] = np.stack([logp[:k], logp[k:], (nll[:k] + nll[k:]) / 2, counts[:k], logp[:k] - logp[k:]])

@@ -263,6 +263,60 @@ def chat_text(tokenizer, messages: Messages) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
 
 
+@dataclass(frozen=True)
+class ChatBatch:
+    """Left-padded chats: ``tokens`` and ``attention_mask``; ``span`` marks the tokens from the last user
+    message's start to the end of the prompt (where coherence NLL is read); ``continuation`` the tokens of
+    a text appended after the prompt (none without continuations)."""
+
+    tokens: Int[Tensor, "row pos"]
+    attention_mask: Int[Tensor, "row pos"]
+    span: Bool[Tensor, "row pos"]
+    continuation: Bool[Tensor, "row pos"]
+
+
+def encode_chats(tokenizer, chats: Sequence[Messages], *, continue_final: bool = True,
+                 continuations: Sequence[str] | None = None) -> ChatBatch:
+    """Chat-template, append ``continuations`` (if any) and tokenise, left-padded, without extra special tokens.
+
+    ``continue_final=True`` leaves the last (assistant) message open, so the next token continues
+    it; ``False`` ends the chat with the template's generation prompt. Continuation tokens are
+    those whose character offset starts at or after the prompt's end; a token straddling that
+    boundary raises ``ValueError`` (the continuation would not be scored on its own tokens).
+    The one chat encoder of the project (evaluation, continuation margins, baselines, generation).
+    """
+    if continuations is not None and len(continuations) != len(chats):
+        raise ValueError(f"{len(chats)} chats for {len(continuations)} continuations")
+    prompts = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=not continue_final,
+                                             continue_final_message=continue_final) for c in chats]
+    extra = list(continuations) if continuations is not None else [""] * len(prompts)
+    enc = tokenizer([p + s for p, s in zip(prompts, extra)], return_tensors="pt", padding=True, padding_side="left",
+                    add_special_tokens=False, return_offsets_mapping=True)
+    ends = torch.tensor([len(p) for p in prompts], device="cpu")
+
+    def user_start(prompt: str, chat: Messages) -> int:
+        # the last user message's last occurrence before any open assistant prefix (a system prompt may quote it)
+        user = next(m["content"] for m in reversed(chat) if m["role"] == "user")
+        tail = len(chat[-1]["content"]) if continue_final and chat[-1]["role"] == "assistant" else 0
+        return prompt.rfind(user, 0, len(prompt) - tail)
+
+    starts = torch.tensor([user_start(p, c) for p, c in zip(prompts, chats)], device="cpu")
+    real = enc["attention_mask"].bool()
+    first, last = enc["offset_mapping"][..., 0], enc["offset_mapping"][..., 1]
+    if continuations is not None:
+        straddle = real & (first < ends[:, None]) & (last > ends[:, None])
+        if straddle.any():
+            row = int(straddle.any(-1).nonzero()[0, 0])
+            raise ValueError(f"continuation {continuations[row]!r} merges with the end of prefix {chats[row][-1]['content']!r} "
+                             "into one token; start continuations with a space (or end the prefix on a word boundary)")
+    cont = real & (first >= ends[:, None])
+    if continuations is not None and (cont.sum(-1) == 0).any():
+        row = int((cont.sum(-1) == 0).nonzero()[0, 0])
+        raise ValueError(f"continuation {continuations[row]!r} has no tokens of its own")
+    span = real & (first >= starts[:, None]) & (first < ends[:, None])
+    return ChatBatch(enc["input_ids"], enc["attention_mask"], span, cont)
+
+
 def tokenize_pairs(
     tokenizer,
     pairs: Sequence[ContrastivePair],

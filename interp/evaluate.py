@@ -77,6 +77,7 @@ from tqdm.auto import tqdm
 
 from interp.backends import run
 from interp.calibrate import bootstrap_ci
+from interp.data import encode_chats
 from interp.dilemmas import TARGET, Dilemmas
 from interp.provenance import provenance
 from interp.steering import NoSteering, SteeringMethod
@@ -144,25 +145,10 @@ def answer_token_ids(tokenizer) -> tuple[list[int], list[int]]:
     return yes, no
 
 
-def encode(tokenizer, chat_list: Sequence[list[dict]]) -> tuple[Tensor, Tensor, Tensor]:
-    """Left-padded ``(tokens, attention_mask, nll_mask)``; ``nll_mask`` marks the user-message span.
-
-    The same ids as :func:`interp.baselines.tokenize_chats` with ``continue_final=True``
-    (tested); tokenised here because the span needs the tokenizer's character offsets.
-    """
-    texts = [tokenizer.apply_chat_template(c, tokenize=False, continue_final_message=True) for c in chat_list]
-    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False,
-                    return_offsets_mapping=True)
-    starts = torch.tensor([t.rfind(c[-2]["content"]) for t, c in zip(texts, chat_list)], device="cpu")
-    offsets = enc["offset_mapping"][..., 0]
-    nll_mask = (offsets >= starts[:, None]) & enc["attention_mask"].bool()
-    return enc["input_ids"], enc["attention_mask"], nll_mask
-
-
 def prompt_tokens(model, dilemmas: Dilemmas, config: EvalConfig = EvalConfig()) -> tuple[Tensor, Tensor]:
     """The unsteered prompts as ``(tokens, attention_mask)`` (a fixed text set for coherence costs)."""
-    tokens, mask, _ = encode(model.tokenizer, chats(dilemmas, config))
-    return tokens, mask
+    batch = encode_chats(model.tokenizer, chats(dilemmas, config))
+    return batch.tokens, batch.attention_mask
 
 
 def read_choice(
@@ -199,9 +185,9 @@ def _score_coeff(model, method: SteeringMethod, coeff: float, dilemmas: Dilemmas
     for i in range(0, len(base_chats), config.batch_size):
         rows = order[i : i + config.batch_size]
         batch = [method.messages(base_chats[r], coeff) for r in rows]
-        tokens, mask, nll_mask = encode(model.tokenizer, batch)
-        logits = run(model, tokens, mask, method.edits(coeff)).logits
-        out[:, rows] = read_choice(logits, tokens, nll_mask, yes, no)
+        enc = encode_chats(model.tokenizer, batch)
+        logits = run(model, enc.tokens, enc.attention_mask, method.edits(coeff)).logits
+        out[:, rows] = read_choice(logits, enc.tokens, enc.span, yes, no)
         bar.update(len(batch) / len(QUESTIONS))
     return out.reshape(4, len(QUESTIONS), len(dilemmas))
 

@@ -221,7 +221,7 @@ def generate(
     model in the unsteered chat) and ``distinct_2`` (distinct bigram share). Attrs hold the
     provenance, the method's config and the decoding settings.
     """
-    from interp.baselines import tokenize_chats
+    from interp.data import encode_chats
     from interp.provenance import provenance
 
     if not prompts:
@@ -242,11 +242,13 @@ def generate(
     chunks = range(0, len(rows), config.batch_size)
     for start in tqdm(chunks, desc="batches", disable=not progress or len(chunks) == 1, leave=False):
         part = slice(start, start + config.batch_size)
-        ids, mask = tokenize_chats(model, chats[part])
+        enc = encode_chats(backend.tokenizer, chats[part], continue_final=False)
+        ids, mask = enc.tokens, enc.attention_mask
         c = torch.tensor([c for _, c in rows[part]], dtype=torch.float32, device=backend.device)
         new, lengths = backend.decode(ids, mask, method.edits(c), config, eos=eos, generator=generator,
                                       seed=config.seed + start, progress=progress)
-        base_ids, base_mask = tokenize_chats(model, base_chats[part])
+        base = encode_chats(backend.tokenizer, base_chats[part], continue_final=False)
+        base_ids, base_mask = base.tokens, base.attention_mask
         nll += continuation_nll(model, base_ids, base_mask, new, lengths).tolist()
         new_rows += [new[i, : int(lengths[i])].tolist() for i in range(new.shape[0])]
 

@@ -194,7 +194,8 @@ def cost_tokens(model, measure: Measure | None, items):
         from interp.evaluate import prompt_tokens
 
         return prompt_tokens(model, items)
-    from interp.baselines import tokenize_chats
+    from interp.data import encode_chats
     from interp.continuations import item_chats
 
-    return tokenize_chats(model, item_chats(items), continue_final=True)
+    batch = encode_chats(model.tokenizer, item_chats(items))
+    return batch.tokens, batch.attention_mask

@@ -89,3 +89,12 @@ def hold_folder():
     for proc in procs:
         proc.kill()
         proc.wait()
+
+
+def tokenize_chats(model, chats, continue_final: bool = False):
+    """``(tokens, attention_mask)`` of chats ending in the generation prompt (or left open): tests' shorthand
+    for :func:`interp.data.encode_chats`."""
+    from interp.data import encode_chats
+
+    enc = encode_chats(model.tokenizer, chats, continue_final=continue_final)
+    return enc.tokens, enc.attention_mask

@@ -7,6 +7,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
+from conftest import tokenize_chats
 from interp.baselines import (
     MeanDiff,
     PCASteering,
@@ -18,7 +19,6 @@ from interp.baselines import (
     mean_diff_direction,
     pca_direction,
     random_direction,
-    tokenize_chats,
 )
 
 

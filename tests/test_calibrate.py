@@ -22,6 +22,7 @@ from interp.calibrate import (
     three_way_split,
 )
 from interp.steering import SteeringMethod
+from conftest import tokenize_chats
 
 # ----------------------------------------------------------------------------- splits
 
@@ -175,7 +176,7 @@ def test_calibrate_strength_budget_never_reached():
 
 
 def test_coherence_cost_shell_on_tiny(tiny):
-    from interp.baselines import MeanDiff, tokenize_chats
+    from interp.baselines import MeanDiff
 
     ids, mask = tokenize_chats(tiny, [[{"role": "user", "content": "The weather today is mild and"}]] * 2)
     method = MeanDiff({1: torch.ones(64) * 0.5})

@@ -14,14 +14,13 @@ from interp.continuations import (
     ContinuationItems,
     continuation_metrics,
     continuation_table,
-    encode_rows,
     item_chats,
     load_items,
     score_continuations,
     split_items,
     target_values,
 )
-from interp.data import concepts_dir, load_concept
+from interp.data import concepts_dir, encode_chats, load_concept
 from interp.interventions import AtHook
 from interp.steering import SteeringMethod
 
@@ -100,7 +99,8 @@ def test_continuation_tokens_are_exactly_those_after_the_prefix(tiny, items):
     chats = item_chats(items.head(40))
     for col in ("positive", "negative"):
         conts = items.frame[col].head(40).tolist()
-        tokens, mask, cont, nll = encode_rows(tok, chats, conts)
+        enc = encode_chats(tok, chats, continuations=conts)
+        tokens, cont, nll = enc.tokens, enc.continuation, enc.span
         for r, text in enumerate(conts):
             assert tokens[r][cont[r]].tolist() == tok.encode(text, add_special_tokens=False)
         # the coherence span: the user message through the prefix, nothing of the continuation
@@ -112,7 +112,7 @@ def test_continuation_tokens_are_exactly_those_after_the_prefix(tiny, items):
 def test_a_token_straddling_the_prefix_end_is_refused(tiny):
     chat = [{"role": "user", "content": "Did you like it?"}, {"role": "assistant", "content": "I liked the show"}]
     with pytest.raises(ValueError, match="merges with the end of prefix"):
-        encode_rows(tiny.tokenizer, [chat], ["s"])
+        encode_chats(tiny.tokenizer, [chat], continuations=["s"])
 
 
 # --------------------------------------------------------------------------- the model

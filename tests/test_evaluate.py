@@ -10,6 +10,7 @@ import xarray as xr
 from scipy import stats as scipy_stats
 
 from interp.calibrate import calibrate_sign, delta_nll
+from interp.data import encode_chats
 from interp.dilemmas import TARGET, load_dilemmas
 from interp.evaluate import (
     EvalConfig,
@@ -17,7 +18,6 @@ from interp.evaluate import (
     chats,
     delta_nll_rows,
     dose_response,
-    encode,
     main,
     main_metric,
     metrics_table,
@@ -293,14 +293,18 @@ def test_batched_equals_one_at_a_time_and_base_reuse(tiny, small, dilemmas_dir):
         score_dilemmas(tiny, None, [0.0], data.head(2), cfg, progress=False, base=batched)
 
 
-def test_prompts_match_tokenize_chats_and_prefill(tiny, small):
-    from interp.baselines import tokenize_chats
+def test_prompts_are_the_templated_chats_and_prefill(tiny, small):
+    from interp.data import encode_chats
 
     pos, _ = small
     c = chats(pos.head(3), FAST)
-    tokens, mask, nll_mask = encode(tiny.tokenizer, c)
-    ref_tokens, ref_mask = tokenize_chats(tiny, c, continue_final=True)
-    assert torch.equal(tokens, ref_tokens) and torch.equal(mask, ref_mask)
+    enc = encode_chats(tiny.tokenizer, c)
+    tokens, mask, nll_mask = enc.tokens, enc.attention_mask, enc.span
+    texts = [tiny.tokenizer.apply_chat_template(x, tokenize=False, continue_final_message=True) for x in c]
+    for row, text in enumerate(texts):  # each row: the template's text, tokenised as is, left-padded
+        ids = tiny.tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokens[row][mask[row].bool()].tolist() == ids
+    assert not enc.continuation.any()
     assert tiny.tokenizer.decode(tokens[0, -4:]).endswith("My choice:")
     # the span starts at the user message and ends at the pre-filled answer; padding never counts
     first = int(nll_mask[0].float().argmax())
@@ -315,7 +319,8 @@ def test_delta_nll_matches_calibrate_delta_nll(tiny, small):
     data = pos.head(4)
     ds = score_dilemmas(tiny, YesNoPush(tiny.tokenizer), [0.0, 1.0], data, FAST, progress=False)
     table = metrics_table(ds, FAST)
-    tokens, mask, nll_mask = encode(tiny.tokenizer, chats(data, FAST, "to_do") + chats(data, FAST, "not_to_do"))
+    enc = encode_chats(tiny.tokenizer, chats(data, FAST, "to_do") + chats(data, FAST, "not_to_do"))
+    tokens, mask, nll_mask = enc.tokens, enc.attention_mask, enc.span
     method = YesNoPush(tiny.tokenizer)
     with torch.no_grad():
         with method.steer(tiny, 0.0):  # (this test method is not the base model at c = 0)

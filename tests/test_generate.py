@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from interp.adapters import innerpissa, lora
-from interp.baselines import MeanDiff, PromptSteering, tokenize_chats
+from interp.baselines import MeanDiff, PromptSteering
 from interp.generate import (
     PAD,
     GenerateConfig,
@@ -19,6 +19,7 @@ from interp.generate import (
 )
 from interp.models import load_hf
 from interp.sites import Site
+from conftest import tokenize_chats
 
 PROMPTS = ["I broke my friend's vase. What should I tell her?", "Hi", "Tell me about your day in three sentences."]
 SHORT = GenerateConfig(max_new_tokens=12)
