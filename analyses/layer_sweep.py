@@ -300,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         written = {"dataset": write_netcdf(sweep_dataset(records, model, config), out / "layer_sweep.nc")}
         stored = load_dataset(written["dataset"])
         written["table"] = write_text(out / "layer_sweep.md", markdown(stored, floor))
-        written["figure"] = write_html(figure(stored), Path(args.figures) / "layer_sweep.html")
+        if args.figures:  # '' writes no figure
+            written["figure"] = write_html(figure(stored), Path(args.figures) / "layer_sweep.html")
         print(markdown(stored, floor))
         return written
 

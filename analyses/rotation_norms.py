@@ -258,8 +258,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         ds.attrs["model_spec"] = ",".join(sorted({r["model_spec"] for r in runs}))  # from the adapters (no model loaded)
         written = {"dataset": write_netcdf(ds, out / "rotation_norms.nc")}
         stored = load_dataset(written["dataset"])
-        written["figure"] = write_html(figure_depth(stored), Path(args.figures) / "rotation_norms.html")
-        written["figure_steps"] = write_html(figure_steps(stored), Path(args.figures) / "rotation_norms_steps.html")
+        if args.figures:  # '' writes no figure
+            written["figure"] = write_html(figure_depth(stored), Path(args.figures) / "rotation_norms.html")
+            written["figure_steps"] = write_html(figure_steps(stored), Path(args.figures) / "rotation_norms_steps.html")
         for run in stored["run"].values:
             r = stored.sel({"run": run})
             print(f"{run}: |R_v(1)-I| {float(r['rot_v_norm'].mean()):.4f}, max angle {float(r['angles_v'].max()):.4f} rad, "

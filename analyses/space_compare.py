@@ -193,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
                              batch_size=args.batch_size, progress=not args.no_progress)
         written = {"dataset": write_netcdf(ds, out / "space_compare.nc")}
         stored = load_dataset(written["dataset"])
-        written["figure"] = write_html(figure(stored), Path(args.figures) / "space_compare.html")
+        if args.figures:  # '' writes no figure
+            written["figure"] = write_html(figure(stored), Path(args.figures) / "space_compare.html")
         e = stored["energy_fraction"]
         print(f"energy in span(U_{rank}): mean over layers {float(e.sel(space='dHS@U').mean()):.3f} vs random "
               f"{float(e.sel(space='random').mean()):.3f} (r/d = {rank / d_model:.3f}); probe AUROC dHS "

@@ -293,7 +293,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
                             seed=args.seed, progress=progress)
         written["neurons"] = write_netcdf(ds, out / "neurons.nc")
         stored = load_dataset(written["neurons"])
-        written["figure_layers"] = write_html(figure_by_layer(stored), figures / "suppression_by_layer.html")
+        if args.figures:  # '' writes no figure
+            written["figure_layers"] = write_html(figure_by_layer(stored), figures / "suppression_by_layer.html")
         shares = class_shares(stored)
         print(f"neurons: {int(stored.sizes['layer'])} layers x {int(stored.sizes['neuron'])}; "
               f"suppression {float(shares['suppression'].mean()):.4f}, prediction {float(shares['prediction'].mean()):.4f} "
@@ -313,8 +314,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
                 "neuron_config": stored.attrs.get("config", ""),
             })
             written["overlap"] = write_netcdf(ov, out / "overlap.nc")
-            written["figure_overlap"] = write_html(figure_overlap(load_dataset(written["overlap"])),
-                                                   figures / "suppression_overlap.html")
+            if args.figures:
+                written["figure_overlap"] = write_html(figure_overlap(load_dataset(written["overlap"])),
+                                                       figures / "suppression_overlap.html")
             for site in ov["site"].values:
                 for kind in OVERLAP_KINDS:
                     r = ov.sel(site=site, kind=kind)
