@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from analyses._io import load_dataset, load_or_compute, resumable_run, write_html, write_netcdf, write_text
 from interp.adapters.innerpissa import ABLATIONS
 from interp.protocol import ProtocolConfig
+from interp.calibrate import BUDGET_KINDS
 from interp.tables import METRIC_KEYS, shown
 from interp.provenance import provenance
 from interp.models import DEFAULT_MODEL
@@ -68,6 +69,7 @@ class CompareConfig:
     methods: tuple[str, ...] = METHODS
     seeds: int = 1
     budgets: tuple[float, ...] = (0.1, 0.3, 1.0)
+    budget_kind: str = "kl"  # the cost a budget limits: next-token KL ("kl") or the ΔNLL of the prompts' text ("nll")
     steps: int = TrainConfig.steps
     n_pairs: int = TrainConfig.n_pairs
     n_calibration: int = 64
@@ -89,6 +91,8 @@ class CompareConfig:
             raise ValueError(f"split must be 'validation' or 'test', got {self.split!r}")
         if not self.budgets or not all(b > 0 for b in self.budgets):
             raise ValueError(f"budgets must be positive nats, got {self.budgets}")
+        if self.budget_kind not in BUDGET_KINDS:
+            raise ValueError(f"budget_kind must be one of {sorted(BUDGET_KINDS)}, got {self.budget_kind!r}")
 
     def eval_config(self, seed: int):
         from interp.evaluate import EvalConfig
@@ -163,7 +167,7 @@ def run_method(model, method: str, config: CompareConfig, seed: int, splits: dic
             if budget == NO_BUDGET:
                 coeff, reached = 1.0, True
             else:
-                strength = calibrate_method_strength(model, m, splits["calibration"], float(budget),
+                strength = calibrate_method_strength(model, m, splits["calibration"], float(budget), kind=config.budget_kind,
                                                      n_texts=config.n_cost_texts, c_max=config.c_max, measure=measure)
                 coeff, reached = float(strength), bool(strength.reached)
             ds, row = score_method(model, m, splits[config.split], coeff=coeff, progress=progress,
@@ -204,7 +208,8 @@ def compare_dataset(records: Sequence[dict], model, config: CompareConfig) -> xr
     ds["delta_target"].attrs["units"] = ("Δ P(choice serves the target), de-biased" if measure.kind == "dailydilemmas"
                                          else "Δ margin (nats/token)")
     ds.attrs.update(provenance(model, config=asdict(config), seed=seeds[0] if seeds else None,
-                               split=config.split, target=measure.label, budget_cost="next-token KL (nats/token)"))
+                               split=config.split, target=measure.label,
+                               budget_cost=f"{BUDGET_KINDS[config.budget_kind]} (nats/token)"))
     return ds
 
 
@@ -278,7 +283,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CompareConfig, argpar
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
     p.add_argument("--seeds", type=positive_int, default=d.seeds, help="training / fitting seeds --seed, --seed + 1, ... "
                                                                         "(mean ± std in the table)")
-    p.add_argument("--budgets", default=None, help="coherence budgets in nats of next-token KL (default 0.1,0.3,1.0; --quick: 0.3)")
+    p.add_argument("--budgets", default=None, help="coherence budgets in nats (default 0.1,0.3,1.0; --quick: 0.3)")
+    p.add_argument("--budget-kind", choices=sorted(BUDGET_KINDS), default=d.budget_kind,
+                   help="the cost a budget limits on the calibration prompts: next-token KL (kl) or their own text's ΔNLL (nll)")
     p.add_argument("--steps", type=positive_int, default=None, help=f"training steps (default {d.steps}; --quick: 6)")
     p.add_argument("--split", choices=("validation", "test"), default=d.split,
                    help="scored split: test for the final table, validation while choosing (its own results folder)")
@@ -294,6 +301,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CompareConfig, argpar
             methods=tuple(m.strip() for m in args.methods.split(",")) if args.methods else d.methods,
             seeds=args.seeds, seed=args.seed, split=args.split,
             budgets=tuple(float(b) for b in args.budgets.split(",")) if args.budgets else ((0.3,) if q else d.budgets),
+            budget_kind=args.budget_kind,
             steps=args.steps or (6 if q else d.steps), n_pairs=200 if q else d.n_pairs,
             n_eval=args.n_eval or (16 if q else d.n_eval), n_calibration=args.n_calibration or (16 if q else d.n_calibration),
             n_cost_texts=8 if q else d.n_cost_texts, min_pmass=args.min_pmass, dilemmas=args.dilemmas,
@@ -352,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         written["csv"] = write_text(out / "compare_methods.csv", table.to_csv(index=False))
         header = (f"Methods on {stored.attrs.get('model_spec', '')}, concept {measure.concept} ({measure.label}), {split} split "
                   f"({len(splits[split])} items), layers {config.train_config('innerpissa', 0).layers}, "
-                  f"recipe {config.recipe or 'default'}, {config.seeds} seed(s); budgets are next-token KL on calibration "
+                  f"recipe {config.recipe or 'default'}, {config.seeds} seed(s); budgets are {BUDGET_KINDS[config.budget_kind]} on calibration "
                   f"prompts\n\n{floor_line(floor)} ({split} split)\n\n")
         written["table"] = write_text(out / "compare_methods.md", header + table.to_markdown(index=False) + "\n")
         if args.figures:

@@ -37,6 +37,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from analyses._io import write_netcdf, write_text
+from interp.calibrate import BUDGET_KINDS
 from interp.train import ADDED_SETTINGS, TrainConfig, parse_recipe
 
 # Named recipes: TrainConfig overrides as "field=value;field=value" (see parse_recipe).
@@ -74,7 +75,7 @@ def recipe_config(base: TrainConfig, spec: str, seed: int) -> TrainConfig:
 
 
 def run_recipe(model, name: str, config: TrainConfig, measure, splits: dict, folder: Path, *, split: str = "validation",
-               base=None, budget: float | None = None, progress: bool = True) -> dict:
+               base=None, budget: float | None = None, budget_kind: str = "kl", progress: bool = True) -> dict:
     """Train (or reload), calibrate the sign and score one recipe -> its ``result.json`` record.
 
     With ``budget`` (nats of next-token KL on the concept's calibration prompts) the adapter is
@@ -90,7 +91,7 @@ def run_recipe(model, name: str, config: TrainConfig, measure, splits: dict, fol
     with run_lock(folder):
         check_run_config(folder, config.record(), absent_means=ADDED_SETTINGS)
         record = json.loads(done.read_text()) if done.is_file() else None
-        if record is not None and (budget is None or _budget_key(budget) in record.get("budgets", {})):
+        if record is not None and (budget is None or _budget_key(budget, budget_kind) in record.get("budgets", {})):
             return record
         t0 = time.perf_counter()
         adapter, training = fit_adapter(model, config, folder, measure=measure, progress=progress)
@@ -106,16 +107,19 @@ def run_recipe(model, name: str, config: TrainConfig, measure, splits: dict, fol
                           "val_gaps": {k: training.get("metrics", {}).get(k) for k in ("gap@-1", "gap@+0", "gap@+1")},
                           **row_metrics(table, measure)}
             if budget is not None:
-                record.setdefault("budgets", {})[_budget_key(budget)] = budget_row(
-                    model, adapter, measure, splits, budget, folder, split=split, seed=config.seed, base=base, progress=progress)
+                record.setdefault("budgets", {})[_budget_key(budget, budget_kind)] = budget_row(
+                    model, adapter, measure, splits, budget, folder, split=split, seed=config.seed, base=base, kind=budget_kind,
+                    progress=progress)
         finally:
             adapter.detach()
         write_text(done, json.dumps(record, indent=1, default=str))
         return record
 
 
-def _budget_key(budget: float) -> str:
-    return f"{float(budget):g}"
+def _budget_key(budget: float, kind: str = "kl") -> str:
+    """The record key of a budget: ``"0.3"`` (next-token KL), ``"nll0.2"`` (ΔNLL)."""
+    return f"{float(budget):g}" if kind == "kl" else f"{kind}{float(budget):g}"
+
 
 
 def score_measure_at(model, method, measure, items, coeff: float, *, seed: int, base=None, progress: bool = True):
@@ -126,23 +130,24 @@ def score_measure_at(model, method, measure, items, coeff: float, *, seed: int, 
 
 
 def budget_row(model, method, measure, splits: dict, budget: float, folder: Path, *, split: str, seed: int, base=None,
-               progress: bool = True) -> dict:
-    """``method`` scaled so its next-token KL on the calibration prompts is ``budget`` nats, scored on ``split``.
+               kind: str = "kl", progress: bool = True) -> dict:
+    """``method`` scaled so its coherence cost on the calibration prompts (``kind``: next-token KL, or ΔNLL of
+    their own text; the larger of ``+c`` and ``-c``) is ``budget`` nats, scored on ``split``.
 
     Returns the coefficient found, whether the budget was reached, and :func:`row_metrics` at it;
     the scores go to ``eval_budget<budget>.nc``.
     """
     from interp.protocol import calibrate_method_strength
 
-    strength = calibrate_method_strength(model, method, splits["calibration"], float(budget), measure=measure)
+    strength = calibrate_method_strength(model, method, splits["calibration"], float(budget), kind=kind, measure=measure)
     ds, table = score_measure_at(model, method, measure, splits[split], float(strength), seed=seed, base=base,
                                  progress=progress)
-    write_netcdf(ds, folder / f"eval_budget{_budget_key(budget)}.nc")
+    write_netcdf(ds, folder / f"eval_budget{_budget_key(budget, kind)}.nc")
     return {"coeff": float(strength), "reached": bool(strength.reached), **row_metrics(table, measure, float(strength))}
 
 
 def run_baseline(model, method: str, config: TrainConfig, measure, splits: dict, folder: Path, *, split: str = "validation",
-                 base=None, budget: float | None = None, progress: bool = True) -> dict:
+                 base=None, budget: float | None = None, budget_kind: str = "kl", progress: bool = True) -> dict:
     """A baseline scored as the recipes are: a steering vector fitted on the same pairs at ``config``'s
     layers (or prompting), its sign calibrated, scored at ``c = ±1`` and at ``budget``."""
     from interp.measures import calibrate_concept_sign, prompt_method
@@ -154,7 +159,7 @@ def run_baseline(model, method: str, config: TrainConfig, measure, splits: dict,
         check_run_config(folder, {"baseline": method, **config.record()}, absent_means=ADDED_SETTINGS)
         record = json.loads(done.read_text()) if done.is_file() else None
         want_budget = budget is not None and method != "prompt"  # prompting has no continuous dose
-        if record is not None and (not want_budget or _budget_key(budget) in record.get("budgets", {})):
+        if record is not None and (not want_budget or _budget_key(budget, budget_kind) in record.get("budgets", {})):
             return record
         m = prompt_method(measure) if method == "prompt" else fit_vector_method(model, method, config, config.seed)
         calibrate_concept_sign(model, m, measure, seed=config.seed)
@@ -165,8 +170,9 @@ def run_baseline(model, method: str, config: TrainConfig, measure, splits: dict,
                       "orientation": int(m.orientation), "sign": (m.calibration or {}).get("sign", {}),
                       "n_sites": len(getattr(m, "vectors", {})), **row_metrics(table, measure)}
         if want_budget:
-            record.setdefault("budgets", {})[_budget_key(budget)] = budget_row(
-                model, m, measure, splits, budget, folder, split=split, seed=config.seed, base=base, progress=progress)
+            record.setdefault("budgets", {})[_budget_key(budget, budget_kind)] = budget_row(
+                model, m, measure, splits, budget, folder, split=split, seed=config.seed, base=base, kind=budget_kind,
+                progress=progress)
         write_text(done, json.dumps(record, indent=1, default=str))
         return record
 
@@ -197,25 +203,25 @@ def finished_records(out: Path, split: str) -> list[dict]:
     return [r for r in (json.loads(p.read_text()) for p in paths) if r.get("split") == split]
 
 
-def flat_record(record: dict, budget: float | None = None) -> dict:
+def flat_record(record: dict, budget: float | None = None, kind: str = "kl") -> dict:
     """A record's table fields, with its ``budget`` row (if scored) as ``<field>_at_budget``."""
     row = {k: record.get(k, math.nan) for k in TABLE}
     if budget is not None:
-        at = record.get("budgets", {}).get(_budget_key(budget), {})
+        at = record.get("budgets", {}).get(_budget_key(budget, kind), {})
         row.update({f"{k}_at_budget": at.get(k, math.nan) for k in AT_BUDGET})
     return row
 
 
-def search_table(records: Sequence[dict], budget: float | None = None) -> pd.DataFrame:
+def search_table(records: Sequence[dict], budget: float | None = None, kind: str = "kl") -> pd.DataFrame:
     """One row per (recipe, seed), in the order run; with ``budget``, the matched-cost columns too."""
-    return pd.DataFrame([flat_record(r, budget) for r in records])
+    return pd.DataFrame([flat_record(r, budget, kind) for r in records])
 
 
-def search_dataset(records: Sequence[dict], attrs: dict, budget: float | None = None) -> xr.Dataset:
+def search_dataset(records: Sequence[dict], attrs: dict, budget: float | None = None, kind: str = "kl") -> xr.Dataset:
     """Records -> Dataset with dims (recipe, seed)."""
     recipes = list(dict.fromkeys(r["recipe"] for r in records))
     seeds = sorted({r["seed"] for r in records})
-    flat = [flat_record(r, budget) for r in records]
+    flat = [flat_record(r, budget, kind) for r in records]
     keys = [k for k in flat[0] if k not in ("recipe", "seed", "monotonic")] if flat else []
     data = {k: np.full((len(recipes), len(seeds)), np.nan) for k in keys}
     for r, f in zip(records, flat):
@@ -225,7 +231,7 @@ def search_dataset(records: Sequence[dict], attrs: dict, budget: float | None = 
     ds = xr.Dataset({k: (("recipe", "seed"), v) for k, v in data.items()}, coords={"recipe": recipes, "seed": seeds})
     ds.attrs.update(attrs)
     if budget is not None:
-        ds.attrs["budget"] = f"{float(budget):g} nats of next-token KL on the calibration prompts (*_at_budget)"
+        ds.attrs["budget"] = f"{float(budget):g} nats of {BUDGET_KINDS[kind]} on the calibration prompts (*_at_budget)"
     return ds
 
 
@@ -270,6 +276,8 @@ def parse_args(argv: Sequence[str] | None = None):
     p.add_argument("--budget", type=positive_float, default=0.3,
                    help="also score every run scaled to this next-token KL (nats) on the calibration prompts: the "
                         "matched-cost comparison ('0' is refused; pass --no-budget to skip)")
+    p.add_argument("--budget-kind", choices=sorted(BUDGET_KINDS), default="kl",
+                   help="the cost the budget limits: next-token KL (kl) or the ΔNLL of the prompts' own text (nll)")
     p.add_argument("--no-budget", action="store_true", help="score at c = ±1 only")
     p.add_argument("--seeds", type=positive_int, default=1, help="training seeds --seed, --seed + 1, ...")
     p.add_argument("--steps", type=positive_int, default=None, help="override every recipe's steps")
@@ -346,9 +354,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     jobs += [(f"[{b}]", seed, config) for b in args.baselines for seed, config in args.base_configs.items()]
     records = []
     header = (f"Recipe search, concept {measure.concept} ({measure.label}), {args.split} split, model {args.model}"
-              + (f"; *_at_budget: scaled to {args.budget:g} nats of next-token KL on the calibration prompts" if args.budget
+              + (f"; *_at_budget: scaled to {args.budget:g} nats of {BUDGET_KINDS[args.budget_kind]} on the calibration prompts"
+                 if args.budget
                  else "") + f".\n\n{floor_line(floor)}\n\n")
-    kw = dict(split=args.split, base=base, budget=args.budget, progress=progress)
+    kw = dict(split=args.split, base=base, budget=args.budget, budget_kind=args.budget_kind, progress=progress)
     try:
         for name, seed, config in tqdm(jobs, desc="recipes", disable=not progress):
             if name.startswith("["):
@@ -356,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
                 records.append(run_baseline(model, method, config, measure, splits, out / "baselines" / method / f"seed_{seed}", **kw))
             else:
                 records.append(run_recipe(model, name, config, measure, splits, out / name / f"seed_{seed}", **kw))
-            table = search_table(finished_records(out, args.split), args.budget)  # every finished run in the folder
+            table = search_table(finished_records(out, args.split), args.budget, args.budget_kind)  # every finished run here
             write_text(out / f"table_{args.split}.md", header + table.to_markdown(index=False, floatfmt=".4g") + "\n")
             write_text(out / f"table_{args.split}.csv", table.to_csv(index=False))
     except RunLocked as err:
@@ -364,13 +373,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     ds = search_dataset(records, provenance(model, config={"recipes": {n: c.record() for (n, _), c in configs.items()},
                                                            "baselines": args.baselines},
                                             concept=measure.concept, split=args.split, floor_check=json.dumps(floor)),
-                        args.budget)
+                        args.budget, args.budget_kind)
     written = {"dataset": write_netcdf(ds, out / f"recipe_search_{args.split}.nc"), "table": out / f"table_{args.split}.md"}
     if args.figures:
         from analyses._io import write_html
 
         written["figure"] = write_html(figure(ds), Path(args.figures) / "recipe_search.html")
-    print(search_table(records, args.budget).to_markdown(index=False, floatfmt=".4g"))
+    print(search_table(records, args.budget, args.budget_kind).to_markdown(index=False, floatfmt=".4g"))
     return written
 
 

@@ -210,6 +210,8 @@ def _masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
 
 
 COST_KINDS: tuple[str, ...] = ("kl", "nll", "kl+nll")
+# the costs a coherence budget of the analyses can limit, as tables name them
+BUDGET_KINDS: dict[str, str] = {"kl": "next-token KL", "nll": "ΔNLL of the prompts' own text"}
 
 
 def coherence_cost(

@@ -82,6 +82,12 @@ def test_matched_budget_and_baselines_scored_alike(mini_concept, tmp_path):
     record = json.loads((out / "band" / "seed_0" / "result.json").read_text())
     assert set(record["budgets"]) == {"0.001", "0.002"} and record["budgets"]["0.002"]["coeff"] > c
     assert (out / "band" / "seed_0" / "adapter" / "adapter.json").stat().st_mtime_ns == saved
+    # a ΔNLL budget: the coefficient found costs that much ΔNLL of the prompts' own text (the larger side)
+    main([*args[:-7], "--budget", "0.001", "--budget-kind", "nll", *args[-5:]])
+    record = json.loads((out / "band" / "seed_0" / "result.json").read_text())
+    c_nll = record["budgets"]["nll0.001"]["coeff"]
+    nll = coherence_cost(model, load_adapter(model, out / "band" / "seed_0" / "adapter"), tokens, mask, kind="nll")
+    assert max(nll(c_nll), nll(-c_nll)) == pytest.approx(0.001, rel=0.01)
 
 
 def test_parallel_searches_share_a_folder_but_not_a_run(mini_concept, tmp_path, hold_folder, capsys):
