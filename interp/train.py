@@ -498,7 +498,9 @@ def step_loss(
 RESUME_FREE = ("checkpoint_every", "diagnostics_every")
 # settings added after runs were first recorded, with the value that means "as before": a stored
 # config without them describes a run made with these values
-ADDED_SETTINGS = {"last_tokens": 1, "kl_weight": 0.0, "target": "gap", "kl_span": "all", "select": "top"}
+ADDED_SETTINGS = {"last_tokens": 1, "kl_weight": 0.0, "target": "gap", "kl_span": "all", "select": "top",
+                  # the adapter options a training record names since it holds the whole adapter config
+                  "clamp": "angle", "init_std": 1e-3}
 
 
 def _checkpoint_state(adapter, opt, sched, step: int, direction: Tensor, scale: Tensor, history: list[dict],
