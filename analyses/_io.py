@@ -76,7 +76,7 @@ def resumable_run(out: str | None, analysis: str, config, *, quick: bool, ignore
 
 
 def analysis_parser(analysis: str, doc: str, *, writes: str, quick: str, figures: str = "figures",
-                    **shared) -> argparse.ArgumentParser:
+                    default_out: str | None = None, **shared) -> argparse.ArgumentParser:
     """The parser of ``python -m analyses.<analysis>`` (its description: the first paragraph of ``doc``)
     with the shared options (:func:`interp.cli.add_shared_args`: ``--model --device --dtype --out
     --seed --quick --no-progress`` and, as asked, ``--n-eval``, ``--layers``, ``--backend``) and
@@ -86,7 +86,8 @@ def analysis_parser(analysis: str, doc: str, *, writes: str, quick: str, figures
 
     p = argparse.ArgumentParser(prog=f"python -m analyses.{analysis}", description=doc.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_shared_args(p, out=f"results folder for {writes} (default results/{analysis}/<model>[-quick])", quick=quick, **shared)
+    default_out = default_out or f"results/{analysis}/<model>[-quick]"
+    add_shared_args(p, out=f"results folder for {writes} (default {default_out})", quick=quick, **shared)
     p.add_argument("--figures", default=figures, help="folder for the HTML figures ('' for none)")
     return p
 

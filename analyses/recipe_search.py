@@ -66,6 +66,29 @@ RECIPES: dict[str, str] = {
     "band_narrow": "layers=0.2:0.4;modules=attn.o,mlp.out;loss_layer=0.45;loss=proj;max_angle=0.3",
     "band_antisym": f"{_BAND};loss=antisym;margin=1.0;max_angle=0.3",
 }
+# One change each to the default (band 0.1:0.5 of attn.o + mlp.out, loss read at 0.55, 0.1 rad),
+# compared at a matched KL budget with the mean-difference and PCA vectors: the README's search table.
+SEARCH: dict[str, str] = {
+    "loss0.8": "loss_layer=0.8",  # loss read deeper
+    "last3": "last_tokens=3",  # the preference read on the last 3 tokens, not only the last
+    "shift": "target=shift",  # each side moves from the base (not only the +1 / -1 gap)
+    "both": "target=both",
+    "antisym_a0.1": "loss=antisym;margin=1.0",  # +1 and -1 shifts anti-parallel, normalised
+    "shift_antisym": "target=shift;loss=antisym;margin=1.0",
+    "kl10": "kl_weight=10",  # coherence as a KL barrier on the whole sequence
+    "kl10_a0.3": "kl_weight=10;max_angle=0.3",
+    "kl10_sys": "kl_weight=10;system=none;max_length=96",  # ... without the persona system prompt
+    "kl30_sys": "kl_weight=30;system=none;max_length=96",
+    "kl10_prompt": "kl_weight=10;kl_span=prompt;system=none;max_length=96",  # ... on the prompt's tokens only
+    "kl30_prompt": "kl_weight=30;kl_span=prompt;system=none;max_length=96",
+    "sel_data": "select=data",  # singular directions chosen from the pairs' activations
+    "sel_diff": "select=diff",  # ... from the pairs' differences
+    **{f"rank{r}": f"rank={r}" for r in (8, 16, 32, 128, 256)},
+    "lr2e-3": "lr=0.002", "lr1.6e-2": "lr=0.016",
+    "pairs50": "n_pairs=50", "pairs200": "n_pairs=200",
+    "mod_mlp_in": "modules=mlp.in", "mod_attn": "modules=attn.q,attn.k,attn.v,attn.o",
+}
+RECIPES.update(SEARCH)
 def recipe_config(base: TrainConfig, spec: str, seed: int) -> TrainConfig:
     """``base`` with the recipe's overrides and the seed."""
     return base.with_(**parse_recipe(spec), seed=seed)
@@ -263,8 +286,8 @@ def parse_args(argv: Sequence[str] | None = None):
     from analyses._io import analysis_parser
     from interp.cli import positive_float, positive_int
 
-    p = analysis_parser("recipe_search", __doc__, writes="the run folders, table and recipe_search_<split>.nc "
-                        "(default results/recipe_search/<model>/<concept>)", quick="6 steps, 16 items of the split",
+    p = analysis_parser("recipe_search", __doc__, writes="the run folders, table and recipe_search_<split>.nc",
+                        default_out="results/recipe_search/<model>/<concept>", quick="6 steps, 16 items of the split",
                         seed="first training seed", n_eval="score at most this many items of the split (DailyDilemmas: "
                         "dilemmas with a target sign only)")
     p.add_argument("--concept", default="sentiment", help="shipped concept name or a concept .json path")

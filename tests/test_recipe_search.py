@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from analyses._io import load_dataset
-from analyses.recipe_search import RECIPES, finished_records, main, parse_recipe, recipe_config, search_table
+from analyses.recipe_search import RECIPES, SEARCH, finished_records, main, parse_recipe, recipe_config, search_table
 from interp.train import TrainConfig
 
 
@@ -22,6 +22,16 @@ def test_recipes_parse_into_train_configs():
         parse_recipe("learning_rate=0.1")
     with pytest.raises(ValueError, match="field=value"):
         parse_recipe("lr")
+
+
+def test_each_search_row_changes_the_default_and_is_named():
+    default = recipe_config(TrainConfig(), RECIPES["default"], 0)
+    for name, spec in SEARCH.items():
+        c = recipe_config(TrainConfig(), spec, 0)
+        assert c != default, name  # a row that changed nothing would be a second "default"
+        assert RECIPES[name] == spec
+    assert recipe_config(TrainConfig(), SEARCH["rank128"], 0).adapter.rank == 128
+    assert recipe_config(TrainConfig(), SEARCH["mod_attn"], 0).modules == ("attn.q", "attn.k", "attn.v", "attn.o")
 
 
 def test_search_end_to_end_and_resume(mini_concept, tmp_path):
