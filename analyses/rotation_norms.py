@@ -47,7 +47,7 @@ VARIABLES = {
     "rot_u_norm": "‖R_u(1) − I‖_F of the saved adapter (Frobenius norm; 0 when U is not rotated)",
     "angles_v": "rotation angles of R_v(1): |phase| of its eigenvalues, sorted descending (radians; pairs repeat)",
     "scale": "g(1): scaled / original singular value, per singular-value index (ratio)",
-    "delta_target": "DailyDilemmas Δ truthfulness at +1 from eval.json (probability; NaN when unscored)",
+    "delta_target": "Δ target at +1 from eval.json: the runs' concept's own measure (NaN when unscored)",
     "delta_nll": "prompt-span ΔNLL at ±1 from eval.json (nats; NaN when unscored)",
     "main_metric": "layer sweep main metric from eval.json (NaN when unscored)",
     "val_separation": "training validation gap@+1 − gap@-1 from the adapter json (loss units)",
@@ -56,7 +56,7 @@ VARIABLES = {
     **{f"{k}_by_step": f"{k} of the training diagnostics at each logged step (NaN where not logged)" for k in STEP_KEYS},
 }
 UNITS = {"rot_v_norm": "Frobenius norm", "rot_u_norm": "Frobenius norm", "angles_v": "radians", "scale": "ratio",
-         "delta_target": "probability", "delta_nll": "nats", "val_separation": "loss units",
+         "delta_nll": "nats", "val_separation": "loss units",
          "rot_v_norm_by_step": "Frobenius norm", "rot_u_norm_by_step": "Frobenius norm",
          "angle_v_max_by_step": "radians", "scale_min_by_step": "ratio", "scale_max_by_step": "ratio"}
 
@@ -111,6 +111,7 @@ def run_summary(folder: Path) -> dict:
     gaps = cfg.get("training", {}).get("metrics", {})
     return {"name": folder.name, "sites": sites, "history": history, "effect": effect,
             "depth": depth_of(folder, effect), "rank": config.rank, "orientation": int(cfg.get("orientation", 1)),
+            "concept": cfg.get("training", {}).get("config", {}).get("concept", "honesty"),
             "model_spec": cfg.get("model_spec", ""), "weight_hash": cfg.get("weight_hash", ""),
             "val_separation": float(gaps.get("gap@+1", np.nan) - gaps.get("gap@-1", np.nan))}
 
@@ -154,6 +155,14 @@ def norms_dataset(runs: Sequence[dict]) -> xr.Dataset:
         ds[k].attrs["description"] = text
         if k in UNITS:
             ds[k].attrs["units"] = UNITS[k]
+    concepts = sorted({r.get("concept", "honesty") for r in runs})
+    if len(concepts) == 1:  # the effect's label and unit are the concept's own measure's
+        from interp.measures import measure_of
+
+        measure = measure_of(concepts[0])
+        ds.attrs["target"] = measure.label
+        ds["delta_target"].attrs["units"] = "probability" if measure.kind == "dailydilemmas" else "nats/token"
+    ds.attrs["concept"] = ",".join(concepts)
     ds["depth"].attrs.update(description="adapted depth fraction of the run (NaN when unknown)", units="fraction of n_layers")
     ds["step"].attrs["description"] = "training step of a diagnostics record"
     ds["angle_rank"].attrs["description"] = "position in the descending angle spectrum"
@@ -264,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         for run in stored["run"].values:
             r = stored.sel({"run": run})
             print(f"{run}: |R_v(1)-I| {float(r['rot_v_norm'].mean()):.4f}, max angle {float(r['angles_v'].max()):.4f} rad, "
-                  f"scale [{float(r['scale'].min()):.3f}, {float(r['scale'].max()):.3f}], Δtruth {float(r['delta_target']):+.4f}")
+                  f"scale [{float(r['scale'].min()):.3f}, {float(r['scale'].max()):.3f}], Δtarget {float(r['delta_target']):+.4f}")
         return written
 
 

@@ -66,7 +66,8 @@ def test_dataset_from_saved_runs(tiny, tmp_path):
         with torch.no_grad():
             adapter.layers[site.name.replace(".", "_")].theta_v.zero_()
             adapter.layers[site.name.replace(".", "_")].theta_v[1, 0] = depth  # planted generator
-        save_adapter(adapter, folder / "adapter", extra={"training": {"metrics": {"gap@+1": 2.0, "gap@-1": 1.0}}})
+        save_adapter(adapter, folder / "adapter", extra={"training": {"metrics": {"gap@+1": 2.0, "gap@-1": 1.0},
+                                                                      "config": {"concept": "sentiment"}}})
         diag = [{"site": site.name, "rot_v_norm": 0.1 * depth}]
         (folder / "metrics.jsonl").write_text(json.dumps({"step": 5, "diagnostics": diag}) + "\n")
         (folder / "eval.json").write_text(json.dumps({"depth": depth, "delta_target": depth / 10}))
@@ -79,6 +80,8 @@ def test_dataset_from_saved_runs(tiny, tmp_path):
     assert np.allclose(ds["rot_v_norm_by_step"].values.ravel(), [0.03, 0.06])
     assert np.allclose(ds["val_separation"].values, 1.0) and np.allclose(ds["delta_target"].values, [0.03, 0.06])
     assert ds.attrs["git_commit"] is not None and ds["angles_v"].attrs["units"] == "radians"
+    # the effect is labelled by the runs' own concept's measure (not DailyDilemmas truthfulness)
+    assert ds.attrs["target"] == "sentiment margin" and ds["delta_target"].attrs["units"] == "nats/token"
     assert written["figure"].stat().st_size > 1000
 
 
