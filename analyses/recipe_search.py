@@ -74,6 +74,7 @@ SEARCH: dict[str, str] = {
     "shift": "target=shift",  # each side moves from the base (not only the +1 / -1 gap)
     "both": "target=both",
     "antisym_a0.1": "loss=antisym;margin=1.0",  # +1 and -1 shifts anti-parallel, normalised
+    "antisym_a0.3": "loss=antisym;margin=1.0;max_angle=0.3",  # ... with the looser bound it was best at before
     "shift_antisym": "target=shift;loss=antisym;margin=1.0",
     "kl10": "kl_weight=10",  # coherence as a KL barrier on the whole sequence
     "kl10_a0.3": "kl_weight=10;max_angle=0.3",
