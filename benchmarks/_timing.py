@@ -1,10 +1,23 @@
-"""Timing shared by the benchmarks: median wall time after one warm-up call."""
+"""Timing shared by the benchmarks: median wall time after one warm-up call, and the options of a forward benchmark."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
+
+
+def forward_parser(doc: str) -> argparse.ArgumentParser:
+    """``--model --batch --tokens --repeats``: the batch a forward benchmark times (random tokens)."""
+    from interp.models import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=7)
+    return parser
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:

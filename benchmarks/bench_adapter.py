@@ -11,24 +11,17 @@ measured in one run.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from _timing import median_time  # benchmarks/ is on sys.path when run as a script
+from _timing import forward_parser, median_time  # benchmarks/ is on sys.path when run as a script
 
-from interp.models import DEFAULT_MODEL
 from interp.adapters.innerpissa import InnerPiSSAConfig, attach
 from interp.models import load_model
 from interp.sites import select_sites
 
 
 def main(argv=None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--tokens", type=int, default=64)
+    parser = forward_parser(__doc__)
     parser.add_argument("--rank", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)

@@ -15,16 +15,14 @@ registration, microseconds, is timed with it so that the two can alternate.)
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from _timing import paired_times  # benchmarks/ is on sys.path when run as a script
+from _timing import forward_parser, paired_times  # benchmarks/ is on sys.path when run as a script
 
 from interp.adapters.innerpissa import attach
 from interp.backends import run
 from interp.baselines import MeanDiff
 from interp.interventions import ADAPTED
-from interp.models import DEFAULT_MODEL, load_model
+from interp.models import load_model
 from interp.sites import parse_layers, resid_hook, select_sites
 from interp.train import TrainConfig
 
@@ -40,11 +38,7 @@ def old_adapter_hooks(adapter, coeff):
 
 
 def main(argv=None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser = forward_parser(__doc__)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model = load_model(args.model)
