@@ -225,6 +225,10 @@ def results_table(ds: xr.Dataset) -> pd.DataFrame:
 
             def fmt(key: str, spec: str = "+.4f") -> str:
                 v = r[key].values
+                if several and np.isnan(v).all():
+                    return "nan"
+                if several and key == "p_value":  # "p below x for every seed": the largest, not a mean of p-values
+                    return f"{np.nanmax(v):{spec}} (largest)"
                 if several:
                     return f"{np.nanmean(v):{spec}} ± {np.nanstd(v, ddof=1):.4f}"
                 return f"{float(v[0]):{spec}}"

@@ -106,3 +106,26 @@ def test_out_of_range_numbers_are_refused_by_the_parser(argv, says, capsys, tmp_
         compare_methods.main(["--model", "tiny-random", "--out", str(tmp_path / "x"), *argv])
     assert says in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_table_over_seeds_reports_the_largest_p_and_skips_empty_columns():
+    import numpy as np
+    import xarray as xr
+
+    from analyses.compare_methods import results_table
+
+    keys = ["coeff", "delta_target", "delta_target_neg", "delta_target_to_do_half", "delta_target_not_to_do_half",
+            "delta_target_balanced", "answer_bias", "delta_target_single", "delta_other", "p_value", "delta_nll",
+            "delta_nll_neg", "normalized_gain", "main_metric", "reached"]
+    values = {k: np.full((1, 3, 1), np.nan) for k in keys}
+    values["coeff"][:] = 1.0
+    values["reached"][:] = 1.0
+    values["delta_target"][0, :, 0] = [1.0, 2.0, 3.0]
+    values["delta_target_neg"][0, :, 0] = [-1.0, -2.0, -3.0]
+    values["p_value"][0, :, 0] = [1e-5, 1e-3, 1e-4]
+    ds = xr.Dataset({k: (("method", "seed", "budget"), v) for k, v in values.items()},
+                    coords={"method": ["m"], "seed": [0, 1, 2], "budget": ["0.3"]}, attrs={"target": "sentiment margin"})
+    row = results_table(ds).iloc[0]
+    assert row["p-value"] == "0.001 (largest)"  # every seed's p is at most this
+    assert row.filter(like="Δ margin").iloc[0] == "+2.0000 ± 1.0000"
+    assert not any("Answer bias" in c for c in row.index)  # all-NaN quantities are left out, not printed as nan
