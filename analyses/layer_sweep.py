@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from analyses._io import load_dataset, load_or_compute, resumable_run, write_html, write_netcdf, write_text
 from interp.provenance import provenance
-from interp.sites import LINEAR_MODULES, depth_to_layer, n_layers as layer_count
+from interp.sites import LINEAR_MODULES, depth_spec, depth_to_layer, n_layers as layer_count
 from interp.models import DEFAULT_MODEL
 from interp.train import TrainConfig
 
@@ -96,12 +96,12 @@ class SweepConfig:
         """The training settings at ``depth`` (a band needs ``n_layers`` to place the loss just after it)."""
         from interp.train import parse_recipe
 
-        layers, loss_layer = f"{depth:g}", None
+        layers, loss_layer = depth_spec(depth), None
         if self.band is not None:
             if n_layers is None:
                 raise ValueError("a band's loss layer needs the model's n_layers")
             lo, hi = max(0.0, depth - self.band / 2), min(1.0, depth + self.band / 2)
-            layers = f"{lo:g}:{hi:g}"
+            layers = f"{depth_spec(lo)}:{depth_spec(hi)}"
             loss_layer = min(depth_to_layer(hi, n_layers) + 1, n_layers - 1)
         base = replace(TrainConfig(), model=self.model, layers=layers, modules=self.modules, steps=self.steps,
                        n_pairs=self.n_pairs, concept=self.concept, seed=self.seed, loss_layer=loss_layer)

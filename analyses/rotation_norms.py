@@ -36,6 +36,7 @@ from interp.adapters.io import read_adapter_config, read_tensors
 from interp.adapters.innerpissa import InnerPiSSAConfig, generator, scaled_values
 from interp.cayley import cayley
 from interp.provenance import provenance
+from interp.sites import depth_spec
 
 # Per-step diagnostics (interp.train's "diagnostics" records) kept over training.
 STEP_KEYS = ("rot_v_norm", "rot_u_norm", "angle_v_max", "scale_min", "scale_max")
@@ -218,7 +219,7 @@ def _train_runs(args, depths: Sequence[float], steps: int, out: Path) -> list[Pa
         folder = out / "runs" / f"depth_{depth:.2f}"
         if not (folder / "adapter" / "adapter.json").is_file():
             # Small validation / calibration sets: their forward passes (full-vocab NLL) dominate short runs.
-            config = replace(TrainConfig(), model=model_spec, layers=f"{depth:g}", modules=("mlp.out",), loss_layer=None, seed=args.seed,
+            config = replace(TrainConfig(), model=model_spec, layers=depth_spec(depth), modules=("mlp.out",), loss_layer=None, seed=args.seed,
                              steps=steps, n_pairs=200,
                              n_validation=8, n_calibration=8, diagnostics_every=max(1, steps // 4))
             fit_adapter(model, config, folder, calibrate=False, progress=progress)[0].detach()

@@ -75,6 +75,14 @@ def depth_to_layer(fraction: float, total: int) -> int:
     return int(round(fraction * (total - 1)))
 
 
+def depth_spec(fraction: float) -> str:
+    """A depth fraction as :func:`parse_layers` reads it back as a fraction: ``1.0`` is written
+    ``"1.0"`` (``"1"`` would be layer index 1); 0 stays ``"0"`` (index 0 is depth 0)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"depth fraction must lie in [0, 1], got {fraction}")
+    return "1.0" if fraction == 1.0 else f"{fraction:g}"
+
+
 def parse_layers(layers: float | int | Sequence[float | int] | str, total: int) -> list[int]:
     """Layers from indices (ints, negative counts from the end) and/or depth fractions (floats).
 

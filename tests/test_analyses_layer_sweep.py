@@ -84,6 +84,15 @@ def test_quick_first_depth_on_the_default_model(tmp_path, dilemmas_dir):
     assert abs(float(ds["delta_nll"].values[0])) < 0.5  # a short run stays coherent
 
 
+def test_bands_at_the_ends_of_the_network_stay_inside_it():
+    from interp.sites import parse_layers
+
+    config = layer_sweep.SweepConfig(band=0.4, modules=("attn.o", "mlp.out"))
+    top, bottom = config.train_config(0.9, 30), config.train_config(0.1, 30)
+    assert parse_layers(top.layers, 30) == list(range(20, 30)) and top.loss_layer == 29  # 0.7 .. 1.0, not "0.7:1"
+    assert parse_layers(bottom.layers, 30) == list(range(0, 10)) and bottom.loss_layer == 10  # 0 .. 0.3 (round(0.3 * 29) = 9)
+
+
 def test_band_mode_on_a_continuation_concept(mini_concept, tmp_path):
     """A band of fixed width centred at each depth, the loss read just after it, judged by the concept's margin."""
     from interp.adapters.io import read_adapter_config

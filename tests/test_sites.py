@@ -74,3 +74,13 @@ def test_layer_bands_by_depth_and_index():
     for bad in ("5:3", "0.1:", ":4", "1:2:3"):
         with pytest.raises(ValueError, match="band"):
             parse_layers(bad, 30)
+
+
+def test_depth_spec_reads_back_as_a_depth():
+    from interp.sites import depth_spec, parse_layers
+
+    # "1" would be layer index 1: a band reaching the top of the network must say 1.0
+    assert depth_spec(1.0) == "1.0" and parse_layers(f"{depth_spec(0.7)}:{depth_spec(1.0)}", 30) == list(range(20, 30))
+    assert depth_spec(0.0) == "0" and parse_layers(f"{depth_spec(0.0)}:{depth_spec(0.3)}", 30) == list(range(0, 10))
+    with pytest.raises(ValueError, match="depth fraction"):
+        depth_spec(1.5)
