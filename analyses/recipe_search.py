@@ -237,8 +237,9 @@ def flat_record(record: dict, budget: float | None = None, kind: str = "kl") -> 
 
 
 def search_table(records: Sequence[dict], budget: float | None = None, kind: str = "kl") -> pd.DataFrame:
-    """One row per (recipe, seed), in the order run; with ``budget``, the matched-cost columns too."""
-    return pd.DataFrame([flat_record(r, budget, kind) for r in records])
+    """One row per (recipe, seed), in the order run; with ``budget``, the matched-cost columns too.
+    Quantities the concept's measure does not have (no answer bias for margins) are left out."""
+    return pd.DataFrame([flat_record(r, budget, kind) for r in records]).dropna(axis=1, how="all")
 
 
 def search_dataset(records: Sequence[dict], attrs: dict, budget: float | None = None, kind: str = "kl") -> xr.Dataset:

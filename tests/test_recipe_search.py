@@ -43,6 +43,7 @@ def test_search_end_to_end_and_resume(mini_concept, tmp_path):
     table = search_table(finished_records(out, "validation"))
     assert written["figure"].stat().st_size > 1000 and set(load_dataset(written["dataset"])["recipe"].values) == {"single", "band"}
     assert list(table["recipe"]) == ["single", "band"] and list(table["n_sites"]) == [1, 4]
+    assert "answer_bias" not in table.columns and "delta_target" in table.columns  # a margin has no answer bias
     record = json.loads((out / "band" / "seed_0" / "result.json").read_text())
     assert record["split"] == "validation" and record["sign"]["split"] == "calibration"
     assert record["sign"]["measure"] == "sentiment margin"
