@@ -210,7 +210,7 @@ def markdown(ds: xr.Dataset, floor: dict | None = None) -> str:
         "depth": ds["depth"].values, "layer": ds["layer"].values.astype(int),
         "delta_target": [f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]" for m, lo, hi in
                          zip(ds["delta_target"].values, ds["delta_target_low"].values, ds["delta_target_high"].values)],
-        **{k: ds[k].values for k in keys},
+        **{k: ds[k].values for k in keys if not np.isnan(ds[k].values).all()},  # none the measure lacks
         "val_separation": ds["val_separation"].values, "sign_flipped": ds["sign_flipped"].values.astype(bool),
     }), str(ds.attrs.get("target", "target")))
     config = json.loads(ds.attrs["config"])

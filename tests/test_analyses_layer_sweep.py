@@ -107,3 +107,4 @@ def test_band_mode_on_a_continuation_concept(mini_concept, tmp_path):
     assert cfg["sites"] == [f"blocks.{i}.{m}" for i in range(3) for m in ("attn.o", "mlp.out")]
     assert cfg["training"]["config"]["loss_layer"] == 3 and cfg["calibration"]["sign"]["measure"] == "sentiment margin"
     assert "band of width 0.5" in written["table"].read_text() and "Floor check" in written["table"].read_text()
+    assert "Answer bias" not in written["table"].read_text()  # a margin has no answer bias: no column of nan
