@@ -70,7 +70,7 @@ RECIPES: dict[str, str] = {
 # compared at a matched KL budget with the mean-difference and PCA vectors: the README's search table.
 SEARCH: dict[str, str] = {
     "loss0.8": "loss_layer=0.8",  # loss read deeper
-    "band0.2:0.6": "layers=0.2:0.6;loss_layer=0.62",  # the band one step deeper (the layer sweep's best +1 side)
+    "band0.2-0.6": "layers=0.2:0.6;loss_layer=0.62",  # the band one step deeper (the layer sweep's best +1 side)
     "last3": "last_tokens=3",  # the preference read on the last 3 tokens, not only the last
     "shift": "target=shift",  # each side moves from the base (not only the +1 / -1 gap)
     "both": "target=both",
