@@ -17,8 +17,9 @@ stored; a measure below the floor is reported as such and its rows say so.
 
 Every (recipe, seed) is a run folder ``<out>/<recipe>/seed_<s>/`` (training log and
 checkpoint, the saved adapter, ``result.json``); a killed search resumes, and a recipe
-whose settings changed under the same name is refused. The table (markdown + csv) and
-``recipe_search.nc`` (dims recipe, seed) are rewritten after every finished run.
+whose settings changed under the same name is refused. The table (``table_<split>_<budget>.md`` + csv, every
+finished run in the folder, e.g. ``table_validation_0.3.md``) is rewritten after every finished run,
+and ``recipe_search_<split>_<budget>.nc`` (dims recipe, seed) at the end (without a budget: ``<split>``).
 """
 
 from __future__ import annotations
@@ -289,7 +290,7 @@ def parse_args(argv: Sequence[str] | None = None):
     from analyses._io import analysis_parser
     from interp.cli import positive_float, positive_int
 
-    p = analysis_parser("recipe_search", __doc__, writes="the run folders, table and recipe_search_<split>.nc",
+    p = analysis_parser("recipe_search", __doc__, writes="the run folders, table_<split>_<budget>.md/.csv and recipe_search_<split>_<budget>.nc",
                         default_out="results/recipe_search/<model>/<concept>", quick="6 steps, 16 items of the split",
                         seed="first training seed", n_eval="score at most this many items of the split (DailyDilemmas: "
                         "dilemmas with a target sign only)")
@@ -384,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
                  if args.budget
                  else "") + f".\n\n{floor_line(floor)}\n\n")
     kw = dict(split=args.split, base=base, budget=args.budget, budget_kind=args.budget_kind, progress=progress)
+    # one table per budget, so a search at another budget (or kind) does not overwrite this one's table
+    stem = f"{args.split}_{_budget_key(args.budget, args.budget_kind)}" if args.budget is not None else args.split
     try:
         for name, seed, config in tqdm(jobs, desc="recipes", disable=not progress):
             if name.startswith("["):
@@ -392,15 +395,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
             else:
                 records.append(run_recipe(model, name, config, measure, splits, out / name / f"seed_{seed}", **kw))
             table = search_table(finished_records(out, args.split), args.budget, args.budget_kind)  # every finished run here
-            write_text(out / f"table_{args.split}.md", header + table.to_markdown(index=False, floatfmt=".4g") + "\n")
-            write_text(out / f"table_{args.split}.csv", table.to_csv(index=False))
+            write_text(out / f"table_{stem}.md", header + table.to_markdown(index=False, floatfmt=".4g") + "\n")
+            write_text(out / f"table_{stem}.csv", table.to_csv(index=False))
     except RunLocked as err:
         args.error(str(err))
     ds = search_dataset(records, provenance(model, config={"recipes": {n: c.record() for (n, _), c in configs.items()},
                                                            "baselines": args.baselines},
                                             concept=measure.concept, split=args.split, floor_check=json.dumps(floor)),
                         args.budget, args.budget_kind)
-    written = {"dataset": write_netcdf(ds, out / f"recipe_search_{args.split}.nc"), "table": out / f"table_{args.split}.md"}
+    written = {"dataset": write_netcdf(ds, out / f"recipe_search_{stem}.nc"), "table": out / f"table_{stem}.md"}
     if args.figures:
         from analyses._io import write_html
 

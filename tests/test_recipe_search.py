@@ -73,6 +73,7 @@ def test_matched_budget_and_baselines_scored_alike(mini_concept, tmp_path):
     main(args)
     table = search_table(finished_records(out, "validation"), 0.001)
     assert list(table["recipe"]) == ["band", "[mean_diff]", "[prompt]"]
+    assert (out / "table_validation_0.001.md").is_file()  # named by its budget: another budget's table is kept
     band, vector, prompt = (table.iloc[i] for i in range(3))
     for row in (band, vector):
         assert row["reached_at_budget"] and 0 < row["coeff_at_budget"] < 16 and row["n_items"] == 3
