@@ -205,8 +205,7 @@ def compare_dataset(records: Sequence[dict], model, config: CompareConfig) -> xr
     from interp.measures import measure_of
 
     measure = measure_of(config.concept)
-    ds["delta_target"].attrs["units"] = ("Δ P(choice serves the target), de-biased" if measure.kind == "dailydilemmas"
-                                         else "Δ margin (nats/token)")
+    ds["delta_target"].attrs["units"] = measure.effect_units
     ds.attrs.update(provenance(model, config=asdict(config), seed=seeds[0] if seeds else None,
                                split=config.split, target=measure.label,
                                budget_cost=f"{BUDGET_KINDS[config.budget_kind]} (nats/token)"))

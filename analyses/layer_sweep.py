@@ -164,8 +164,7 @@ def sweep_dataset(records: Sequence[dict], model, config: SweepConfig) -> xr.Dat
     from interp.measures import measure_of
 
     measure = measure_of(config.concept)
-    units = {"delta_target": ("Δ P(choice serves the target), de-biased" if measure.kind == "dailydilemmas"
-                              else "Δ margin (nats/token)"), "delta_nll": "nats/token",
+    units = {"delta_target": measure.effect_units, "delta_nll": "nats/token",
              "main_metric": "t / (1 + ΔNLL)", "normalized_gain": "%", "val_separation": "gap units"}
     for k, u in units.items():
         ds[k].attrs["units"] = u

@@ -92,6 +92,8 @@ SEARCH: dict[str, str] = {
     "mod_mlp_in": "modules=mlp.in", "mod_attn": "modules=attn.q,attn.k,attn.v,attn.o",
 }
 RECIPES.update(SEARCH)
+
+
 def recipe_config(base: TrainConfig, spec: str, seed: int) -> TrainConfig:
     """``base`` with the recipe's overrides and the seed."""
     return base.with_(**parse_recipe(spec), seed=seed)
@@ -145,7 +147,6 @@ def run_recipe(model, name: str, config: TrainConfig, measure, splits: dict, fol
 def _budget_key(budget: float, kind: str = "kl") -> str:
     """The record key of a budget: ``"0.3"`` (next-token KL), ``"nll0.2"`` (ΔNLL)."""
     return f"{float(budget):g}" if kind == "kl" else f"{kind}{float(budget):g}"
-
 
 
 def score_measure_at(model, method, measure, items, coeff: float, *, seed: int, base=None, progress: bool = True):

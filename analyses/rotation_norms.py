@@ -162,7 +162,7 @@ def norms_dataset(runs: Sequence[dict]) -> xr.Dataset:
 
         measure = measure_of(concepts[0])
         ds.attrs["target"] = measure.label
-        ds["delta_target"].attrs["units"] = "probability" if measure.kind == "dailydilemmas" else "nats/token"
+        ds["delta_target"].attrs["units"] = measure.unit
     ds.attrs["concept"] = ",".join(concepts)
     ds["depth"].attrs.update(description="adapted depth fraction of the run (NaN when unknown)", units="fraction of n_layers")
     ds["step"].attrs["description"] = "training step of a diagnostics record"

@@ -50,6 +50,16 @@ class Measure:
         """What tables call the measured quantity."""
         return f"{self.target} (DailyDilemmas, de-biased)" if self.kind == "dailydilemmas" else f"{self.concept} margin"
 
+    @property
+    def unit(self) -> str:
+        """The unit of its effect (Δ target): a choice probability, or a margin in nats per token."""
+        return "probability" if self.kind == "dailydilemmas" else "nats/token"
+
+    @property
+    def effect_units(self) -> str:
+        """The ``units`` attribute of a dataset's Δ target: what is measured, in which unit."""
+        return "Δ P(choice serves the target), de-biased" if self.kind == "dailydilemmas" else f"Δ margin ({self.unit})"
+
 
 def _concept_file(concept: str | Path) -> Path:
     path = Path(concept)

@@ -118,3 +118,11 @@ def test_default_model_fails_the_floor_on_dailydilemmas_and_passes_on_sentiment(
     sentiment = measure_of("sentiment")
     check, _ = floor_check(smol, sentiment, measure_splits(sentiment)["validation"], progress=False)
     assert check.passes and check.base_holds and check.prompt_moves and check.prompt_p < 1e-6
+
+
+def test_each_measure_names_the_unit_of_its_effect():
+    from interp.measures import measure_of
+
+    honesty, sentiment = measure_of("honesty"), measure_of("sentiment")
+    assert honesty.unit == "probability" and "de-biased" in honesty.effect_units
+    assert sentiment.unit == "nats/token" and sentiment.effect_units == "Δ margin (nats/token)"
