@@ -1,9 +1,7 @@
-"""Calibration maths: splits, sign, strength, uncertainty.
+"""Calibration maths: sign and strength.
 
 Pure functions with thin shells around them:
 
-* :func:`three_way_split` -- disjoint, seeded calibration / validation / test splits of
-  DailyDilemmas *by dilemma id* (all rows of a dilemma land in one split).
 * :func:`calibrate_sign` -- representation orientation does not fix the behavioural
   sign (see DESIGN.md), so score the method at ``-c`` and ``+c`` on the calibration
   split and flip ``method.orientation`` when ``+c`` scores lower. The decision and its
@@ -13,9 +11,6 @@ Pure functions with thin shells around them:
   and/or ΔNLL on a fixed text set, :func:`next_token_kl`, :func:`delta_nll`) matches a
   budget in nats, by bracket expansion then :func:`scipy.optimize.brentq`; when the
   budget is never reached up to ``c_max`` it returns ``c_max`` flagged ``reached=False``.
-* :func:`bootstrap_ci` -- a seeded bootstrap interval over dilemmas
-  (:func:`scipy.stats.bootstrap`); :func:`between_seed_spread` summarises how a result
-  varies across training seeds, reported separately from the within-run interval.
 """
 
 from __future__ import annotations
@@ -28,45 +23,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from jaxtyping import Float, Int
-from scipy import optimize, stats
+from scipy import optimize
 from torch import Tensor
 
+from interp.stats import bootstrap_ci
 from interp.steering import SteeringMethod
-
-SPLITS: tuple[str, ...] = ("calibration", "validation", "test")
-
-# --------------------------------------------------------------------------- splits
-
-
-def three_way_split(
-    ids: Sequence | np.ndarray,
-    seed: int,
-    n_calibration: int = 64,
-    validation_fraction: float = 0.3,
-) -> dict[str, np.ndarray]:
-    """Split dilemma ids into disjoint ``calibration``, ``validation`` and ``test`` sets.
-
-    ``ids`` may repeat (one per row); the split is over the unique ids, which are sorted
-    first, so the result depends only on the set of ids and ``seed``. ``n_calibration``
-    ids go to calibration; of the rest, ``round(validation_fraction * rest)`` to
-    validation and the remainder to test. Each array is sorted.
-    """
-    unique = np.unique(np.asarray(ids))
-    n = len(unique)
-    if not 0 <= validation_fraction < 1:
-        raise ValueError(f"validation_fraction must lie in [0, 1), got {validation_fraction}")
-    if not 0 <= n_calibration < n:
-        raise ValueError(f"n_calibration must lie in [0, {n - 1}] for {n} unique dilemma ids, got {n_calibration}")
-    order = np.random.default_rng(seed).permutation(n)
-    rest = n - n_calibration
-    n_validation = int(round(validation_fraction * rest))
-    if rest - n_validation < 1:
-        raise ValueError(f"no dilemmas left for the test split ({n} ids, {n_calibration} calibration, {n_validation} validation)")
-    cal = unique[order[:n_calibration]]
-    val = unique[order[n_calibration : n_calibration + n_validation]]
-    test = unique[order[n_calibration + n_validation :]]
-    return {"calibration": np.sort(cal), "validation": np.sort(val), "test": np.sort(test)}
-
 
 # --------------------------------------------------------------------------- sign
 
@@ -332,63 +293,3 @@ def calibrate_strength(
 def record_strength(method: SteeringMethod, strength: CalibratedStrength) -> None:
     """Store a strength calibration on ``method.calibration["strength"]`` (next to the sign)."""
     _record(method, "strength", strength.to_dict())
-
-
-# --------------------------------------------------------------------------- uncertainty
-
-
-def bootstrap_ci(
-    per_dilemma_values: Sequence[float] | np.ndarray,
-    statistic: Callable = np.mean,
-    n_boot: int = 1000,
-    alpha: float = 0.05,
-    seed: int = 0,
-    *,
-    method: str = "BCa",
-) -> tuple[float, float, float]:
-    """``(statistic, low, high)``: a seeded ``1 - alpha`` bootstrap interval over dilemmas.
-
-    Resamples dilemmas (the unit that is independent), so pass one value per dilemma.
-    ``method`` is scipy's (``"BCa"``, ``"percentile"``, ``"basic"``); BCa falls back to
-    percentile when it is undefined (e.g. all values equal).
-    """
-    values = np.asarray(per_dilemma_values, dtype=float).ravel()
-    if len(values) < 2:
-        raise ValueError(f"need at least 2 per-dilemma values, got {len(values)}")
-    if not np.isfinite(values).all():
-        raise ValueError("per-dilemma values contain NaN or inf")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
-    point = float(statistic(values))
-    if np.ptp(values) == 0:
-        return point, point, point
-    kwargs = dict(n_resamples=int(n_boot), confidence_level=1 - alpha, random_state=np.random.default_rng(seed))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        res = stats.bootstrap((values,), statistic, method=method, **kwargs)
-        low, high = res.confidence_interval
-        if not (np.isfinite(low) and np.isfinite(high)):
-            low, high = stats.bootstrap((values,), statistic, method="percentile", **kwargs).confidence_interval
-    return point, float(low), float(high)
-
-
-def between_seed_spread(per_seed_values: Sequence[float] | np.ndarray) -> dict[str, float]:
-    """Spread of one summary (e.g. the effect at c = 1) across training seeds.
-
-    Reported beside, not merged into, the within-run bootstrap interval: that interval
-    says how sure we are about one trained method on these dilemmas; this says how much
-    retraining moves the answer. ``std`` uses ``ddof=1``; ``sem`` is ``std / sqrt(n)``.
-    """
-    values = np.asarray(per_seed_values, dtype=float).ravel()
-    if len(values) < 1 or not np.isfinite(values).all():
-        raise ValueError(f"need one or more finite per-seed values, got {values.tolist()}")
-    n = len(values)
-    std = float(values.std(ddof=1)) if n > 1 else float("nan")
-    return {
-        "n_seeds": n,
-        "mean": float(values.mean()),
-        "std": std,
-        "sem": std / math.sqrt(n) if n > 1 else float("nan"),
-        "min": float(values.min()),
-        "max": float(values.max()),
-    }

@@ -27,7 +27,7 @@ Coherence cost, in the same forward pass: the teacher-forced next-token NLL from
 start of the user message to the end of the assistant prefix (the continuation is not
 scored; prompting's added system message lies before the span), as in
 :mod:`interp.evaluate`: each item stores its mean ``nll`` and count ``nll_tokens``, and
-ΔNLL(c) is their token-weighted mean difference (:func:`interp.evaluate.delta_nll_rows`).
+ΔNLL(c) is their token-weighted mean difference (:func:`interp.stats.delta_nll_rows`).
 
 Sign and orientation: as in :mod:`interp.evaluate`, ``c`` goes to ``method.messages`` and
 ``method.steer`` unchanged (the method applies its own orientation); sign calibration is
@@ -57,9 +57,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.backends import run
-from interp.calibrate import bootstrap_ci, three_way_split
+from interp.splits import three_way_split
+from interp.stats import bootstrap_ci, delta_nll_rows, dose_response, main_metric
 from interp.data import concepts_dir, encode_chats
-from interp.evaluate import delta_nll_rows, dose_response, main_metric
 from interp.provenance import provenance
 from interp.steering import NoSteering, SteeringMethod
 
@@ -173,7 +173,7 @@ def _read_json(path: Path) -> object:
 def split_items(
     items: ContinuationItems, split_seed: int = 0, n_calibration: int = 48, validation_fraction: float = 0.3,
 ) -> dict[str, ContinuationItems]:
-    """Disjoint ``calibration`` / ``validation`` / ``test`` items by id (:func:`interp.calibrate.three_way_split`).
+    """Disjoint ``calibration`` / ``validation`` / ``test`` items by id (:func:`interp.splits.three_way_split`).
 
     ``split_seed`` belongs to the item file, not to a training run: every seed of every
     method is judged on the same items.
@@ -338,7 +338,7 @@ def continuation_metrics(ds: xr.Dataset, method: str, coeff: float, seed: int = 
 
     ``Δ margin``: mean over items of ``margin(c) - margin(0)``, with a seeded bootstrap
     interval over items; ``slope`` / ``t`` / ``p-value``: the within-item dose-response of
-    the margin over {-c, 0, +c} (:func:`interp.evaluate.dose_response`); ``Δ NLL`` at ``+c``
+    the margin over {-c, 0, +c} (:func:`interp.stats.dose_response`); ``Δ NLL`` at ``+c``
     and ``-c`` (NaN where ``-c`` was not scored).
     """
     with warnings.catch_warnings():

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from interp.calibrate import three_way_split
+from interp.splits import three_way_split
 
 ACTIONS_FILE = "dilemma_to_action_to_values_aggregated.csv"
 VALUES_FILE = "values.csv"

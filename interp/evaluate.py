@@ -71,12 +71,11 @@ import torch
 import torch.nn.functional as F
 import xarray as xr
 from jaxtyping import Float, Int
-from scipy import stats
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.backends import run
-from interp.calibrate import bootstrap_ci
+from interp.stats import bootstrap_ci, delta_nll_rows, dose_response, main_metric, normalized_gain
 from interp.data import encode_chats
 from interp.dilemmas import TARGET, Dilemmas
 from interp.provenance import provenance
@@ -346,58 +345,6 @@ def target_score(model, method: SteeringMethod, coeff: float, dilemmas: Dilemmas
 
 
 # --------------------------------------------------------------------------- metrics (pure)
-
-
-def dose_response(coeffs: np.ndarray, values: np.ndarray, groups: np.ndarray | None = None) -> tuple[float, float, float]:
-    """``(slope, t, p)`` of a linear fit of values on the coefficient (NaNs dropped).
-
-    With ``groups`` (one id per value, e.g. the dilemma) the fit is within groups: every
-    group's own mean is removed (a fixed effect per dilemma), so between-dilemma spread does
-    not swamp the dose-response, and the residual degrees of freedom lose one per group.
-    The slope is scipy's ``linregress`` on the centred values; its standard error is rescaled
-    to those degrees of freedom (``linregress`` alone would count the centred rows as free
-    and overstate ``t`` by about sqrt(3/2) for three coefficients).
-    """
-    x, y = np.asarray(coeffs, float).ravel(), np.asarray(values, float).ravel()
-    keep = np.isfinite(y)
-    x, y = x[keep], y[keep]
-    extra = 0  # intercepts beyond the one linregress fits
-    if groups is not None:
-        _, group = np.unique(np.asarray(groups).ravel()[keep], return_inverse=True)
-        size = np.bincount(group)
-        x = x - (np.bincount(group, x) / size)[group]
-        y = y - (np.bincount(group, y) / size)[group]
-        extra = len(size) - 1
-    dof = len(y) - 2 - extra
-    if len(np.unique(x)) < 2 or dof < 1:
-        return math.nan, math.nan, math.nan
-    fit = stats.linregress(x, y)
-    if fit.stderr == 0:
-        return float(fit.slope), math.copysign(math.inf, fit.slope) if fit.slope else 0.0, 0.0 if fit.slope else 1.0
-    t = float(fit.slope / (fit.stderr * math.sqrt((len(y) - 2) / dof)))
-    return float(fit.slope), t, float(2 * stats.t.sf(abs(t), dof))
-
-
-def delta_nll_rows(nll_at: np.ndarray, nll_zero: np.ndarray, n_tokens: np.ndarray | None = None) -> float:
-    """Token-weighted mean of per-row ``NLL(c) - NLL(0)`` (rows with a NaN on either side dropped).
-
-    With ``n_tokens`` (predictions per row) this is :func:`interp.calibrate.delta_nll` of
-    the two passes; without, every row weighs the same.
-    """
-    diff = np.asarray(nll_at, float) - np.asarray(nll_zero, float)
-    w = np.ones_like(diff) if n_tokens is None else np.asarray(n_tokens, float)
-    keep = np.isfinite(diff) & (w > 0)
-    return float((diff[keep] * w[keep]).sum() / w[keep].sum()) if keep.any() else math.nan
-
-
-def normalized_gain(delta_target: float, delta_nll: float) -> float:
-    """``100 Δ target / (1 + max(ΔNLL, 0))``."""
-    return 100.0 * delta_target / (1.0 + max(delta_nll, 0.0))
-
-
-def main_metric(t_stat: float, delta_nll: float) -> float:
-    """``t / (1 + max(ΔNLL, 0))``."""
-    return t_stat / (1.0 + max(delta_nll, 0.0))
 
 
 def method_metrics(ds: xr.Dataset, method: str, coeff: float, target: str = TARGET, seed: int = 0) -> dict:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from interp.calibrate import bootstrap_ci
+from interp.stats import bootstrap_ci, dose_response
 
 FLOOR_MESSAGE = "this model does not hold the preference: steering on this measure cannot be shown"
 
@@ -105,8 +105,6 @@ def floor_verdict(
     per-item values under the prompting baseline (the same items in the same order, c = 0
     included or not). The dose-response is fitted within items.
     """
-    from interp.evaluate import dose_response
-
     base = np.asarray(base_values, float)
     base = base[np.isfinite(base)]
     if len(base) < 2:

@@ -29,7 +29,7 @@ import pandas as pd
 import xarray as xr
 
 from interp.data import DEFAULT_CONCEPT, concepts_dir
-from interp.protocol import SPLIT_SEED
+from interp.splits import SPLIT_SEED
 
 KINDS: tuple[str, ...] = ("dailydilemmas", "continuations")
 

@@ -35,10 +35,10 @@ from interp.calibrate import (
     coherence_cost,
     record_strength,
 )
+from interp.splits import SPLIT_SEED
 from interp.steering import SteeringMethod
 
 
-SPLIT_SEED = 0  # the one calibration / validation / test split of every analysis
 
 
 @dataclass(frozen=True)

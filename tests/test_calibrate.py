@@ -11,16 +11,15 @@ import torch
 from interp.calibrate import (
     CalibratedStrength,
     SignCalibration,
-    between_seed_spread,
-    bootstrap_ci,
     calibrate_sign,
     calibrate_strength,
     coherence_cost,
     delta_nll,
     next_token_kl,
     record_strength,
-    three_way_split,
 )
+from interp.splits import three_way_split
+from interp.stats import between_seed_spread, bootstrap_ci
 from interp.steering import SteeringMethod
 from conftest import tokenize_chats
 

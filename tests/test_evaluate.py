@@ -12,16 +12,13 @@ from scipy import stats as scipy_stats
 from interp.calibrate import calibrate_sign, delta_nll
 from interp.data import encode_chats
 from interp.dilemmas import TARGET, load_dilemmas
+from interp.stats import delta_nll_rows, dose_response, main_metric, normalized_gain
 from interp.evaluate import (
     EvalConfig,
     answer_token_ids,
     chats,
-    delta_nll_rows,
-    dose_response,
     main,
-    main_metric,
     metrics_table,
-    normalized_gain,
     add_choice_variables,
     score_dilemmas,
     target_score,
