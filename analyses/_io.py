@@ -4,11 +4,15 @@ figures written the same way, and their common CLI bits."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -24,12 +28,104 @@ from interp.store import (
 )
 
 __all__ = ["atomic_write", "load_dataset", "load_or_compute", "write_netcdf", "write_text", "write_html",
+           "write_figure", "figure_images", "StaticExportUnavailable",
            "result_folder", "resumable_run", "locked", "analysis_parser", "analysis_layers"]
 
 
-def write_html(fig, path: str | Path) -> Path:
-    """Write a plotly figure as one self-contained HTML file (plotly.js inlined), atomically."""
-    return write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
+# --------------------------------------------------------------------------- figures
+
+STATIC_FORMATS = ("png", "svg")
+STATIC_WIDTH = 900  # px, where neither the call nor the figure's layout sets one
+STATIC_HEIGHT = 500
+STATIC_TIMEOUT_S = 120.0
+FIGURES_EXTRA = ('pip install -e ".[figures]" and a Chrome/Chromium (apt-get install chromium; '
+                 "BROWSER_PATH=/path/to/chromium where it is not found)")
+_static_off: str | None = None  # why static export failed in this process (noted once, not retried)
+
+
+class StaticExportUnavailable(RuntimeError):
+    """Static figure export cannot run: kaleido or a Chrome/Chromium is missing, or it failed or timed out."""
+
+
+def figure_images(figs: Sequence[Any], formats: Sequence[str] = STATIC_FORMATS, *, width: int | None = None,
+                  height: int | None = None, timeout_s: float = STATIC_TIMEOUT_S) -> list[dict[str, bytes]]:
+    """Static renderings of plotly figures (``Figure`` objects or their dicts), one ``{format: bytes}``
+    per figure, through plotly.js in a headless Chrome/Chromium driven by kaleido (v1).
+
+    All figures and formats share one browser session (starting it is most of the cost).
+    Size: ``width``/``height`` if given, else the figure's layout, else 900 x 500 px, at
+    scale 1. MathJax is off so nothing is fetched from the network. The whole call runs in a
+    worker thread limited to ``timeout_s``: a browser that hangs does not hang the run (the
+    thread is abandoned, and the error says so). Raises :class:`StaticExportUnavailable`.
+    """
+    try:
+        import kaleido
+    except ImportError as err:
+        raise StaticExportUnavailable(f"kaleido is not installed ({err})") from None
+    specs = []
+    for fig in figs:
+        spec = fig.to_dict() if hasattr(fig, "to_dict") else dict(fig)
+        layout = spec.get("layout") or {}
+        size = (width or layout.get("width") or STATIC_WIDTH, height or layout.get("height") or STATIC_HEIGHT)
+        specs.append((spec, size))
+
+    async def render() -> list[dict[str, bytes]]:
+        async with kaleido.Kaleido(n=1, timeout=timeout_s, mathjax=False) as k:
+            return [{f: await k.calc_fig(spec, opts={"format": f, "width": w, "height": h, "scale": 1})
+                     for f in formats} for spec, (w, h) in specs]
+
+    box: dict[str, Any] = {}
+
+    def run() -> None:  # its own event loop: works under a running one too (a notebook kernel)
+        try:
+            box["images"] = asyncio.run(render())
+        except BaseException as err:  # noqa: BLE001 - reported to the caller below
+            box["error"] = err
+
+    worker = threading.Thread(target=run, name="kaleido-export", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise StaticExportUnavailable(f"kaleido did not finish within {timeout_s:.0f} s (abandoned)")
+    if "error" in box:
+        err = box["error"]
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        raise StaticExportUnavailable(f"{type(err).__name__}: {first_line}".rstrip(": ")) from err
+    return box["images"]
+
+
+def _note_static_off(reason: str) -> None:
+    global _static_off
+    if _static_off is None:
+        print(f"note: HTML figures only, no PNG/SVG ({reason.split('. ')[0]}); for static figures: {FIGURES_EXTRA}",
+              file=sys.stderr, flush=True)
+    _static_off = reason
+
+
+def write_figure(fig: Any, path: str | Path, static: Sequence[str] = STATIC_FORMATS) -> Path:
+    """Write a plotly figure as one self-contained HTML file (plotly.js inlined) and, where static
+    export is available (:func:`figure_images`), as ``.png`` and ``.svg`` beside it, all atomically.
+
+    The static files render anywhere (repository web views, papers, viewers without
+    JavaScript). Without kaleido or a browser, or after an export failure, only the HTML is
+    written and a one-line note is printed once per process. ``INTERP_STATIC_FIGURES=0`` turns
+    the static files off (each costs a browser start, about 3 s). Returns the HTML path.
+    """
+    path = Path(path)
+    html = write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
+    if static and _static_off is None and os.environ.get("INTERP_STATIC_FIGURES", "1") != "0":
+        try:
+            images = figure_images([fig], static)[0]
+        except StaticExportUnavailable as err:
+            _note_static_off(str(err))
+        else:
+            for fmt, data in images.items():
+                out = path.with_suffix(f".{fmt}")
+                atomic_write(out, lambda tmp, data=data: Path(tmp).write_bytes(data))
+    return html
+
+
+write_html = write_figure  # the analyses' name for it
 
 
 def result_folder(analysis: str, model: str, quick: bool = False) -> Path:

@@ -5,9 +5,11 @@
 
 What ``jupyter nbconvert --execute --inplace`` does, without needing nbconvert (nbclient is
 a dependency already). Figures are kept as plotly JSON plus HTML that loads plotly.js from
-its CDN: a few kB per figure instead of 4 MB of inlined JavaScript. The notebooks reuse the
-analyses' own result folders, so running the CLI first and the notebook after costs only
-the figure.
+its CDN: a few kB per figure instead of 4 MB of inlined JavaScript; and, where static export
+is available (``pip install -e ".[figures]"`` and a Chrome/Chromium), a 900 px PNG of each
+(:mod:`static_images`), drawn once the notebook has run, so viewers without JavaScript show
+the figure. The notebooks reuse the analyses' own result folders, so running the CLI first
+and the notebook after costs only the figure.
 """
 
 from __future__ import annotations
@@ -21,13 +23,24 @@ import nbformat
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[1:1] = [str(ROOT / "notebooks"), str(ROOT)]  # static_images and `analyses` from this checkout
 
 
 def execute(path: Path, timeout_s: int = 7200) -> float:
-    """Run every cell of ``path`` (from the repo root) and write it back with outputs; returns seconds."""
+    """Run every cell of ``path`` (from the repo root), add PNGs of its plotly figures where static
+    export is available, and write it back with outputs; returns seconds."""
+    from static_images import add_static_images
+
+    from analyses._io import StaticExportUnavailable
+
     book = nbformat.read(path, as_version=4)
     start = time.perf_counter()
     NotebookClient(book, timeout=timeout_s, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    try:
+        add_static_images(book)
+    except StaticExportUnavailable as err:
+        print(f"note: {path.name} keeps its figures without PNGs ({str(err).split('. ')[0]}); "
+              'for static images: pip install -e ".[figures]" and apt-get install chromium', flush=True)
     nbformat.write(book, path)
     return time.perf_counter() - start
 
