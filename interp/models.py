@@ -10,6 +10,8 @@ Specs:
   randomly initialised from ``SEED`` (default 0) in code, with the embedded model's
   tokenizer and chat template. The weights depend only on the seed (and torch version).
 * any Hugging Face model id or local folder: the usual ``from_pretrained`` path.
+* a path to a ``.gguf`` file (llama.cpp's format): de-quantised to float32 in memory by
+  ``transformers`` (no cache), with the tokenizer and chat template the file holds.
 
 The bridge is booted *without* compatibility mode, so the weights are the raw Hugging
 Face weights (no folded norms, no centring): adapters decompose those.
@@ -86,7 +88,43 @@ def _load_hf(spec: str, dtype: torch.dtype):
         return _load_embedded(dtype)
     if spec == TINY_PREFIX or spec.startswith(TINY_PREFIX + ":"):
         return _build_tiny(spec, dtype)
+    if spec.lower().endswith(".gguf"):
+        return _load_gguf_file(spec, dtype)
     return _load_pretrained(spec, dtype)
+
+
+def gguf_source(spec: str) -> Path | None:
+    """The GGUF file that ``spec``'s weights come from (the embedded default or a ``.gguf`` path), else None.
+
+    A GGUF export starts from this file: it keeps its metadata and tokenizer.
+    """
+    spec = spec.strip()
+    if spec == DEFAULT_MODEL:
+        return _embedded_gguf()
+    if spec.lower().endswith(".gguf"):
+        return Path(spec).expanduser()
+    return None
+
+
+def _load_gguf_file(spec: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file {path} not found; pass the path of an existing .gguf file. Valid specs: {SPECS_HELP}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelLoadError(f"transformers cannot load the GGUF file {path} ({err}); check that it is a complete "
+                             "GGUF file of an architecture transformers reads from GGUF (llama, qwen2, qwen3, ...)") from err
+    # A GGUF-loaded model carries a quantization config that refuses save_pretrained; drop it.
+    config = copy.deepcopy(hf.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(hf.state_dict())
+    return plain.to(dtype), tokenizer, str(path)
 
 
 def _boot(boot_name: str, hf_model: nn.Module, tokenizer, dtype: torch.dtype, device):

@@ -7,7 +7,7 @@ import importlib
 import pytest
 import torch
 
-ENTRY_POINTS = ("interp.train", "interp.evaluate", "interp.generate", "interp.export", "analyses.layer_sweep",
+ENTRY_POINTS = ("interp.train", "interp.evaluate", "interp.generate", "interp.cli.export", "analyses.layer_sweep",
                 "analyses.compare_methods", "analyses.recipe_search", "analyses.space_compare", "analyses.suppression",
                 "analyses.rotation_norms")
 SHARED = ("--model", "--device", "--dtype", "--out", "--no-progress")
@@ -28,14 +28,14 @@ def test_every_command_lists_the_shared_options(module, capsys):
     from interp.models import DEFAULT_MODEL
 
     text = _help(module, capsys)
-    wanted = SHARED + (() if module == "interp.export" else RUN_SHARED)
+    wanted = SHARED + (() if module == "interp.cli.export" else RUN_SHARED)
     missing = [o for o in wanted if o not in text]
     assert not missing, f"{module} --help lacks {missing}"
     assert "--limit" not in text and "--n-test" not in text and "--depths" not in text  # one name each: --n-eval, --layers
-    if module != "interp.export":  # export's default model is the adapter's own
+    if module != "interp.cli.export":  # export's default model is the adapter's own
         mod = importlib.import_module(module)
         parse = getattr(mod, "parse_args", None)
-        if parse is not None and module not in ("interp.generate", "interp.export"):
+        if parse is not None and module not in ("interp.generate", "interp.cli.export"):
             import argparse
 
             parsed = parse([])
