@@ -149,7 +149,8 @@ def items_path(path_or_concept: str | Path) -> Path:
     measure = raw.get("measure") if isinstance(raw, dict) else None
     if measure is None:
         return path  # an items file itself
-    if not isinstance(measure, dict) or measure.get("kind") != "continuations" or "file" not in measure:
+    if (not isinstance(measure, dict) or measure.get("kind") != "continuations"
+            or not isinstance(measure.get("file"), str) or not measure["file"].strip()):
         raise ValueError(f"{path}: 'measure' must be {{'kind': 'continuations', 'file': '<items>.json'}}, got {measure!r}")
     target = path.parent / measure["file"]
     if not target.is_file():
@@ -163,11 +164,21 @@ def load_items(path_or_concept: str | Path) -> ContinuationItems:
     return ContinuationItems(validate_items(_read_json(path), str(path)), str(path))
 
 
+ITEMS_LAYOUT = "{'items': [{" + ", ".join(ITEM_KEYS) + "}, ...]} (or a concept json naming one under 'measure')"
+
+
 def _read_json(path: Path) -> object:
+    """A json file's content; ``ValueError`` naming the file (not UTF-8, not json) and the items layout."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); expected a UTF-8 json file "
+                         f"holding {ITEMS_LAYOUT}") from err
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid json ({err})") from err
+        raise ValueError(f"{path}: not valid json (line {err.lineno}, column {err.colno}: {err.msg}); "
+                         f"expected {ITEMS_LAYOUT}") from err
 
 
 def split_items(

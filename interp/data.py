@@ -99,6 +99,31 @@ def available_concepts() -> list[str]:
     return sorted(p.stem for p in concepts_dir().glob("*.json") if '"templates"' in p.read_text(encoding="utf-8"))
 
 
+CONCEPT_LAYOUT = ("{'concept': ..., 'templates': [{'text': '... {} ...', 'chosen': [...], 'rejected': [...]}], "
+                  "'description': ... (optional)}")
+
+
+def read_json_file(path: str | Path, expected: str) -> object:
+    """A UTF-8 JSON file's content; ``ValueError`` naming the file and ``expected`` (what it should hold).
+
+    Bare ``JSONDecodeError`` / ``UnicodeDecodeError`` name a line and a byte, not the file: this
+    says which file, where, and what it should contain. The original error is chained.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); expected a UTF-8 JSON file "
+                         f"holding {expected}") from err
+    except OSError as err:
+        raise ValueError(f"cannot read {path} ({err.strerror or err}); expected a JSON file holding {expected}") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+                         f"expected {expected}") from err
+
+
 def _word_list(words, path: Path) -> tuple[str, ...]:
     # tuple("agreeable") would split a string into letters: a list is required
     if not isinstance(words, list):
@@ -113,20 +138,25 @@ def load_concept(concept: str | Path = DEFAULT_CONCEPT) -> Concept:
         path = concepts_dir() / f"{concept}.json"
     if not path.is_file():
         raise ValueError(f"unknown concept {str(concept)!r}; shipped concepts: {available_concepts()} (or pass a .json path)")
-    raw = json.loads(path.read_text())
+    raw = read_json_file(path, f"a concept: {CONCEPT_LAYOUT}")
+    if not isinstance(raw, dict) or "templates" not in raw:
+        got = f"keys {sorted(raw)}" if isinstance(raw, dict) else f"a JSON {type(raw).__name__}"
+        raise ValueError(f"{path}: expected a concept object with a 'templates' list, got {got}; layout: {CONCEPT_LAYOUT}")
     try:
         templates = tuple(
             Template(t["text"], _word_list(t["chosen"], path), _word_list(t["rejected"], path)) for t in raw["templates"]
         )
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise ValueError(f"{path}: {err}") from err
     except (KeyError, TypeError) as err:
-        raise ValueError(
-            f"{path}: expected {{'concept': ..., 'templates': [{{'text': '... {{}} ...', 'chosen': [...], 'rejected': [...]}}]}} ({err})"
-        ) from err
+        missing = f"a template lacks key {err}" if isinstance(err, KeyError) else f"wrong type ({err})"
+        raise ValueError(f"{path}: {missing}; expected {CONCEPT_LAYOUT}") from err
     if not templates:
-        raise ValueError(f"{path} has no templates")
-    return Concept(name=raw.get("concept", path.stem), templates=templates, description=raw.get("description", ""))
+        raise ValueError(f"{path} has no templates; expected {CONCEPT_LAYOUT}")
+    name, description = raw.get("concept", path.stem), raw.get("description", "")
+    if not isinstance(name, str) or not isinstance(description, str):
+        raise ValueError(f"{path}: 'concept' and 'description' must be strings, got {name!r} and {description!r}")
+    return Concept(name=name, templates=templates, description=description)
 
 
 def read_suffixes(path: str | Path | None = None) -> list[str]:
@@ -138,8 +168,13 @@ def read_suffixes(path: str | Path | None = None) -> list[str]:
     path = concepts_dir() / "suffixes.txt" if path is None else Path(path)
     if not path.is_file():
         raise ValueError(f"suffix file {str(path)!r} not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"suffix file {path} is not UTF-8 text (byte {err.start}: {err.reason}); expected UTF-8 text, "
+                         "one suffix per line") from err
     seen: dict[str, None] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             seen.setdefault(line, None)

@@ -137,53 +137,69 @@ def find_dilemmas_dir(path: str | Path | None = None) -> Path | None:
     return None
 
 
-def _parse_values(text: str, row: int) -> tuple[str, ...]:
+def _parse_values(text: str, row: int, file: str = ACTIONS_FILE) -> tuple[str, ...]:
     try:
         values = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise DilemmasError(f"row {row}: values_aggregated is not a Python list literal: {str(text)[:80]!r}") from None
+    except (ValueError, SyntaxError) as err:
+        raise DilemmasError(f"{file}: row {row}: values_aggregated is not a Python list literal: {str(text)[:80]!r}") from err
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise DilemmasError(f"row {row}: values_aggregated must be a list of strings, got {str(text)[:80]!r}")
+        raise DilemmasError(f"{file}: row {row}: values_aggregated must be a list of strings, got {str(text)[:80]!r}")
     return tuple(dict.fromkeys(v.strip().lower() for v in values))  # de-duplicate, keep order
 
 
-def parse_dilemmas(actions: pd.DataFrame, values: pd.DataFrame) -> Dilemmas:
-    """Validate the two tables and fold the action rows into one row per dilemma."""
+def parse_dilemmas(actions: pd.DataFrame, values: pd.DataFrame, *,
+                   files: dict[str, str | Path] | None = None) -> Dilemmas:
+    """Validate the two tables and fold the action rows into one row per dilemma.
+
+    ``files`` (file name -> path read) lets errors name the file on disk; rows are counted
+    from 0 after the header, as pandas counts them.
+    """
+    files = files or {}
+    actions_file, values_file = (str(files.get(name, name)) for name in (ACTIONS_FILE, VALUES_FILE))
     missing = [c for c in _COLUMNS if c not in actions.columns]
     if missing:
-        raise DilemmasError(f"{ACTIONS_FILE} lacks columns {missing}; found {list(actions.columns)}")
+        raise DilemmasError(f"{actions_file} lacks columns {missing}; found {list(actions.columns)}")
     missing = [c for c in ("value", *THEORIES) if c not in values.columns]
     if missing:
-        raise DilemmasError(f"{VALUES_FILE} lacks columns {missing}; found {list(values.columns)}")
+        raise DilemmasError(f"{values_file} lacks columns {missing}; found {list(values.columns)}")
     taxonomy = values.assign(value=values["value"].str.strip().str.lower()).set_index("value")[list(THEORIES)]
     taxonomy = taxonomy.replace("", np.nan)
     # Plain lists, not DataFrame slices per pair: 1,360 .iloc slices took ~2 s.
     ids, types, acts, vals, sits = (actions[c].tolist() for c in ("dilemma_idx", "action_type", "action",
                                                                   "values_aggregated", "dilemma_situation"))
+    if len(actions):  # a file cut mid-line ends in a row whose last fields are empty
+        last = actions.iloc[-1]
+        empty = [c for c in _COLUMNS if pd.isna(last[c]) or str(last[c]).strip() == ""]
+        if empty:
+            raise DilemmasError(f"{actions_file}: row {len(actions) - 1} (the last) has empty {empty}: the file looks "
+                                "cut short mid-line; restore it from the DailyDilemmas release")
     rows = []
     for i in range(0, len(actions), 2):
         if i + 1 >= len(actions) or types[i : i + 2] != ["to_do", "not_to_do"] or ids[i] != ids[i + 1]:
-            raise DilemmasError(f"rows {i}-{i + 1}: expected a to_do then a not_to_do row of one dilemma, got "
-                                f"{types[i : i + 2]} for ids {ids[i : i + 2]}")
-        todo, nottodo = (_parse_values(vals[i + k], i + k) for k in (0, 1))
+            # the last rows of a file cut mid-line come out short (empty fields) or unpaired
+            cut = (" (the file ends here: is it cut short mid-line? restore it from the DailyDilemmas release)"
+                   if i + 2 >= len(actions) else "")
+            raise DilemmasError(f"{actions_file}: rows {i}-{i + 1}: expected a to_do then a not_to_do row of one "
+                                f"dilemma, got {types[i : i + 2]} for ids {ids[i : i + 2]}{cut}")
+        todo, nottodo = (_parse_values(vals[i + k], i + k, actions_file) for k in (0, 1))
         unknown = [v for v in todo + nottodo if v not in taxonomy.index]
         if unknown:
-            raise DilemmasError(f"rows {i}-{i + 1}: values not in {VALUES_FILE}: {unknown}")
+            raise DilemmasError(f"{actions_file}: rows {i}-{i + 1}: values not in {values_file}: {unknown}")
         situation = str(sits[i]).strip()
         if situation.endswith('?">'):  # dilemma 23534
             situation = situation[:-2]
         if not situation:
-            raise DilemmasError(f"row {i}: empty dilemma_situation")
+            raise DilemmasError(f"{actions_file}: row {i}: empty dilemma_situation")
         try:
             dilemma_id = int(ids[i])
-        except (TypeError, ValueError):
-            raise DilemmasError(f"row {i}: dilemma_idx {ids[i]!r} is not an integer") from None
+        except (TypeError, ValueError) as err:
+            raise DilemmasError(f"{actions_file}: row {i}: dilemma_idx {ids[i]!r} is not an integer") from err
         rows.append({"id": dilemma_id, "situation": situation,
                      "action_to_do": str(acts[i]).strip(), "action_not_to_do": str(acts[i + 1]).strip(),
                      "values_to_do": todo, "values_not_to_do": nottodo})
     frame = pd.DataFrame(rows)
     if frame["id"].duplicated().any():
-        raise DilemmasError(f"duplicate dilemma ids: {frame['id'][frame['id'].duplicated()].tolist()[:5]}")
+        raise DilemmasError(f"{actions_file}: duplicate dilemma ids: {frame['id'][frame['id'].duplicated()].tolist()[:5]}")
     return Dilemmas(frame, taxonomy)
 
 
@@ -199,10 +215,14 @@ def file_sha256(path: str | Path) -> str:
 def _read_csv(file: Path) -> pd.DataFrame:
     try:
         table = pd.read_csv(file, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise DilemmasError(f"{file} is empty; restore it from the DailyDilemmas release") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise DilemmasError(f"cannot parse {file}: {err}") from None
+    except pd.errors.EmptyDataError as err:
+        raise DilemmasError(f"{file} is empty; restore it from the DailyDilemmas release") from err
+    except UnicodeDecodeError as err:
+        raise DilemmasError(f"{file} is not UTF-8 text (byte {err.start}: {err.reason}); expected the DailyDilemmas "
+                            "release's UTF-8 CSV; restore it from the release") from err
+    except pd.errors.ParserError as err:
+        raise DilemmasError(f"cannot parse {file} as CSV ({err}); expected the DailyDilemmas release's file "
+                            "(a quoted field left open at the end means the file is cut short); restore it") from err
     if table.empty:
         raise DilemmasError(f"{file} holds a header but no rows; restore it from the DailyDilemmas release")
     return table
@@ -241,20 +261,29 @@ def load_dilemmas(path: str | Path | None = None, *, subset: bool | None = None)
     files = {name: folder / name for name in (ACTIONS_FILE, VALUES_FILE)}
     for name, file in files.items():
         if not file.is_file():
-            raise DilemmasError(f"{folder} lacks {name}")
+            raise DilemmasError(f"DailyDilemmas folder {folder} lacks {name}; expected {ACTIONS_FILE} and {VALUES_FILE} "
+                                "from the DailyDilemmas release")
     tables = {name: _read_csv(file) for name, file in files.items()}
-    dilemmas = parse_dilemmas(tables[ACTIONS_FILE], tables[VALUES_FILE])
+    dilemmas = parse_dilemmas(tables[ACTIONS_FILE], tables[VALUES_FILE], files=files)
     dilemmas = Dilemmas(dilemmas.frame, dilemmas.taxonomy, check_published(files, tables, subset=subset))
     if (folder / INTACT_FILE).is_file():
-        dilemmas = repair_situations(dilemmas, _read_csv(folder / INTACT_FILE))
+        dilemmas = repair_situations(dilemmas, _read_csv(folder / INTACT_FILE), file=folder / INTACT_FILE)
     return dilemmas
 
 
-def repair_situations(dilemmas: Dilemmas, intact: pd.DataFrame) -> Dilemmas:
-    """Replace situations holding U+FFFD by ``intact``'s text for the same id (``idx``, ``dilemma_situation``)."""
+def repair_situations(dilemmas: Dilemmas, intact: pd.DataFrame, *, file: str | Path = INTACT_FILE) -> Dilemmas:
+    """Replace situations holding U+FFFD by ``intact``'s text for the same id (``idx``, ``dilemma_situation``).
+
+    ``file`` names ``intact``'s file in errors.
+    """
     if not {"idx", "dilemma_situation"} <= set(intact.columns):
-        raise DilemmasError(f"{INTACT_FILE} lacks columns idx / dilemma_situation; found {list(intact.columns)}")
-    good = dict(zip(intact["idx"].astype(int), intact["dilemma_situation"].astype(str).str.strip()))
+        raise DilemmasError(f"{file} lacks columns idx / dilemma_situation; found {list(intact.columns)}")
+    try:
+        ids = intact["idx"].astype(int)
+    except (TypeError, ValueError) as err:
+        raise DilemmasError(f"{file}: column idx must hold integers ({err}); is the file cut short? "
+                            "restore it from the DailyDilemmas release, or remove it (it only repairs six situations)") from err
+    good = dict(zip(ids, intact["dilemma_situation"].astype(str).str.strip()))
     frame = dilemmas.frame.copy()
     damaged = frame["situation"].str.contains("\ufffd")
     frame.loc[damaged, "situation"] = [good.get(i, s) for i, s in zip(frame.loc[damaged, "id"], frame.loc[damaged, "situation"])]

@@ -22,8 +22,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -115,7 +117,7 @@ def _load_gguf_file(spec: str, dtype: torch.dtype):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, struct.error, EOFError) as err:  # struct.error: metadata cut short
         raise ModelLoadError(f"transformers cannot load the GGUF file {path} ({err}); check that it is a complete "
                              "GGUF file of an architecture transformers reads from GGUF (llama, qwen2, qwen3, ...)") from err
     # A GGUF-loaded model carries a quantization config that refuses save_pretrained; drop it.
@@ -250,13 +252,88 @@ def _build_tiny(spec: str, dtype: torch.dtype):
     return hf_model.to(dtype), tokenizer, TINY_BOOT_NAME
 
 
+MODEL_FOLDER = "a Hugging Face model folder (config.json, tokenizer files such as tokenizer.json, *.safetensors weights)"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
+_PATH_SUFFIXES = (".safetensors", ".bin", ".json", ".pt", ".pth", ".gguf", ".ckpt")
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A spec a user meant as a file or folder (a hub id is ``name`` or ``org/name``)."""
+    return (spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or "\\" in spec
+            or Path(spec).suffix.lower() in _PATH_SUFFIXES)
+
+
+def _check_safetensors(file: Path) -> None:
+    """Refuse a truncated or damaged safetensors file by its header alone (8-byte length, json, data size).
+
+    safetensors' own ``SafetensorError: invalid header length`` names neither the file nor the cause.
+    """
+    size = file.stat().st_size
+    said = f"{file} is not a complete safetensors file"
+    with open(file, "rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise ModelLoadError(f"{said} ({size} bytes, header says {max(n, 0)} bytes of metadata); "
+                                 "it is cut short or not safetensors: re-download or re-save the model")
+        try:
+            header = json.loads(fh.read(n))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError) as err:
+            raise ModelLoadError(f"{said} (its header is not safetensors json: {err}); re-download or re-save the model") from err
+    if 8 + n + end != size:
+        raise ModelLoadError(f"{said}: its header promises {8 + n + end} bytes, the file has {size} (cut short?); "
+                             "re-download or re-save the model")
+
+
+def _check_local_model(spec: str) -> Path | None:
+    """The local model folder ``spec`` names, checked; ``None`` for a spec that reads as a hub id.
+
+    ``ModelLoadError`` names the path and what was expected: a file where a folder belongs,
+    a missing path, no or broken config.json, no tokenizer files, no or truncated weights.
+    """
+    path = Path(spec).expanduser()
+    if path.is_file():
+        parent = f"; did you mean its folder {str(path.parent)!r}?" if (path.parent / "config.json").is_file() else ""
+        raise ModelLoadError(f"model spec {spec!r} is a file, not a model: expected {MODEL_FOLDER}, a .gguf file, "
+                             f"or one of {SPECS_HELP}{parent}")
+    if not path.is_dir():
+        if _looks_like_path(spec):
+            raise ModelLoadError(f"model spec {spec!r}: no such file or folder; expected {MODEL_FOLDER} or a .gguf file")
+        return None
+    names = sorted(p.name for p in path.iterdir())
+    found = f"found {names[:12]}{' ...' if len(names) > 12 else ''}"
+    config = path / "config.json"
+    if not config.is_file():
+        raise ModelLoadError(f"model folder {path} has no config.json ({found}); expected {MODEL_FOLDER}")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{config} is not valid UTF-8 JSON ({err}); expected the model's Hugging Face config") from err
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(f"model folder {path} has no tokenizer file ({found}); expected one of {list(TOKENIZER_FILES)} "
+                             "beside config.json (save the tokenizer with tokenizer.save_pretrained(folder))")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights and not any(path.glob("pytorch_model*.bin")):
+        raise ModelLoadError(f"model folder {path} has no weights ({found}); expected *.safetensors (or pytorch_model*.bin)")
+    for file in weights:
+        _check_safetensors(file)
+    return path
+
+
 def _load_pretrained(spec: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    folder = _check_local_model(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec)
         hf_model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype)
-    except (OSError, ValueError) as err:
+    except Exception as err:
+        if folder is not None:  # a local folder's loaders raise many types (SafetensorError, ...): name the folder
+            raise ModelLoadError(f"cannot load the model folder {folder} ({type(err).__name__}: {err}); "
+                                 f"expected {MODEL_FOLDER}") from err
+        if not isinstance(err, (OSError, ValueError)):
+            raise
         raise ModelLoadError(
             f"cannot load {spec!r} as a Hugging Face model id or local folder ({err}). "
             f"Valid specs: {SPECS_HELP}. A hub id needs network access or a filled HF cache."

@@ -5,18 +5,37 @@ names it: ``blocks.14.mlp.out`` (the MLP down-projection of block 14), ``blocks.
 Its hook points are ``<name>.hook_in`` / ``<name>.hook_out`` on the bridge; its weight is
 the raw Hugging Face ``nn.Linear`` the bridge wraps (``weight`` is [out, in]).
 
-Select sites with :func:`select_sites`::
+Select sites with :func:`select_sites`. On the 4-layer ``tiny-random`` model (layers 0..3):
 
-    select_sites(model, layers=0.5, modules=["mlp.out"])      # depth fraction
-    select_sites(model, layers=[10, 14], modules=["attn.o", "mlp.out"])
-    select_sites(model, regex=r"blocks\\.(1|2)\\.attn\\.o")
-    select_sites(model, spec="layers=0.3,0.5;modules=mlp.out")  # the CLI form
+>>> names = lambda sites: [s.name for s in sites]
+>>> names(select_sites(model))                       # the default: depth 0.5, the MLP output
+['blocks.2.mlp.out']
+>>> names(select_sites(model, layers=[1, -1], modules=["attn.o", "mlp.out"]))
+['blocks.1.attn.o', 'blocks.1.mlp.out', 'blocks.3.attn.o', 'blocks.3.mlp.out']
+>>> names(select_sites(model, regex=r"blocks\\.(1|2)\\.mlp\\.out"))   # a regex alone: over every site
+['blocks.1.mlp.out', 'blocks.2.mlp.out']
+>>> names(select_sites(model, layers="0:1", regex=r".*\\.mlp\\.(in|out)"))  # regex and layers: both hold
+['blocks.0.mlp.in', 'blocks.0.mlp.out', 'blocks.1.mlp.in', 'blocks.1.mlp.out']
+>>> names(select_sites(model, spec="layers=0.0,1.0;modules=mlp.in"))  # the CLI form
+['blocks.0.mlp.in', 'blocks.3.mlp.in']
 
-A depth fraction f in [0, 1] maps to layer ``round(f * (n_layers - 1))``.
+The rule: ``layers`` and ``modules`` left out default to depth 0.5 and ``mlp.out``, but only
+when no regex is given. A regex alone is matched (``re.fullmatch``) against every site of
+the model; ``layers`` or ``modules`` given beside it narrow the candidates, so the result is
+the intersection (each criterion given must hold). ``layers=None`` is every layer. Parts of
+a ``spec`` string count as the keyword arguments of the same name.
+
+A depth fraction f in [0, 1] maps to layer ``round(f * (n_layers - 1))``:
+
+>>> depth_to_layer(0.5, 30), parse_layers("0.1:0.2,-1", 30)
+(14, [3, 4, 5, 6, 29])
+
+``tests/test_sites.py`` runs these examples (``doctest.testmod``, ``model`` = ``tiny-random``).
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +43,22 @@ from dataclasses import dataclass
 from torch import nn
 
 LINEAR_MODULES: tuple[str, ...] = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.in", "mlp.out")
+DEFAULT_LAYERS: float = 0.5  # what select_sites picks, without a regex, when layers are left out
+DEFAULT_MODULES: tuple[str, ...] = ("mlp.out",)
+LAYER_FORMS = "layer indices, depth fractions in [0, 1] or bands 'a:b', e.g. '0.5', '10,14', '-1' or '0.1:0.5'"
+LayerSpec = float | int | Sequence[float | int] | str
+
+
+class _Unset(enum.Enum):
+    """Marks an argument left out: a regex alone must not be narrowed by the default layers or modules."""
+
+    UNSET = "unset"
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+_UNSET = _Unset.UNSET
 
 
 @dataclass(frozen=True, order=True)
@@ -83,15 +118,18 @@ def depth_spec(fraction: float) -> str:
     return "1.0" if fraction == 1.0 else f"{fraction:g}"
 
 
-def parse_layers(layers: float | int | Sequence[float | int] | str, total: int) -> list[int]:
+def parse_layers(layers: LayerSpec, total: int) -> list[int]:
     """Layers from indices (ints, negative counts from the end) and/or depth fractions (floats).
 
     In a string, ``a:b`` is a band: every layer from ``a`` to ``b`` inclusive, each end an
     index or a depth fraction (``"0.1:0.5"`` on a 30-layer model is layers 3..14), so a
-    band named by depth carries to any model.
+    band named by depth carries to any model. An empty string (``--layers=``) is an error,
+    not "no layers" and not "every layer": it is too easy to pass by accident.
     """
     if isinstance(layers, str):
         parts = layers.replace(",", " ").split()
+        if not parts:
+            raise ValueError(f"empty layer spec {layers!r}: give {LAYER_FORMS} (or layers=None for every layer)")
         layers = []
         for part in parts:
             if ":" in part:
@@ -133,6 +171,28 @@ def _number(text: str) -> float | int:
             raise ValueError(f"bad layer {text!r}: use an int index or a float depth fraction in [0, 1]") from None
 
 
+def check_layer_spec(text: str) -> str:
+    """A layer spec string checked for form without a model (the CLI's ``--layers`` type); returned stripped.
+
+    Catches what can be caught before a model is loaded: an empty spec, words that are not
+    numbers, fractions outside [0, 1] and malformed bands; indices beyond the model's layers
+    are caught by :func:`parse_layers` once the model is known. The ``ValueError`` says the
+    valid forms; argparse prefixes it with the option's name.
+    """
+    parts = text.replace(",", " ").split()
+    if not parts:
+        raise ValueError(f"empty layer spec {text!r}; give {LAYER_FORMS}, or leave the option out for its default")
+    for part in parts:
+        ends = part.split(":")
+        if len(ends) > 2 or any(not e for e in ends):
+            raise ValueError(f"bad layer band {part!r}: write 'start:end', e.g. '0.1:0.5' or '3:14'")
+        for end in ends:
+            value = _number(end)
+            if isinstance(value, float) and not 0.0 <= value <= 1.0:
+                raise ValueError(f"depth fraction {end!r} must lie in [0, 1]; give {LAYER_FORMS}")
+    return text.strip()
+
+
 def parse_spec(spec: str) -> dict:
     """``"layers=0.5;modules=mlp.out,attn.o"`` or ``"regex=..."`` -> keyword arguments."""
     out: dict = {}
@@ -141,6 +201,8 @@ def parse_spec(spec: str) -> dict:
         key = key.strip()
         if not sep or key not in ("layers", "modules", "regex"):
             raise ValueError(f"bad site spec part {part!r}; use 'layers=...', 'modules=...' or 'regex=...' joined by ';'")
+        if not value.strip():
+            raise ValueError(f"site spec part {part!r} is empty; give a value, or leave the part out")
         if key == "modules":
             out[key] = [m.strip() for m in value.split(",") if m.strip()]
         else:
@@ -149,39 +211,69 @@ def parse_spec(spec: str) -> dict:
 
 
 def all_sites(model) -> list[Site]:
+    """Every site of the model: each layer x each of :data:`LINEAR_MODULES`."""
     return [Site(layer, module) for layer in range(n_layers(model)) for module in LINEAR_MODULES]
 
 
 def select_sites(
     model,
-    layers: float | int | Sequence[float | int] | str | None = 0.5,
-    modules: Sequence[str] = ("mlp.out",),
+    layers: LayerSpec | None | _Unset = _UNSET,
+    modules: Sequence[str] | str | _Unset = _UNSET,
     regex: str | None = None,
     *,
     spec: str | None = None,
 ) -> list[Site]:
-    """Sites by layers (indices or depth fractions) x modules, optionally filtered by a regex.
+    """The sites that every given criterion selects, in (layer, module) order.
 
-    ``layers=None`` means every layer. Raises ``ValueError`` listing the valid choices.
+    * no regex: ``layers`` x ``modules``; left out, they default to :data:`DEFAULT_LAYERS`
+      (depth 0.5) and :data:`DEFAULT_MODULES` (``mlp.out``);
+    * a regex: the sites whose name the regex matches in full (``re.fullmatch``), among
+      ``layers`` x ``modules`` where given, else among every layer and every module: a regex
+      alone searches the whole model, and each of ``layers`` / ``modules`` given beside it
+      narrows the search (the intersection).
+
+    ``layers=None`` is every layer. ``spec`` (``"layers=0.5;modules=mlp.out"``, the CLI form)
+    sets the keyword arguments its parts name. Raises ``ValueError`` naming the bad input and
+    the valid choices, also when the selection is empty.
     """
     if spec is not None:
         parsed = parse_spec(spec)
-        layers = parsed.get("layers", layers if "regex" not in parsed else None)
+        layers = parsed.get("layers", layers)
         modules = parsed.get("modules", modules)
         regex = parsed.get("regex", regex)
+    if regex is None:
+        layers = DEFAULT_LAYERS if layers is _UNSET else layers
+        modules = DEFAULT_MODULES if modules is _UNSET else modules
+    else:
+        layers = None if layers is _UNSET else layers
+        modules = LINEAR_MODULES if modules is _UNSET else modules
     if isinstance(modules, str):
         modules = [modules]
+    if not modules:
+        raise ValueError(f"modules is empty; give one or more of {list(LINEAR_MODULES)}")
     unknown = [m for m in modules if m not in LINEAR_MODULES]
     if unknown:
         raise ValueError(f"unknown module(s) {unknown}; valid modules: {list(LINEAR_MODULES)}")
     total = n_layers(model)
-    chosen = range(total) if layers is None else parse_layers(layers, total)
+    chosen = list(range(total)) if layers is None else parse_layers(layers, total)
     sites = [Site(layer, module) for layer in chosen for module in modules]
+    if not sites:
+        raise ValueError(f"layers {layers!r} select no layer; give {LAYER_FORMS}, or layers=None for every layer")
     if regex is not None:
-        pattern = re.compile(regex)
-        sites = [s for s in (all_sites(model) if layers is None else sites) if pattern.fullmatch(s.name)]
-        if not sites:
-            raise ValueError(f"regex {regex!r} matches no site; site names look like 'blocks.0.mlp.out' (layers 0..{total - 1})")
+        try:
+            pattern = re.compile(regex)
+        except re.error as err:
+            raise ValueError(f"regex {regex!r} is not a valid regular expression ({err})") from err
+        matched = [s for s in sites if pattern.fullmatch(s.name)]
+        if not matched:
+            anywhere = [s.name for s in all_sites(model) if pattern.fullmatch(s.name)]
+            among = f"among layers {chosen} x modules {list(modules)}" if len(sites) < total * len(LINEAR_MODULES) else ""
+            if anywhere and among:
+                raise ValueError(f"regex {regex!r} matches no site {among} (it matches {anywhere[:4]} outside them); "
+                                 "a regex beside layers or modules selects the sites all of them allow")
+            raise ValueError(f"regex {regex!r} matches no site; it must match a whole site name such as "
+                             f"'blocks.0.mlp.out' (layers 0..{total - 1}, modules {list(LINEAR_MODULES)})")
+        sites = matched
     for site in sites:
         linear_of(model, site)  # fail now, not at attach time, if the model lacks it
     return sites

@@ -84,3 +84,59 @@ def test_depth_spec_reads_back_as_a_depth():
     assert depth_spec(0.0) == "0" and parse_layers(f"{depth_spec(0.0)}:{depth_spec(0.3)}", 30) == list(range(0, 10))
     with pytest.raises(ValueError, match="depth fraction"):
         depth_spec(1.5)
+
+
+def test_module_examples_run_as_doctests(tiny):
+    import doctest
+
+    import interp.sites
+
+    result = doctest.testmod(interp.sites, extraglobs={"model": tiny}, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 6 and result.failed == 0
+
+
+def names(sites: list[Site]) -> list[str]:
+    return [s.name for s in sites]
+
+
+def test_a_regex_alone_searches_every_layer_and_module(tiny):
+    # not narrowed by the default depth 0.5 (which is layer 2 only)
+    assert names(select_sites(tiny, regex=r"blocks\.(1|2)\.mlp\.out")) == ["blocks.1.mlp.out", "blocks.2.mlp.out"]
+    assert names(select_sites(tiny, regex=r".*\.attn\.o")) == [f"blocks.{i}.attn.o" for i in range(4)]
+    assert select_sites(tiny, spec=r"regex=blocks\.3\..*") == [Site(3, m) for m in LINEAR_MODULES]
+    # without a regex the defaults hold: depth 0.5 x mlp.out
+    assert select_sites(tiny) == [Site(2, "mlp.out")]
+
+
+def test_a_regex_beside_layers_or_modules_is_the_intersection(tiny):
+    assert select_sites(tiny, layers=[1, 3], regex=r".*\.mlp\.(in|out)") == [
+        Site(1, "mlp.in"), Site(1, "mlp.out"), Site(3, "mlp.in"), Site(3, "mlp.out")]
+    assert select_sites(tiny, modules=["attn.o"], regex=r"blocks\.[02]\..*") == [Site(0, "attn.o"), Site(2, "attn.o")]
+    assert select_sites(tiny, spec=r"layers=1;regex=.*\.attn\.[qk]") == [Site(1, "attn.q"), Site(1, "attn.k")]
+    # the regex matches, but not where layers allow: the error says so
+    with pytest.raises(ValueError, match=r"matches no site among layers \[0\].*outside them"):
+        select_sites(tiny, layers=[0], regex=r"blocks\.1\.mlp\.out")
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        select_sites(tiny, regex="blocks.(")
+
+
+@pytest.mark.parametrize("kwargs", [{"layers": ""}, {"layers": " , "}, {"spec": "layers=;modules=mlp.out"},
+                                    {"spec": "regex="}])
+def test_an_empty_layer_spec_or_spec_part_is_an_error(tiny, kwargs):
+    with pytest.raises(ValueError, match="empty") as err:
+        select_sites(tiny, **kwargs)
+    assert "layers=" in str(err.value) or "e.g. '0.5'" in str(err.value) or "regex=" in str(err.value)
+
+
+def test_an_empty_module_list_is_an_error(tiny):
+    with pytest.raises(ValueError, match="modules is empty"):
+        select_sites(tiny, modules=[])
+
+
+def test_check_layer_spec_catches_what_it_can_without_a_model():
+    from interp.sites import check_layer_spec
+
+    assert check_layer_spec(" 0.1:0.5,14 ") == "0.1:0.5,14"
+    for bad, says in (("", "empty layer spec"), ("a", "bad layer 'a'"), ("1.5", "depth fraction"), ("3:", "band")):
+        with pytest.raises(ValueError, match=says):
+            check_layer_spec(bad)

@@ -75,7 +75,7 @@ def add_shared_args(p: argparse.ArgumentParser, *, out: str, seed: str = "seed o
     if n_eval:
         p.add_argument("--n-eval", type=positive_int, default=None, help=n_eval)
     if layers:
-        p.add_argument("--layers", default=None, help=layers)
+        p.add_argument("--layers", type=layer_spec, default=None, help=layers)
 
 
 def model_from_args(args: argparse.Namespace):
@@ -89,6 +89,16 @@ def model_from_args(args: argparse.Namespace):
             check_remote()
         return load_nnsight(args.model, dtype=DTYPES[args.dtype], device=args.device, remote=args.remote)
     return load_model(args.model, dtype=DTYPES[args.dtype], device=args.device)
+
+
+def layer_spec(text: str) -> str:
+    """An argparse type: a layer spec (:func:`interp.sites.check_layer_spec`); ``--layers=`` is an error, not a default."""
+    from interp.sites import check_layer_spec
+
+    try:
+        return check_layer_spec(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def positive_int(text: str) -> int:
