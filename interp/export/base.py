@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from interp.adapters.base import AdapterSet, layer_key
-from interp.sites import Site, linear_of
-from interp.store import LOCK_FILE
+from interp.sites import Site
+from interp.backends import linear_of
+from interp.files import LOCK_FILE
 
 # The bridge wraps each Hugging Face module in a component that keeps it under this name.
 _WRAPPED = "._original_component"

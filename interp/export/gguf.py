@@ -110,7 +110,7 @@ def _stored(arr: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     """``arr`` rounded as it is written: 1-D in float32, others in ``dtype`` (as float32 values)."""
     if arr.ndim <= 1 or dtype == torch.float32:
         return arr.astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(dtype).float().numpy()
+    return torch.from_numpy(np.array(arr, dtype=np.float32)).to(dtype).float().numpy()
 
 
 def export_gguf(model, adapter: AdapterSet, coeff: float, out: str | Path, *, dtype: torch.dtype = torch.float32,
@@ -242,9 +242,12 @@ def _read_back(folder: Path, file_name: str):
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
-    verbosity = logging.get_verbosity()
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
+    logging.disable_progress_bar()
     try:
         return AutoModelForCausalLM.from_pretrained(folder, gguf_file=file_name, dtype=torch.float32).eval()
     finally:
         logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
