@@ -1,4 +1,4 @@
-"""What the analyses share: the atomic result writers of :mod:`interp.store` (re-exported),
+"""What the analyses share: the atomic result writers of :mod:`interp.files` (re-exported),
 figures written the same way, and their common CLI bits."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from interp.store import (
+from interp.files import (
     RunLocked,
     atomic_write,
     check_run_config,

@@ -1,8 +1,9 @@
 """Which steering method moves a concept most, at the same coherence cost?
 
 The concept's own measure (:mod:`interp.measures`) judges: de-biased DailyDilemmas
-truthfulness for honesty (the default), the held-out continuation margin for sentiment
-(``--concept sentiment``). ``--recipe`` sets the InnerPiSSA recipe (training settings, as
+truthfulness for honesty (the default; ``--measure facts`` for factual honesty: true over false
+completions of simple facts, with the token bias and the share of facts flipped beside it), the
+held-out continuation margin for sentiment (``--concept sentiment``). ``--recipe`` sets the InnerPiSSA recipe (training settings, as
 in :mod:`analyses.recipe_search`) for every trained method; steering vectors are fitted at
 the recipe's layers. The floor check of the base model on the test split heads the table.
 
@@ -31,7 +32,6 @@ method and budget (the effect-vs-coherence frontier) with the budget lines.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -42,20 +42,17 @@ import pandas as pd
 import xarray as xr
 from tqdm.auto import tqdm
 
-from analyses._io import load_dataset, load_or_compute, resumable_run, write_html, write_netcdf, write_text
-from interp.adapters.innerpissa import ABLATIONS
-from interp.protocol import ProtocolConfig
+from analyses._io import analysis_parser, load_dataset, load_or_compute, resumable_run, write_html, write_netcdf, write_text
+from interp.backends import backend_of
+from interp.cli import QUICK, add_measure_args, fraction, measure_from_args, model_from_args, positive_int
+from interp.floor import floor_line
+from interp.protocol import METHODS, NO_BUDGET, TRAINED, MethodSpec, run_method
 from interp.calibrate import BUDGET_KINDS
 from interp.tables import METRIC_KEYS, shown
 from interp.provenance import provenance
 from interp.models import DEFAULT_MODEL
-from interp.train import TrainConfig
+from interp.train import TrainConfig, parse_recipe
 
-# the InnerPiSSA ablations (interp.adapters.innerpissa.ABLATIONS) and the loss-space ablation
-TRAINED: tuple[str, ...] = ("innerpissa", *ABLATIONS, "loss_dHS@U", "lora")
-VECTORS: tuple[str, ...] = ("pca", "mean_diff", "s_mean_diff", "random")
-METHODS: tuple[str, ...] = (*TRAINED, *VECTORS, "prompt")
-NO_BUDGET = "n/a"
 
 
 @dataclass(frozen=True)
@@ -72,13 +69,14 @@ class CompareConfig:
     budget_kind: str = "kl"  # the cost a budget limits: next-token KL ("kl") or the ΔNLL of the prompts' text ("nll")
     steps: int = TrainConfig.steps
     n_pairs: int = TrainConfig.n_pairs
-    n_calibration: int = 64
+    n_calibration: int | None = None  # calibration items of the measure's split (None: the measure's own)
     n_eval: int | None = 200  # items of the scored split (None: all)
     split: str = "test"  # the scored split: "test" for the final table, "validation" while choosing
     seed: int = 0  # the first training / fitting seed
     n_cost_texts: int = 16
     c_max: float = 16.0
-    min_pmass: float = 0.1
+    measure: str | None = None  # which of the concept's measures (None: its default)
+    min_pmass: float | None = None  # DailyDilemmas: None keeps the measure's own
     dilemmas: str | None = None
 
     def __post_init__(self) -> None:
@@ -94,99 +92,32 @@ class CompareConfig:
         if self.budget_kind not in BUDGET_KINDS:
             raise ValueError(f"budget_kind must be one of {sorted(BUDGET_KINDS)}, got {self.budget_kind!r}")
 
-    def eval_config(self, seed: int):
-        from interp.evaluate import EvalConfig
-
-        return EvalConfig(min_pmass=self.min_pmass, seed=seed)
-
-    def train_config(self, method: str, seed: int) -> TrainConfig:
-        from interp.train import parse_recipe
-
+    def train_config(self, seed: int) -> TrainConfig:
+        """The recipe every method is fitted with (a method's own overrides: :class:`interp.protocol.MethodSpec`)."""
         base = replace(TrainConfig(), model=self.model, steps=self.steps, n_pairs=self.n_pairs, concept=self.concept, seed=seed)
         if self.layers is not None:
             base = replace(base, layers=self.layers, loss_layer=None)
-        base = base.with_(**parse_recipe(self.recipe))
-        if method in ABLATIONS:
-            return base.with_(**ABLATIONS[method])
-        if method == "loss_dHS@U":
-            return replace(base, space="dHS@U")
-        return base
-
-
-# --------------------------------------------------------------------------- fitting
-
-
-def fit_method(model, method: str, config: CompareConfig, seed: int, folder: Path, calibration, *, progress: bool = True,
-               measure=None):
-    """A fitted, sign-calibrated steering method (trained ones are saved under ``folder``)."""
-    from interp.measures import prompt_method
-    from interp.protocol import calibrate_method_sign, fit_adapter, fit_vector_method
-
-    train_config = config.train_config(method, seed)
-    if method == "prompt":
-        from interp.baselines import PromptSteering
-
-        m = prompt_method(measure) if measure is not None else PromptSteering()
-    elif method in TRAINED:
-        return fit_adapter(model, train_config, folder, kind="lora" if method == "lora" else "innerpissa",
-                           calibration=calibration, progress=progress, config=config.eval_config(seed), measure=measure)[0]
-    else:
-        m = fit_vector_method(model, method, train_config, seed)
-    calibrate_method_sign(model, m, calibration, seed=seed, config=config.eval_config(seed), measure=measure)
-    return m
+        return base.with_(**parse_recipe(self.recipe))
 
 
 # --------------------------------------------------------------------------- one method
 
 
-def scores_path(folder: Path, budget) -> Path:
-    """Where a method's test scores at one budget are stored (``eval_<budget>.nc``; ``eval_none.nc`` unbudgeted)."""
-    return folder / f"eval_{'none' if budget == NO_BUDGET else budget}.nc"
+def run_one(model, method: str, config: CompareConfig, seed: int, measure, splits: dict, out: Path, *,
+            progress: bool = True, base: xr.Dataset | None = None) -> dict:
+    """One method and seed through the protocol (:func:`interp.protocol.run_method`) into ``<out>/<method>/seed_<s>/``.
 
-
-def run_method(model, method: str, config: CompareConfig, seed: int, splits: dict, out: Path, *, progress: bool = True,
-               base: xr.Dataset | None = None, measure=None) -> dict:
-    """Fit, calibrate (sign, strength per budget) and score one method on the config's split."""
-    from interp.protocol import calibrate_method_strength, score_method, scored_metrics
-
-    folder = out / method / f"seed_{seed}"
-    done = folder / "result.json"
-    if done.is_file():
-        record = json.loads(done.read_text())
-        for row in record["rows"]:  # metrics re-derived from the stored scores (cheap; never stale)
-            row.update(scored_metrics(load_dataset(scores_path(folder, row["budget"])), row["coeff"],
-                                      config.eval_config(seed), measure))
-        return record
-    folder.mkdir(parents=True, exist_ok=True)
-    m = fit_method(model, method, config, seed, folder, splits["calibration"], progress=progress, measure=measure)
-    rows = []
-    try:
-        # prompting has no dose; a trained adapter is also scored at its own c = ±1 (what "+1" means after training)
-        budgets = [NO_BUDGET] if method == "prompt" else ([NO_BUDGET] if method in TRAINED else []) + list(config.budgets)
-        for budget in budgets:
-            if budget == NO_BUDGET:
-                coeff, reached = 1.0, True
-            else:
-                strength = calibrate_method_strength(model, m, splits["calibration"], float(budget), kind=config.budget_kind,
-                                                     n_texts=config.n_cost_texts, c_max=config.c_max, measure=measure)
-                coeff, reached = float(strength), bool(strength.reached)
-            ds, row = score_method(model, m, splits[config.split], coeff=coeff, progress=progress,
-                                   config=config.eval_config(seed), base=base, measure=measure)
-            write_netcdf(ds, scores_path(folder, budget))
-            rows.append({"budget": str(budget), "coeff": coeff, "reached": reached, **row})
-    finally:
-        if hasattr(m, "detach"):
-            m.detach()
-    record = {"method": method, "seed": seed, "split": config.split, "orientation": int(m.orientation),
-              "calibration": getattr(m, "calibration", None), "config": m.config(), "rows": rows}
-    write_text(done, json.dumps(record, indent=2, default=str))
-    return record
+    Trained adapters and prompting are also scored at their own ``c = ±1`` (budget ``n/a``).
+    """
+    return run_method(model, MethodSpec(method, config.train_config(seed)), measure, splits, out / method / f"seed_{seed}",
+                      split=config.split, budgets=config.budgets, budget_kind=config.budget_kind, base=base,
+                      n_cost_texts=config.n_cost_texts, c_max=config.c_max, progress=progress)
 
 
 # --------------------------------------------------------------------------- storing and reporting
 
 
-def compare_dataset(records: Sequence[dict], model, config: CompareConfig) -> xr.Dataset:
+def compare_dataset(records: Sequence[dict], model, config: CompareConfig, measure) -> xr.Dataset:
     """Records -> Dataset with dims ``(method, seed, budget)`` and provenance attrs."""
     methods = [m for m in config.methods if any(r["method"] == m for r in records)]
     seeds = sorted({r["seed"] for r in records})
@@ -202,12 +133,9 @@ def compare_dataset(records: Sequence[dict], model, config: CompareConfig) -> xr
     ds = xr.Dataset({k: (("method", "seed", "budget"), v) for k, v in data.items()},
                     coords={"method": methods, "seed": seeds, "budget": budgets})
     ds["delta_nll"].attrs["units"] = "nats/token"
-    from interp.measures import measure_of
-
-    measure = measure_of(config.concept)
     ds["delta_target"].attrs["units"] = measure.effect_units
-    ds.attrs.update(provenance(model, config=asdict(config), seed=seeds[0] if seeds else None,
-                               split=config.split, target=measure.label,
+    ds.attrs.update(provenance(backend_of(model), config=asdict(config), seed=seeds[0] if seeds else None,
+                               split=config.split, target=measure.label, unit=measure.unit, axis_title=measure.axis_title,
                                budget_cost=f"{BUDGET_KINDS[config.budget_kind]} (nats/token)"))
     return ds
 
@@ -239,7 +167,9 @@ def results_table(ds: xr.Dataset) -> pd.DataFrame:
             specs = {"delta_target_neg": "+.4f", "delta_target_to_do_half": "+.4f", "delta_target_not_to_do_half": "+.4f",
                      "delta_target_balanced": "+.4f", "answer_bias": "+.3f", "delta_target_single": "+.4f",
                      "delta_other": ".4f", "p_value": ".3g", "delta_nll": ".4f", "delta_nll_neg": ".4f",
-                     "normalized_gain": ".3f", "main_metric": ".3f"}
+                     "normalized_gain": ".3f", "main_metric": ".3f", "token_bias": "+.3f", "token_bias_neg": "+.3f",
+                     "flipped_share": ".3f", "flipped_share_neg": ".3f"}
+            specs = {k: spec for k, spec in specs.items() if k in ds}  # a dataset stored before a metric existed
             rows.append({"method": method, "budget": budget if budget == NO_BUDGET else f"{float(budget):g} nats",
                          "coeff": fmt("coeff", ".3g"), "delta_target": truth,
                          **{k: fmt(k, spec) for k, spec in specs.items()},
@@ -252,35 +182,40 @@ def results_table(ds: xr.Dataset) -> pd.DataFrame:
 
 
 def figure(ds: xr.Dataset):
-    """Δ target vs ΔNLL per method (points per budget, mean over seeds) with the budget lines."""
-    import plotly.graph_objects as go
+    """Δ measure at +c against ΔNLL per method (one point per budget: mean over seeds, error bars their std),
+    with the budget lines; the effect axis in the measure's own unit."""
+    import plotly.graph_objects as go  # optional at import: analyses without figures need no plotly
 
-    mean = ds.mean("seed")
+    mean, several = ds.mean("seed"), ds.sizes["seed"] > 1
+    std = ds.std("seed", ddof=1) if several else None
     fig = go.Figure()
     for method in mean["method"].values:
         r = mean.sel({"method": method})
         keep = ~np.isnan(r["delta_target"].values)
+        error = {}
+        if several:
+            s = std.sel({"method": method})
+            error = dict(error_y=dict(type="data", array=s["delta_target"].values[keep]),
+                         error_x=dict(type="data", array=s["delta_nll"].values[keep]))
         fig.add_scatter(x=r["delta_nll"].values[keep], y=r["delta_target"].values[keep], mode="lines+markers",
-                        name=str(method), text=[str(b) for b in r["budget"].values[keep]],
-                        hovertemplate="%{fullData.name} budget %{text}<br>ΔNLL %{x:.4f}<br>Δ truth %{y:+.4f}<extra></extra>")
+                        name=str(method), text=[str(b) for b in r["budget"].values[keep]], **error,
+                        hovertemplate="%{fullData.name} budget %{text}<br>ΔNLL %{x:.4f}<br>Δ %{y:+.4f}<extra></extra>")
     for b in ds["budget"].values:
         if b != NO_BUDGET:
-            fig.add_vline(x=float(b), line_dash="dot", line_color="grey", annotation_text=f"{float(b):g} nats KL budget")
-    fig.update_layout(title=f"Effect vs coherence cost: {ds.attrs.get('model_spec', '')} ({ds.attrs.get('split', 'test')} split)",
-                      xaxis_title="ΔNLL at +c (nats/token)", yaxis_title="Δ Truthfulness score at +c (probability)")
+            fig.add_vline(x=float(b), line_dash="dot", line_color="grey", annotation_text=f"{float(b):g} nats budget")
+    seeds = f", {ds.sizes['seed']} seeds (mean ± std)" if several else ""
+    fig.update_layout(title=f"Effect vs coherence cost: {ds.attrs.get('model_spec', '')} ({ds.attrs.get('split', 'test')} split{seeds})",
+                      xaxis_title="ΔNLL at +c (nats/token)", yaxis_title=str(ds.attrs.get("axis_title", "Δ measure at +c")))
     return fig
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[CompareConfig, argparse.Namespace]:
-    from analyses._io import analysis_parser
-    from interp.cli import fraction, positive_int
-
     d = CompareConfig()
     p = analysis_parser("compare_methods", __doc__, writes="the method folders, table and compare_methods.nc",
                         quick="every method, short training, few items, one budget", seed="first training / fitting seed",
                         n_eval=f"items of the scored split (default {d.n_eval}; --quick: 16)",
                         layers="layers shared by every method (indices, depth fractions, bands 'a:b'; default: the training default's band)")
-    p.add_argument("--concept", default=d.concept, help="concept whose own measure judges (honesty: DailyDilemmas; sentiment: margins)")
+    add_measure_args(p)
     p.add_argument("--recipe", default=d.recipe, help="InnerPiSSA recipe, 'field=value;...' TrainConfig overrides, or a name "
                                                       "from analyses.recipe_search.RECIPES")
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
@@ -292,21 +227,23 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CompareConfig, argpar
     p.add_argument("--steps", type=positive_int, default=None, help=f"training steps (default {d.steps}; --quick: 6)")
     p.add_argument("--split", choices=("validation", "test"), default=d.split,
                    help="scored split: test for the final table, validation while choosing (its own results folder)")
-    p.add_argument("--n-calibration", type=positive_int, default=None, help="calibration dilemmas (default 64; --quick: 16)")
+    p.add_argument("--n-calibration", type=positive_int, default=None,
+                   help=f"calibration items of the measure's split (default: the measure's own; --quick: {QUICK.n_calibration})")
     p.add_argument("--dilemmas", default=None, help="DailyDilemmas folder")
-    p.add_argument("--min-pmass", type=fraction, default=d.min_pmass, help="rows with p(Yes)+p(No) below this are NaN")
+    p.add_argument("--min-pmass", type=fraction, default=None, help="DailyDilemmas: rows with p(Yes)+p(No) below this are NaN")
     args = p.parse_args(argv)
     args.error = p.error
     q = args.quick
     try:
         config = CompareConfig(
-            model=args.model, layers=args.layers, concept=args.concept, recipe=_recipe_spec(args.recipe),
+            model=args.model, layers=args.layers, concept=args.concept, measure=args.measure, recipe=_recipe_spec(args.recipe),
             methods=tuple(m.strip() for m in args.methods.split(",")) if args.methods else d.methods,
             seeds=args.seeds, seed=args.seed, split=args.split,
             budgets=tuple(float(b) for b in args.budgets.split(",")) if args.budgets else ((0.3,) if q else d.budgets),
             budget_kind=args.budget_kind,
-            steps=args.steps or (6 if q else d.steps), n_pairs=200 if q else d.n_pairs,
-            n_eval=args.n_eval or (16 if q else d.n_eval), n_calibration=args.n_calibration or (16 if q else d.n_calibration),
+            steps=args.steps or (QUICK.steps if q else d.steps), n_pairs=QUICK.n_pairs if q else d.n_pairs,
+            n_eval=args.n_eval or (QUICK.n_eval if q else d.n_eval),
+            n_calibration=args.n_calibration or (QUICK.n_calibration if q else d.n_calibration),
             n_cost_texts=8 if q else d.n_cost_texts, min_pmass=args.min_pmass, dilemmas=args.dilemmas,
         )
     except ValueError as err:
@@ -320,51 +257,44 @@ def _recipe_spec(recipe: str) -> str:
     return RECIPES.get(recipe, recipe)
 
 
+def measure_of_config(config: CompareConfig, error):
+    """The measure a comparison is judged on (errors through the parser)."""
+    return measure_from_args(argparse.Namespace(concept=config.concept, measure=config.measure), error, dilemmas=config.dilemmas,
+                             min_pmass=config.min_pmass, n_calibration=config.n_calibration)
+
+
+def default_folder(config: CompareConfig, measure, quick: bool) -> Path:
+    """``results/compare_methods/<model>-<concept>-<measure>[-validation][-quick]``."""
+    return Path("results") / "compare_methods" / (f"{config.model.replace('/', '_')}-{measure.key}"
+                                                 f"{'' if config.split == 'test' else f'-{config.split}'}{'-quick' if quick else ''}")
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run (or resume) the comparison; returns the paths written."""
     config, args = parse_args(argv)
-    from interp.cli import model_from_args
-    from interp.floor import floor_line
-    from interp.measures import measure_of, measure_splits, stored_floor
-    from interp.protocol import base_scores, dilemma_splits
-
-    measure = measure_of(config.concept)
+    measure = measure_of_config(config, args.error)
     split = config.split
     # more methods or seeds only add work; other settings must match the folder's
-    folder = args.out
-    if folder is None and (config.concept != "honesty" or split != "test"):  # the main table's folder is result_folder's
-        name = (("" if config.concept == "honesty" else f"-{measure.concept}") + ("" if split == "test" else f"-{split}")
-                + ("-quick" if args.quick else ""))
-        folder = str(Path("results") / "compare_methods" / f"{config.model.replace('/', '_')}{name}")
-    with resumable_run(folder, "compare_methods", config, quick=args.quick, ignore=("methods", "seeds"), error=args.error) as out:
+    with resumable_run(args.out or default_folder(config, measure, args.quick), "compare_methods", config, quick=args.quick,
+                       ignore=("methods", "seeds"), error=args.error) as out:
         progress = not args.no_progress
         model = model_from_args(args)
-        if measure.kind == "dailydilemmas":
-            caps = {"n_test": config.n_eval} if split == "test" else {"n_validation": config.n_eval}
-            splits = dilemma_splits(ProtocolConfig(n_calibration=config.n_calibration, dilemmas=config.dilemmas, **caps))
-            base = load_or_compute(out / "base_scores.nc",
-                                   lambda: base_scores(model, splits[split], progress=progress, config=config.eval_config(0)))
-        else:
-            from interp.continuations import score_continuations
-
-            splits = measure_splits(measure)
-            splits[split] = splits[split].head(config.n_eval) if config.n_eval else splits[split]
-            base = load_or_compute(out / "base_scores.nc",
-                                   lambda: score_continuations(model, None, (0.0,), splits[split], progress=progress))
-        floor = stored_floor(model, measure, splits[split], out / f"floor_{split}.json", base=base, progress=progress)
+        splits = measure.splits()
+        splits[split] = measure.scorable(splits[split])
+        splits[split] = splits[split].head(config.n_eval) if config.n_eval else splits[split]
+        base = load_or_compute(out / f"base_{split}.nc", lambda: measure.base(model, splits[split], progress=progress))
+        floor = measure.stored_floor(model, splits[split], out / f"floor_{split}.json", base=base, progress=progress)
         jobs = [(m, s) for s in range(config.seed, config.seed + config.seeds) for m in config.methods]
-        records = []
-        for method, seed in tqdm(jobs, desc="methods", disable=not progress):
-            records.append(run_method(model, method, config, seed, splits, out, progress=progress, base=base,
-                                      measure=measure))
-        written = {"dataset": write_netcdf(compare_dataset(records, model, config), out / "compare_methods.nc")}
+        records = [run_one(model, method, config, seed, measure, splits, out, progress=progress, base=base)
+                   for method, seed in tqdm(jobs, desc="methods", disable=not progress)]
+        written = {"dataset": write_netcdf(compare_dataset(records, model, config, measure), out / "compare_methods.nc")}
         stored = load_dataset(written["dataset"])
         table = results_table(stored)
         written["csv"] = write_text(out / "compare_methods.csv", table.to_csv(index=False))
-        header = (f"Methods on {stored.attrs.get('model_spec', '')}, concept {measure.concept} ({measure.label}), {split} split "
-                  f"({len(splits[split])} items), layers {config.train_config('innerpissa', 0).layers}, "
-                  f"recipe {config.recipe or 'default'}, {config.seeds} seed(s); budgets are {BUDGET_KINDS[config.budget_kind]} on calibration "
-                  f"prompts\n\n{floor_line(floor)} ({split} split)\n\n")
+        header = (f"Methods on {stored.attrs.get('model_spec', '')}, concept {measure.concept} ({measure.label}, "
+                  f"{measure.unit}), {split} split ({len(splits[split])} items), layers {config.train_config(0).layers}, "
+                  f"recipe {config.recipe or 'default'}, {config.seeds} seed(s); budgets are {BUDGET_KINDS[config.budget_kind]} "
+                  f"on calibration prompts\n\n{floor_line(floor)} ({split} split)\n\n")
         written["table"] = write_text(out / "compare_methods.md", header + table.to_markdown(index=False) + "\n")
         if args.figures:
             written["figure"] = write_html(figure(stored), Path(args.figures) / "compare_methods.html")

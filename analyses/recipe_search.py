@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -37,9 +36,15 @@ import pandas as pd
 import xarray as xr
 from tqdm.auto import tqdm
 
-from analyses._io import write_netcdf, write_text
+from analyses._io import analysis_parser, load_or_compute, write_html, write_netcdf, write_text
+from interp.backends import backend_of
+from interp.cli import QUICK, add_measure_args, measure_from_args, model_from_args, positive_float, positive_int
+from interp.files import RunLocked
+from interp.floor import floor_line
+from interp.protocol import NO_BUDGET, MethodSpec, budget_key, row_of, run_method
+from interp.provenance import provenance
 from interp.calibrate import BUDGET_KINDS
-from interp.train import ADDED_SETTINGS, TrainConfig, parse_recipe
+from interp.train import TrainConfig, parse_recipe
 
 # Named recipes: TrainConfig overrides as "field=value;field=value" (see parse_recipe).
 # Every recipe names what it changes from the earlier single-site default, so the names keep
@@ -102,124 +107,28 @@ def recipe_config(base: TrainConfig, spec: str, seed: int) -> TrainConfig:
 # --------------------------------------------------------------------------- one run
 
 
-def run_recipe(model, name: str, config: TrainConfig, measure, splits: dict, folder: Path, *, split: str = "validation",
-               base=None, budget: float | None = None, budget_kind: str = "kl", progress: bool = True) -> dict:
-    """Train (or reload), calibrate the sign and score one recipe -> its ``result.json`` record.
+def run_recipe(model, name: str, config: TrainConfig, measure, splits: dict, folder: Path, *, method: str = "innerpissa",
+               split: str = "validation", base=None, budget: float | None = None, budget_kind: str = "kl",
+               progress: bool = True) -> dict:
+    """One recipe (or a baseline ``method`` fitted at the recipe's layers) through the protocol
+    (:func:`interp.protocol.run_method`): scored at ``c = ±1`` and, with ``budget``, scaled to that cost.
 
-    With ``budget`` (nats of next-token KL on the concept's calibration prompts) the adapter is
-    also scaled to that cost and scored there (``record["budgets"][f"{budget:g}"]``): the
-    matched-cost effect the baselines are compared at. A finished run gains a missing budget
-    without retraining. ``folder`` is held for this run only, so searches in parallel
-    processes can share one results folder.
+    ``folder`` is held for this run only, so searches in parallel processes can share one results
+    folder; a finished run gains a missing budget without retraining.
     """
-    from interp.protocol import fit_adapter
-    from interp.store import check_run_config, run_lock
-
-    done = folder / "result.json"
-    with run_lock(folder):
-        check_run_config(folder, config.record(), absent_means=ADDED_SETTINGS)
-        record = json.loads(done.read_text()) if done.is_file() else None
-        if record is not None and (budget is None or _budget_key(budget, budget_kind) in record.get("budgets", {})):
-            return record
-        t0 = time.perf_counter()
-        adapter, training = fit_adapter(model, config, folder, measure=measure, progress=progress)
-        try:
-            if record is None:
-                ds, table = score_measure_at(model, adapter, measure, splits[split], 1.0, seed=config.seed, base=base,
-                                             progress=progress)
-                write_netcdf(ds, folder / "eval.nc")
-                record = {"recipe": name, "seed": config.seed, "split": split, "n_items": len(splits[split]),
-                          "orientation": int(adapter.orientation),
-                          "sign": (adapter.calibration or {}).get("sign", {}), "train_seconds": training.get("seconds", math.nan),
-                          "seconds": round(time.perf_counter() - t0, 1), "n_sites": len(adapter.sites),
-                          "val_gaps": {k: training.get("metrics", {}).get(k) for k in ("gap@-1", "gap@+0", "gap@+1")},
-                          **row_metrics(table, measure)}
-            if budget is not None:
-                record.setdefault("budgets", {})[_budget_key(budget, budget_kind)] = budget_row(
-                    model, adapter, measure, splits, budget, folder, split=split, seed=config.seed, base=base, kind=budget_kind,
-                    progress=progress)
-        finally:
-            adapter.detach()
-        write_text(done, json.dumps(record, indent=1, default=str))
-        return record
-
-
-def _budget_key(budget: float, kind: str = "kl") -> str:
-    """The record key of a budget: ``"0.3"`` (next-token KL), ``"nll0.2"`` (ΔNLL)."""
-    return f"{float(budget):g}" if kind == "kl" else f"{kind}{float(budget):g}"
-
-
-def score_measure_at(model, method, measure, items, coeff: float, *, seed: int, base=None, progress: bool = True):
-    """``method`` scored at ``-coeff, 0, +coeff`` on ``items`` -> ``(dataset, table)``."""
-    from interp.measures import score_measure
-
-    return score_measure(model, method, measure, items, (-coeff, 0.0, coeff), progress=progress, seed=seed, base=base)
-
-
-def budget_row(model, method, measure, splits: dict, budget: float, folder: Path, *, split: str, seed: int, base=None,
-               kind: str = "kl", progress: bool = True) -> dict:
-    """``method`` scaled so its coherence cost on the calibration prompts (``kind``: next-token KL, or ΔNLL of
-    their own text; the larger of ``+c`` and ``-c``) is ``budget`` nats, scored on ``split``.
-
-    Returns the coefficient found, whether the budget was reached, and :func:`row_metrics` at it;
-    the scores go to ``eval_budget<budget>.nc``.
-    """
-    from interp.protocol import calibrate_method_strength
-
-    strength = calibrate_method_strength(model, method, splits["calibration"], float(budget), kind=kind, measure=measure)
-    ds, table = score_measure_at(model, method, measure, splits[split], float(strength), seed=seed, base=base,
-                                 progress=progress)
-    write_netcdf(ds, folder / f"eval_budget{_budget_key(budget, kind)}.nc")
-    return {"coeff": float(strength), "reached": bool(strength.reached), **row_metrics(table, measure, float(strength))}
-
-
-def run_baseline(model, method: str, config: TrainConfig, measure, splits: dict, folder: Path, *, split: str = "validation",
-                 base=None, budget: float | None = None, budget_kind: str = "kl", progress: bool = True) -> dict:
-    """A baseline scored as the recipes are: a steering vector fitted on the same pairs at ``config``'s
-    layers (or prompting), its sign calibrated, scored at ``c = ±1`` and at ``budget``."""
-    from interp.measures import calibrate_concept_sign, prompt_method
-    from interp.protocol import fit_vector_method
-    from interp.store import check_run_config, run_lock
-
-    done = folder / "result.json"
-    with run_lock(folder):
-        check_run_config(folder, {"baseline": method, **config.record()}, absent_means=ADDED_SETTINGS)
-        record = json.loads(done.read_text()) if done.is_file() else None
-        want_budget = budget is not None and method != "prompt"  # prompting has no continuous dose
-        if record is not None and (not want_budget or _budget_key(budget, budget_kind) in record.get("budgets", {})):
-            return record
-        m = prompt_method(measure) if method == "prompt" else fit_vector_method(model, method, config, config.seed)
-        calibrate_concept_sign(model, m, measure, seed=config.seed)
-        if record is None:
-            ds, table = score_measure_at(model, m, measure, splits[split], 1.0, seed=config.seed, base=base, progress=progress)
-            write_netcdf(ds, folder / "eval.nc")
-            record = {"recipe": f"[{method}]", "seed": config.seed, "split": split, "n_items": len(splits[split]),
-                      "orientation": int(m.orientation), "sign": (m.calibration or {}).get("sign", {}),
-                      "n_sites": len(getattr(m, "vectors", {})), **row_metrics(table, measure)}
-        if want_budget:
-            record.setdefault("budgets", {})[_budget_key(budget, budget_kind)] = budget_row(
-                model, m, measure, splits, budget, folder, split=split, seed=config.seed, base=base, kind=budget_kind,
-                progress=progress)
-        write_text(done, json.dumps(record, indent=1, default=str))
-        return record
-
-
-def row_metrics(table: pd.DataFrame, measure, coeff: float = 1.0) -> dict:
-    """The ``+coeff`` / ``-coeff`` rows of a measure's table as one flat record (:func:`interp.protocol.metrics_at`'s
-    keys, plus whether the two sides are ordered around c = 0)."""
-    from interp.protocol import metrics_at
-
-    row = metrics_at(table, coeff)
-    return {**row, "monotonic": bool(row["delta_target_neg"] < 0 < row["delta_target"])}
+    spec = MethodSpec(method, config, label=name)
+    return run_method(model, spec, measure, splits, folder, split=split, unit=True, base=base, budget_kind=budget_kind,
+                      budgets=() if budget is None else (budget,), progress=progress)
 
 
 # --------------------------------------------------------------------------- table
 
 
-TABLE = ("recipe", "seed", "n_items", "delta_target", "delta_target_neg", "monotonic", "p_value", "delta_nll", "delta_nll_neg",
-         "answer_bias", "delta_target_single", "n_sites", "train_seconds")
-# the matched-cost columns: the run scaled to a KL budget (:func:`budget_row`)
-AT_BUDGET = ("coeff", "reached", "delta_target", "delta_target_neg", "p_value", "delta_nll", "delta_nll_neg", "answer_bias")
+TABLE = ("delta_target", "delta_target_neg", "monotonic", "p_value", "delta_nll", "delta_nll_neg", "answer_bias",
+         "delta_target_single", "flipped_share", "flipped_share_neg", "token_bias")
+# the matched-cost columns: the run scaled to a budget
+AT_BUDGET = ("coeff", "reached", "delta_target", "delta_target_neg", "p_value", "delta_nll", "delta_nll_neg", "answer_bias",
+             "flipped_share", "flipped_share_neg")
 
 
 def finished_records(out: Path, split: str) -> list[dict]:
@@ -227,14 +136,17 @@ def finished_records(out: Path, split: str) -> list[dict]:
     in parallel processes into one folder share one table. Baselines (``out/baselines/``) come too."""
     paths = sorted([*out.glob("*/seed_*/result.json"), *out.glob("baselines/*/seed_*/result.json")],
                    key=lambda p: p.stat().st_mtime)
-    return [r for r in (json.loads(p.read_text()) for p in paths) if r.get("split") == split]
+    return [r for r in (json.loads(p.read_text()) for p in paths) if r.get("split") == split and "rows" in r]
 
 
 def flat_record(record: dict, budget: float | None = None, kind: str = "kl") -> dict:
-    """A record's table fields, with its ``budget`` row (if scored) as ``<field>_at_budget``."""
-    row = {k: record.get(k, math.nan) for k in TABLE}
+    """A record's table fields: its c = ±1 row, and its ``budget`` row (if scored) as ``<field>_at_budget``."""
+    unit, training = row_of(record, NO_BUDGET), record.get("training", {})
+    row = {"recipe": record.get("label", record.get("method")), "seed": record["seed"], "n_items": record.get("n_items"),
+           **{k: unit.get(k, math.nan) for k in TABLE}, "n_sites": training.get("n_sites", math.nan),
+           "train_seconds": training.get("seconds", math.nan)}
     if budget is not None:
-        at = record.get("budgets", {}).get(_budget_key(budget, kind), {})
+        at = row_of(record, budget_key(budget, kind))
         row.update({f"{k}_at_budget": at.get(k, math.nan) for k in AT_BUDGET})
     return row
 
@@ -247,15 +159,15 @@ def search_table(records: Sequence[dict], budget: float | None = None, kind: str
 
 def search_dataset(records: Sequence[dict], attrs: dict, budget: float | None = None, kind: str = "kl") -> xr.Dataset:
     """Records -> Dataset with dims (recipe, seed)."""
-    recipes = list(dict.fromkeys(r["recipe"] for r in records))
-    seeds = sorted({r["seed"] for r in records})
     flat = [flat_record(r, budget, kind) for r in records]
+    recipes = list(dict.fromkeys(f["recipe"] for f in flat))
+    seeds = sorted({f["seed"] for f in flat})
     keys = [k for k in flat[0] if k not in ("recipe", "seed", "monotonic")] if flat else []
     data = {k: np.full((len(recipes), len(seeds)), np.nan) for k in keys}
-    for r, f in zip(records, flat):
+    for f in flat:
         for k in keys:
             v = f.get(k)
-            data[k][recipes.index(r["recipe"]), seeds.index(r["seed"])] = np.nan if v is None else float(v)
+            data[k][recipes.index(f["recipe"]), seeds.index(f["seed"])] = np.nan if v is None else float(v)
     ds = xr.Dataset({k: (("recipe", "seed"), v) for k, v in data.items()}, coords={"recipe": recipes, "seed": seeds})
     ds.attrs.update(attrs)
     if budget is not None:
@@ -279,7 +191,7 @@ def figure(ds: xr.Dataset):
                     marker=dict(size=10, symbol="diamond"))
     fig.update_layout(title=f"Recipe search: {ds.attrs.get('model_spec', '')}, {ds.attrs.get('concept', '')} "
                             f"({ds.attrs.get('split', '')} split)",
-                      yaxis_title="Δ measure vs c = 0", barmode="group",
+                      yaxis_title=f"Δ {ds.attrs.get('target', 'measure')} vs c = 0 ({ds.attrs.get('unit', '')})", barmode="group",
                       yaxis2=dict(title="ΔNLL (nats/token)", overlaying="y", side="right"), legend=dict(orientation="h", y=-0.25))
     return fig
 
@@ -288,14 +200,11 @@ def figure(ds: xr.Dataset):
 
 
 def parse_args(argv: Sequence[str] | None = None):
-    from analyses._io import analysis_parser
-    from interp.cli import positive_float, positive_int
-
     p = analysis_parser("recipe_search", __doc__, writes="the run folders, table_<split>_<budget>.md/.csv and recipe_search_<split>_<budget>.nc",
                         default_out="results/recipe_search/<model>/<concept>", quick="6 steps, 16 items of the split",
                         seed="first training seed", n_eval="score at most this many items of the split (DailyDilemmas: "
                         "dilemmas with a target sign only)")
-    p.add_argument("--concept", default="sentiment", help="shipped concept name or a concept .json path")
+    add_measure_args(p, concept="sentiment")
     p.add_argument("--recipes", default="default,band", help=f"comma-separated names from {sorted(RECIPES)}")
     p.add_argument("--recipe", action="append", default=[], metavar="NAME=SPEC",
                    help="an extra recipe, e.g. 'mine=layers=0.2:0.6;loss_layer=0.7' (repeatable)")
@@ -314,7 +223,7 @@ def parse_args(argv: Sequence[str] | None = None):
     args = p.parse_args(argv)
     args.error = p.error
     if args.quick:
-        args.steps, args.n_eval = args.steps or 6, args.n_eval or 16
+        args.steps, args.n_eval = args.steps or QUICK.steps, args.n_eval or QUICK.n_eval
     recipes: dict[str, str] = {}
     for name in filter(None, (n.strip() for n in args.recipes.split(","))):
         if name not in RECIPES:
@@ -354,60 +263,44 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     into one results folder (different recipes or seeds) and share one table.
     """
     args, configs = parse_args(argv)
-    from interp.floor import floor_line
-    from interp.cli import model_from_args
-    from interp.measures import measure_of, measure_splits, stored_floor
-    from interp.provenance import provenance
-    from interp.store import RunLocked, load_or_compute
-
-    measure = measure_of(args.concept)
+    measure = measure_from_args(args, args.error)
     out = Path(args.out or Path("results") / "recipe_search" / args.model.replace("/", "_") / measure.concept)
+    if args.measure:
+        out = Path(args.out or out.with_name(measure.key))
     progress = not args.no_progress
     model = model_from_args(args)
-    splits = measure_splits(measure)
-    if measure.kind == "dailydilemmas":  # a search reads the target only: score the dilemmas that carry it
-        part = splits[args.split]
-        _, signs = part.label_signs([measure.target])
-        splits[args.split] = part.subset(part.ids[signs[:, 0] != 0])
+    splits = measure.splits()
+    splits[args.split] = measure.scorable(splits[args.split])  # a search reads the target only
     if args.n_eval is not None:
         splits[args.split] = splits[args.split].head(args.n_eval)
     selection = f"{args.split}{'' if args.n_eval is None else f'_n{len(splits[args.split])}'}"  # names what was scored
-    floor = stored_floor(model, measure, splits[args.split], out / f"floor_{selection}.json", progress=progress)
-    base = None
-    if measure.kind == "dailydilemmas":
-        from interp.protocol import base_scores
-
-        base = load_or_compute(out / f"base_{selection}.nc", lambda: base_scores(model, splits[args.split], progress=progress))
-    jobs = [(name, seed, config) for (name, seed), config in configs.items()]
-    jobs += [(f"[{b}]", seed, config) for b in args.baselines for seed, config in args.base_configs.items()]
+    base = load_or_compute(out / f"base_{selection}.nc", lambda: measure.base(model, splits[args.split], progress=progress))
+    floor = measure.stored_floor(model, splits[args.split], out / f"floor_{selection}.json", base=base, progress=progress)
+    jobs = [(name, "innerpissa", seed, config, out / name / f"seed_{seed}") for (name, seed), config in configs.items()]
+    jobs += [(f"[{b}]", b, seed, config, out / "baselines" / b / f"seed_{seed}")
+             for b in args.baselines for seed, config in args.base_configs.items()]
     records = []
-    header = (f"Recipe search, concept {measure.concept} ({measure.label}), {args.split} split, model {args.model}"
+    header = (f"Recipe search, concept {measure.concept} ({measure.label}, {measure.unit}), {args.split} split, model {args.model}"
               + (f"; *_at_budget: scaled to {args.budget:g} nats of {BUDGET_KINDS[args.budget_kind]} on the calibration prompts"
-                 if args.budget
-                 else "") + f".\n\n{floor_line(floor)}\n\n")
-    kw = dict(split=args.split, base=base, budget=args.budget, budget_kind=args.budget_kind, progress=progress)
+                 if args.budget else "") + f".\n\n{floor_line(floor)}\n\n")
     # one table per budget, so a search at another budget (or kind) does not overwrite this one's table
-    stem = f"{args.split}_{_budget_key(args.budget, args.budget_kind)}" if args.budget is not None else args.split
+    stem = f"{args.split}_{budget_key(args.budget, args.budget_kind)}" if args.budget is not None else args.split
     try:
-        for name, seed, config in tqdm(jobs, desc="recipes", disable=not progress):
-            if name.startswith("["):
-                method = name[1:-1]
-                records.append(run_baseline(model, method, config, measure, splits, out / "baselines" / method / f"seed_{seed}", **kw))
-            else:
-                records.append(run_recipe(model, name, config, measure, splits, out / name / f"seed_{seed}", **kw))
+        for name, method, seed, config, folder in tqdm(jobs, desc="recipes", disable=not progress):
+            records.append(run_recipe(model, name, config, measure, splits, folder, method=method, split=args.split, base=base,
+                                      budget=args.budget, budget_kind=args.budget_kind, progress=progress))
             table = search_table(finished_records(out, args.split), args.budget, args.budget_kind)  # every finished run here
             write_text(out / f"table_{stem}.md", header + table.to_markdown(index=False, floatfmt=".4g") + "\n")
             write_text(out / f"table_{stem}.csv", table.to_csv(index=False))
     except RunLocked as err:
         args.error(str(err))
-    ds = search_dataset(records, provenance(model, config={"recipes": {n: c.record() for (n, _), c in configs.items()},
-                                                           "baselines": args.baselines},
-                                            concept=measure.concept, split=args.split, floor_check=json.dumps(floor)),
+    ds = search_dataset(records, provenance(backend_of(model), config={"recipes": {n: c.record() for (n, _), c in configs.items()},
+                                                                        "baselines": args.baselines},
+                                            concept=measure.concept, target=measure.label, unit=measure.unit,
+                                            split=args.split, floor_check=json.dumps(floor)),
                         args.budget, args.budget_kind)
     written = {"dataset": write_netcdf(ds, out / f"recipe_search_{stem}.nc"), "table": out / f"table_{stem}.md"}
     if args.figures:
-        from analyses._io import write_html
-
         written["figure"] = write_html(figure(ds), Path(args.figures) / "recipe_search.html")
     print(search_table(records, args.budget, args.budget_kind).to_markdown(index=False, floatfmt=".4g"))
     return written

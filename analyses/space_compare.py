@@ -38,7 +38,8 @@ from analyses._io import locked, analysis_parser, analysis_layers, load_dataset,
 from interp.geometry import METRICS, SPACES, GeometryConfig, left_singular_basis, space_metrics
 from interp.backends import backend_of
 from interp.baselines import last_token_hidden
-from interp.sites import Site, linear_of, parse_layers
+from interp.sites import Site, parse_layers
+from interp.backends import linear_of
 
 DEFAULT_FIGURES = "figures"
 FIGURE_PANELS: tuple[tuple[str, str], ...] = (
@@ -53,7 +54,7 @@ def site_weight(model, layer: int) -> Tensor:
     """The raw ``mlp.out`` weight of ``layer`` (for ``U``), refused where the weights are not here (remote nnsight)."""
     w = linear_of(model, Site(layer, "mlp.out")).weight
     if w.is_meta:
-        from interp.backends.nnsight import RemoteUnavailable
+        from interp.backends import RemoteUnavailable
 
         raise RemoteUnavailable("space_compare needs the mlp.out weights (for U) here; this model holds none "
                                 "(an nnsight model built with remote=True): use a local one")
@@ -101,7 +102,7 @@ def compare_dataset(
     from interp.data import pairs_hash
 
     ds.attrs.update(provenance(
-        model,
+        backend_of(model),
         sites=[Site(layer, "mlp.out") for layer in layers],
         config={**asdict(config), "rank": rank, "n_pairs": n, "concept": concept},
         seed=config.seed,
@@ -173,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     args = parse_args(argv)
     out = Path(args.out or result_folder("space_compare", args.model, args.quick))
     with locked(out, args.error):
-        from interp.backends.nnsight import RemoteUnavailable
+        from interp.backends import RemoteUnavailable
         from interp.cli import model_from_args
 
         try:

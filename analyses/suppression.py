@@ -47,6 +47,8 @@ from interp.neurons import (
     top_directions,
 )
 from interp.sites import Site, parse_layers
+from interp.backends import backend_of
+from interp.provenance import provenance
 
 DEFAULT_FIGURES = "figures"
 OVERLAP_KINDS: tuple[str, ...] = ("suppression", "prediction")
@@ -78,8 +80,6 @@ def neuron_dataset(
     ``sign_correct=None`` corrects signs for gated MLPs only (their activations have no fixed sign);
     the mean activations come from ``n_prompts`` contrastive pairs (both rows of each pair).
     """
-    from interp.provenance import provenance
-
     n_layers = int(model.cfg.n_layers)
     layers = list(range(n_layers)) if layers is None else parse_layers(list(layers), n_layers)
     gated = is_gated(model)
@@ -92,18 +92,9 @@ def neuron_dataset(
     d_mlp = scores["skew"].shape[1]
     dims = ("layer", "neuron")
     ds = xr.Dataset(
-        {
-            "skew": (dims, scores["skew"].astype(np.float32)),
-            "kurtosis": (dims, scores["kurtosis"].astype(np.float32)),
-            "class": (dims, scores["class"].astype(str)),
-            "sign": (dims, scores["sign"].astype(np.float32)),
-            "out_norm": (dims, scores["out_norm"].astype(np.float32)),
-        },
-        coords={
-            "layer": np.asarray(layers),
-            "neuron": np.arange(d_mlp),
-            "depth": ("layer", np.asarray(layers) / max(n_layers - 1, 1)),
-        },
+        {k: (dims, scores[k].astype(str if k == "class" else np.float32)) for k in ("skew", "kurtosis", "class", "sign", "out_norm")},
+        coords={"layer": np.asarray(layers), "neuron": np.arange(d_mlp),
+                "depth": ("layer", np.asarray(layers) / max(n_layers - 1, 1))},
     )
     if mean_acts is not None:
         ds["mean_activation"] = (dims, mean_acts.numpy().astype(np.float32))
@@ -111,21 +102,11 @@ def neuron_dataset(
     ds["kurtosis"].attrs["description"] = "population kurtosis (not excess: a Gaussian gives 3) of the same cosines"
     ds["class"].attrs["description"] = f"one of {list(NEURON_CLASSES)}"
     sites = [Site(layer, "mlp.out") for layer in layers]
-    ds.attrs.update(
-        provenance(
-            model,
-            sites=sites,
-            config=asdict(config),
-            seed=seed,
-            analysis="suppression",
-            n_layers_model=n_layers,
-            gated_mlp=gated,
-            sign_corrected=bool(sign_correct),
-            n_prompts=n_prompts if sign_correct else 0,
-            processing="W_U' = diag(final norm scale) W_U, centred over vocab; W_out columns (raw HF down_proj), "
-            "sign-corrected by mean activation if sign_corrected; centred over d_model only for LayerNorm models",
-        )
-    )
+    ds.attrs.update(provenance(
+        backend_of(model), sites=sites, config=asdict(config), seed=seed, analysis="suppression", n_layers_model=n_layers,
+        gated_mlp=gated, sign_corrected=bool(sign_correct), n_prompts=n_prompts if sign_correct else 0,
+        processing="W_U' = diag(final norm scale) W_U, centred over vocab; W_out columns (raw HF down_proj), "
+        "sign-corrected by mean activation if sign_corrected; centred over d_model only for LayerNorm models"))
     return ds
 
 
@@ -274,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run the analysis; returns the paths written (``neurons``, ``figure_layers`` and, with an adapter, ``overlap``, ``figure_overlap``)."""
     args = parse_args(argv)
     from interp.cli import model_from_args
-    from interp.sites import n_layers as layer_count
+    from interp.backends import n_layers as layer_count
 
     progress = not args.no_progress
     model = model_from_args(args)

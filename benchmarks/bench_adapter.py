@@ -16,7 +16,7 @@ from _timing import forward_parser, median_time  # benchmarks/ is on sys.path wh
 
 from interp.adapters.innerpissa import InnerPiSSAConfig, attach
 from interp.models import load_model
-from interp.sites import select_sites
+from interp.backends import select_sites
 
 
 def main(argv=None) -> dict[str, float]:

@@ -23,7 +23,8 @@ from interp.backends import run
 from interp.baselines import MeanDiff
 from interp.interventions import ADAPTED
 from interp.models import load_model
-from interp.sites import parse_layers, resid_hook, select_sites
+from interp.sites import parse_layers, resid_hook
+from interp.backends import select_sites
 from interp.train import TrainConfig
 
 

@@ -21,7 +21,7 @@ import torch
 from interp.models import DEFAULT_MODEL
 from interp.backends.nnsight import load_nnsight
 from interp.models import load_model
-from interp.sites import n_layers
+from interp.backends import n_layers
 from interp.store import collect, open_store
 
 

@@ -24,7 +24,8 @@ from interp.adapters.innerpissa import attach
 from interp.data import tokenize_pairs
 from interp.losses import gap_scale, gaps, preference_direction, token_nll
 from interp.models import load_model
-from interp.sites import resid_hook, select_sites
+from interp.sites import resid_hook
+from interp.backends import select_sites
 from interp.train import TrainConfig, _forward, _frozen_base, build_pairs, loss_layer_of, step_loss
 
 

@@ -38,7 +38,7 @@ from interp.backends import backend_of, run
 from interp.data import last_token_index
 from interp.sites import resid_hook
 from interp.interventions import AddToResidual, Edits, is_zero
-from interp.steering import Coeff, Messages, SteeringMethod
+from interp.steering import check_coeff, Coeff, Messages, SteeringMethod
 
 # --------------------------------------------------------------------------- pure maths
 
@@ -160,6 +160,37 @@ class VectorSteering(SteeringMethod):
     def norms(self) -> dict[int, float]:
         return {L: float(v.norm()) for L, v in self.vectors.items()}
 
+    # a steering vector is a value: scaling, negating and adding give new vectors of the same kind (orientation
+    # applied, calibration dropped: the result is a new method and is calibrated on its own)
+
+    def _like(self, vectors: Mapping[int, Tensor], **options) -> VectorSteering:
+        out = VectorSteering.__new__(type(self))
+        VectorSteering.__init__(out, vectors, model_spec=self.model_spec, options={**self.options, **options})
+        return out
+
+    def __mul__(self, scale: float) -> VectorSteering:
+        """The vectors times ``scale`` (``method * c`` steers at ``c`` where ``method`` steered at 1)."""
+        scale = float(check_coeff(scale))
+        return self._like({L: v * (scale * self.orientation) for L, v in self.vectors.items()},
+                          scale=scale * float(self.options.get("scale", 1.0)))
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> VectorSteering:
+        return self * -1.0
+
+    def __add__(self, other: VectorSteering) -> VectorSteering:
+        """Layer-wise sum (a layer only one side has keeps its vector)."""
+        if not isinstance(other, VectorSteering):
+            return NotImplemented
+        mine = {L: v * self.orientation for L, v in self.vectors.items()}
+        for L, v in other.vectors.items():
+            mine[L] = mine[L] + v * other.orientation if L in mine else v * other.orientation
+        return self._like(mine, sum_of=[self.name, other.name])
+
+    def __sub__(self, other: VectorSteering) -> VectorSteering:
+        return self + (-other)
+
     def config(self) -> dict:
         return {
             **super().config(),
@@ -167,7 +198,7 @@ class VectorSteering(SteeringMethod):
             "layers": self.layers,
             "norms": {str(L): n for L, n in self.norms().items()},
             "options": self.options,
-            "calibration": getattr(self, "calibration", None),  # set by interp.calibrate
+            "calibration": self.calibration,  # set by interp.calibrate
         }
 
     @classmethod
@@ -249,7 +280,8 @@ class SSpaceMeanDiff(VectorSteering):
     def fit(cls, model, chosen, rejected, layers, *, batch_size: int = 16, rank: int = 64,
             module: str = "mlp.out") -> SSpaceMeanDiff:
         from interp.geometry import left_singular_basis
-        from interp.sites import Site, linear_of
+        from interp.sites import Site
+        from interp.backends import linear_of
 
         if chosen[0].shape[0] != rejected[0].shape[0]:
             raise ValueError(f"{chosen[0].shape[0]} chosen rows but {rejected[0].shape[0]} rejected rows")

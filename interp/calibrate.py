@@ -108,7 +108,7 @@ def calibrate_sign(method: SteeringMethod, score_fn: ScoreFn, coeff: float = 1.0
 
 def _record(method: SteeringMethod, key: str, value: dict) -> None:
     # An instance attribute, so that configs and saved adapters can carry it (extra={"calibration": ...}).
-    calibration = dict(getattr(method, "calibration", None) or {})
+    calibration = dict(method.calibration or {})
     calibration[key] = value
     method.calibration = calibration
 

@@ -56,7 +56,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.backends import run
+from interp.backends import backend_of, run
 from interp.splits import three_way_split
 from interp.stats import bootstrap_ci, delta_nll_rows, dose_response, main_metric
 from interp.data import concepts_dir, encode_chats
@@ -304,8 +304,7 @@ def score_continuations(
     ds["logp_neg"].attrs.update(units="nats/token", description="mean log p of the negative continuation's tokens")
     ds["nll"].attrs.update(units="nats/token", description="mean next-token NLL from the user message to the prefix's end")
     ds["nll_tokens"].attrs["description"] = "predictions counted in nll (weights for ΔNLL)"
-    hashed = getattr(model, "nn_model", model)
-    ds.attrs.update(provenance(hashed, config=method.config(), measure="continuations", items_source=items.source,
+    ds.attrs.update(provenance(backend_of(model), config=method.config(), measure="continuations", items_source=items.source,
                                system_prompt=system_prompt if system_prompt is not None else ""))
     return ds
 

@@ -15,8 +15,9 @@ say :data:`FLOOR_MESSAGE` instead of printing effects (on SmolLM2-135M the de-bi
 DailyDilemmas truthfulness is at chance and an honest versus a dishonest system prompt
 does not move it).
 
-:func:`floor_verdict` is the decision on arrays (pure); :func:`dilemma_floor` scores
-DailyDilemmas for it. Continuation measures call :func:`floor_verdict` on their margins.
+:func:`floor_verdict` is the decision on arrays (pure); each measure
+(:meth:`interp.measures.Measure.floor`) scores its items for it. :func:`floor_line` and
+:func:`floored_table` are the one rendering of a verdict above a table.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
 
 from interp.stats import bootstrap_ci, dose_response
+from interp.tables import shown
 
 FLOOR_MESSAGE = "this model does not hold the preference: steering on this measure cannot be shown"
 
@@ -125,29 +128,16 @@ def floor_verdict(
                       n=len(base), prompt_delta=delta, prompt_t=float(t), prompt_p=float(p), alpha=alpha)
 
 
-def dilemma_floor(model, dilemmas, config=None, *, prompt=None, base=None, progress: bool = True):
-    """The floor check on DailyDilemmas' de-biased target score (dilemmas with a target sign only).
+def floored_table(table: pd.DataFrame, floor: FloorCheck | None = None, target: str = "target") -> str:
+    """A metrics table as markdown (labels naming ``target``), headed by the floor check when one was made.
 
-    Base value per dilemma: the de-biased probability of choosing the action that serves
-    the target (chance 0.5). ``prompt``: the prompting baseline (default: the honesty
-    wording of :class:`interp.baselines.PromptSteering`); ``base``: these dilemmas scored
-    at c = 0 before (reused). Returns ``(FloorCheck, prompt_dataset)``.
+    Below the floor the effects are not printed as results: the header says the model
+    does not hold the preference, and the table follows under a heading saying so.
     """
-    from interp.baselines import PromptSteering
-    from interp.evaluate import EvalConfig, _pick, score_dilemmas, target_values
-
-    config = config or EvalConfig()
-    _, signs = dilemmas.label_signs([config.target])
-    keep = signs[:, 0] != 0
-    if keep.sum() < 2:
-        raise ValueError(f"the floor check needs at least 2 dilemmas with a sign for {config.target!r}, got {int(keep.sum())}")
-    sub = dilemmas.subset(dilemmas.ids[keep])
-    if base is not None:
-        base = base.sel(dilemma=sub.ids)
-    ds = score_dilemmas(model, prompt or PromptSteering(), (-1.0, 0.0, 1.0), sub, config, progress=progress, base=base)
-    tv = target_values(ds.isel(method=0), config.target)
-    p_to_do = ds["p_to_do"].isel(method=0).sel(coeff=0.0).values
-    serve = np.where(_pick(ds["sign"], "label", config.target).values > 0, p_to_do, 1.0 - p_to_do)
-    check = floor_verdict(serve, 0.5, {c: tv.sel(coeff=c).values for c in (-1.0, 0.0, 1.0)},
-                          measure=f"{config.target} (DailyDilemmas, de-biased)", seed=config.seed)
-    return check, ds
+    body = shown(table, target).to_markdown(index=False, floatfmt=".4g") + "\n"
+    if floor is None:
+        return body
+    if floor.passes:
+        return f"{floor.summary()}\n\n{body}"
+    return (f"**{FLOOR_MESSAGE}**\n\n{floor.summary()}\n\n"
+            f"Effects measured anyway (not evidence of steering on this model):\n\n{body}")

@@ -20,7 +20,6 @@ Face weights (no folded norms, no centring): adapters decompose those.
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
 import json
 import os
@@ -341,16 +340,3 @@ def _load_pretrained(spec: str, dtype: torch.dtype):
     if not tokenizer.init_kwargs.get("name_or_path"):
         tokenizer.init_kwargs["name_or_path"] = spec
     return hf_model, tokenizer, spec
-
-
-def weight_hash(tensors: dict[str, torch.Tensor] | nn.Module, length: int = 16) -> str:
-    """A short sha256 over named tensors (sorted by name): identifies base weights."""
-    if isinstance(tensors, nn.Module):
-        tensors = dict(tensors.state_dict())
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu", torch.float32).contiguous()
-        digest.update(name.encode())
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.numpy().tobytes())
-    return digest.hexdigest()[:length]

@@ -41,7 +41,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.sites import Site, linear_of, parse_layers
+from interp.sites import Site, parse_layers
+from interp.backends import linear_of
 
 NEURON_CLASSES: tuple[str, ...] = ("neither", "suppression", "prediction")
 
@@ -256,7 +257,7 @@ def mean_neuron_activations(
     hooks every requested layer.
     """
     from interp.backends import run
-    from interp.sites import n_layers
+    from interp.backends import n_layers
 
     total = n_layers(model)
     layers = list(range(total)) if layers is None else parse_layers(list(layers), total)

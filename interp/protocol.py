@@ -1,183 +1,119 @@
-"""The fair-comparison protocol: every method is fitted, calibrated and scored alike.
+"""The fair-comparison protocol: every method is fitted, calibrated, scaled and scored alike.
 
-1. DailyDilemmas is split by dilemma id into calibration / validation / test
-   (:func:`dilemma_splits`; :func:`interp.calibrate.three_way_split`) with its own seed,
-   :data:`SPLIT_SEED`, never the training seed: every analysis and every training seed
-   sees the same test split, so no choice made on one run's validation dilemmas can
-   touch another run's test dilemmas.
-2. Sign: each method is scored on the calibration split at ``-c`` and ``+c`` and its
-   orientation flipped if ``+c`` lowers the target score (:func:`calibrate_method_sign`);
+1. Items: the measure's one calibration / validation / test split (:meth:`Measure.splits`,
+   :data:`interp.splits.SPLIT_SEED`), never a training seed's.
+2. Fit (:func:`fit_method`): a registered method (:data:`METHODS`: InnerPiSSA and its
+   ablations and LoRA trained on the concept's pairs, steering vectors fitted on them,
+   prompting written in the concept's words) at the training config's layers.
+3. Sign: each method is scored on the calibration split at ``-c`` and ``+c`` and its
+   orientation flipped if ``+c`` lowers the measure (:meth:`Measure.calibrate_sign`);
    representation orientation does not fix the behavioural sign.
-3. Strength (optional): the coefficient whose coherence cost on a fixed text set (the
-   calibration prompts) reaches a budget in nats (:func:`calibrate_method_strength`).
-4. Scoring on one named split at ``-c, 0, +c`` (:func:`score_method`); the test split is
-   touched once per final configuration, and every result says which split it is from.
+4. Strength (per budget): the coefficient whose coherence cost on fixed texts (the
+   calibration items' prompts) reaches a budget in nats (:func:`calibrate_method_strength`).
+5. Score on one named split at ``-c, 0, +c`` (:meth:`Measure.score`); the test split is
+   touched once per final configuration, and every record says which split it is from.
 
-:func:`fit_adapter` is the one fit of every trained method (InnerPiSSA, LoRA), for the
-training CLI and the analyses alike: it trains (resuming or reloading what is on disk),
-calibrates the sign and saves the adapter with its training and calibration records, so a
-loaded adapter means "+c = more of the concept" without re-running.
+:func:`run_method` is that sequence, once: it writes the scores and a ``result.json`` that
+marks the run done, and resumes what a folder holds (a saved adapter is reloaded, a budget
+not yet scored is added, a record made with other weights is refused). :func:`fit_adapter`
+is the one fit of every trained method, for the training command and the analyses alike.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from interp.calibrate import (
-    CalibratedStrength,
-    calibrate_sign,
-    calibrate_strength,
-    coherence_cost,
-    record_strength,
-)
-from interp.splits import SPLIT_SEED
+from interp.adapters.innerpissa import ABLATIONS, attach as attach_innerpissa, select_directions
+from interp.adapters.io import load_adapter, read_adapter_config, save_adapter
+from interp.adapters.lora import LoRAConfig, attach as attach_lora
+from interp.backends import backend_of
+from interp.baselines import MeanDiff, PCASteering, RandomDirection, SSpaceMeanDiff, VectorSteering
+from interp.calibrate import CalibratedStrength, calibrate_strength, coherence_cost, record_strength
+from interp.data import tokenize_pairs
+from interp.files import check_run_config, load_dataset, run_lock, write_netcdf, write_text
+from interp.measures import Measure, measure_of
+from interp.sites import parse_layers
+from interp.backends import select_sites
 from interp.steering import SteeringMethod
+from interp.train import ADDED_SETTINGS, CHECKPOINT, TrainConfig, build_pairs, train
 
+# --------------------------------------------------------------------------- the method registry
 
+# trained methods: name -> TrainConfig overrides on top of the recipe (InnerPiSSA ablations, the loss-space ablation, LoRA)
+TRAINED: dict[str, dict] = {"innerpissa": {}, **ABLATIONS, "loss_dHS@U": {"space": "dHS@U"}, "lora": {}}
+VECTORS: dict[str, type[VectorSteering]] = {"pca": PCASteering, "mean_diff": MeanDiff, "s_mean_diff": SSpaceMeanDiff,
+                                            "random": RandomDirection}
+METHODS: tuple[str, ...] = (*TRAINED, *VECTORS, "prompt")
+NO_BUDGET = "n/a"  # a row at the method's own c = ±1 (trained adapters, prompting), not scaled to a budget
+RESULT = "result.json"
 
 
 @dataclass(frozen=True)
-class ProtocolConfig:
-    """Splits and scoring shared by every method of one comparison.
+class MethodSpec:
+    """What to run: a registered method, fitted as ``train`` says (concept, layers, seed, recipe)."""
 
-    ``split_seed`` is the split's own seed (default :data:`SPLIT_SEED`); it is not a
-    training seed, and changing it makes results incomparable with every other run.
-    """
+    method: str
+    train: TrainConfig = TrainConfig()
+    label: str = ""  # the row's name in a table (a recipe's name); default: the method
 
-    split_seed: int = SPLIT_SEED
-    n_calibration: int = 64
-    validation_fraction: float = 0.3
-    n_validation: int | None = None  # cap on validation dilemmas scored (None: all)
-    n_test: int | None = None  # cap on test dilemmas scored (None: all)
-    dilemmas: str | None = None  # folder; None: $INTERP_DILEMMAS_DIR or ../shared/data/daily_dilemmas
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {list(METHODS)}")
 
+    @property
+    def name(self) -> str:
+        return self.label or self.method
 
-def dilemma_splits(config: ProtocolConfig = ProtocolConfig()) -> dict:
-    """``{"calibration", "validation", "test"}`` -> disjoint DailyDilemmas subsets (capped)."""
-    from interp.dilemmas import load_dilemmas, split_dilemmas
+    @property
+    def trained(self) -> bool:
+        return self.method in TRAINED
 
-    splits = split_dilemmas(load_dilemmas(config.dilemmas), seed=config.split_seed, n_calibration=config.n_calibration,
-                            validation_fraction=config.validation_fraction)
-    caps = {"validation": config.n_validation, "test": config.n_test}
-    return {name: (part.head(caps[name]) if caps.get(name) else part) for name, part in splits.items()}
+    def fit_config(self) -> TrainConfig:
+        """The training settings of this method: the recipe with the method's own overrides."""
+        return self.train.with_(**TRAINED[self.method]) if self.method in ABLATIONS else (
+            replace(self.train, space="dHS@U") if self.method == "loss_dHS@U" else self.train)
 
-
-def calibrate_method_sign(model, method: SteeringMethod, calibration, coeff: float = 1.0, *, seed: int = 0,
-                          config=None, measure=None):
-    """Flip ``method.orientation`` so that ``+coeff`` raises the target score on ``calibration``.
-
-    ``measure`` (:class:`interp.measures.Measure`; default: DailyDilemmas with ``config``'s
-    target) says what the calibration items are and how they are scored.
-    """
-    from interp.evaluate import EvalConfig, target_score
-
-    if measure is not None:
-        from interp.measures import score_fn
-
-        result = calibrate_sign(method, score_fn(model, measure, calibration, seed=seed, config=config), coeff, seed=seed)
-        method.calibration["sign"] = {**method.calibration["sign"], "measure": measure.label, "split": "calibration"}
-        return result
-    config = config or EvalConfig()
-    return calibrate_sign(method, lambda m, c: target_score(model, m, c, calibration, config), coeff, seed=seed)
+    def record(self) -> dict:
+        """The settings a run folder is made with (checked on resume)."""
+        return {"method": self.method, **self.fit_config().record()}
 
 
-def calibrate_method_strength(
-    model, method: SteeringMethod, calibration, budget: float, *, kind: str = "kl", n_texts: int = 16, c_max: float = 16.0,
-    measure=None,
-) -> CalibratedStrength:
-    """The coefficient whose coherence cost (``kind``, nats) on calibration prompts reaches ``budget``.
-
-    The prompts are the first ``n_texts`` calibration items of ``measure`` (default: dilemmas).
-    """
-    from interp.measures import cost_tokens
-
-    tokens, mask = cost_tokens(model, measure, calibration.head(n_texts))
-    strength = calibrate_strength(coherence_cost(model, method, tokens, mask, kind=kind), budget, c_max=c_max, symmetric=True)
-    record_strength(method, strength)
-    return strength
+# --------------------------------------------------------------------------- fitting
 
 
-def score_method(model, method: SteeringMethod, dilemmas, *, coeff: float = 1.0, progress: bool = True,
-                 config=None, base: xr.Dataset | None = None, measure=None) -> tuple[xr.Dataset, dict]:
-    """Score ``method`` at ``-coeff, 0, +coeff``; returns the dataset and the ``+coeff`` metrics row.
-
-    ``base``: these dilemmas already scored at c = 0 (reused: c = 0 is the same model for every method).
-    ``measure``: a continuation measure scores its items instead of dilemmas (same row keys).
-    """
-    from interp.evaluate import EvalConfig, score_dilemmas
-
-    if measure is not None and measure.kind != "dailydilemmas":
-        from interp.measures import score_measure
-
-        ds, _ = score_measure(model, method, measure, dilemmas, (-coeff, 0.0, coeff), progress=progress,
-                              seed=(config.seed if config else 0), base=base)
-        return ds, scored_metrics(ds, coeff, config, measure)
-    config = config or EvalConfig()
-    ds = score_dilemmas(model, method, (-coeff, 0.0, coeff), dilemmas, config, progress=progress, base=base)
-    return ds, scored_metrics(ds, coeff, config)
+def attach_adapter(model, sites, train_config: TrainConfig, kind: str = "innerpissa"):
+    """A fresh adapter of ``kind`` (``innerpissa`` or ``lora``, rank 8) at ``sites``, built as the training config says."""
+    if kind == "lora":
+        return attach_lora(model, sites, LoRAConfig(rank=8, seed=train_config.seed))
+    config = train_config.adapter_config()
+    indices = None
+    if config.select != "top":  # the basis chosen on the training pairs' first n_calibration pairs
+        pairs = build_pairs(train_config).train[: train_config.n_calibration]
+        batch = tokenize_pairs(model.tokenizer, pairs, system=train_config.system, max_length=train_config.max_length)
+        indices = select_directions(model, sites, batch, config)
+    return attach_innerpissa(model, sites, config, indices)
 
 
-def scored_metrics(ds: xr.Dataset, coeff: float, config=None, measure=None) -> dict[str, float]:
-    """The ``+coeff`` metrics row of a scored dataset (as :func:`score_method` returns it).
-
-    Resumed analyses call this on their stored scores, so a finished run's table always
-    follows the current metric definitions. Keys are :data:`interp.tables.METRIC_KEYS`
-    (``delta_target_neg`` / ``delta_nll_neg`` are those at ``-coeff``); a continuation measure
-    leaves the DailyDilemmas-only ones NaN.
-    """
-    if measure is not None and measure.kind != "dailydilemmas":
-        from interp.continuations import continuation_table
-
-        table = continuation_table(ds, seed=config.seed if config else 0)
-    else:
-        from interp.evaluate import EvalConfig, metrics_table
-
-        table = metrics_table(ds, config or EvalConfig())
-    return metrics_at(table, coeff)
-
-
-def metrics_at(table, coeff: float) -> dict[str, float]:
-    """The ``+coeff`` row of a measure's metrics table (evaluate's or continuations') as
-    :data:`interp.tables.METRIC_KEYS` (NaN where the measure has no such metric), with
-    ``delta_target_neg`` / ``delta_nll_neg`` read from its ``-coeff`` row."""
-    from interp.tables import METRIC_KEYS
-
-    coeffs = table["coeff"].astype(float).to_numpy()
-    pos, neg = table[np.isclose(coeffs, coeff)], table[np.isclose(coeffs, -coeff)]
-    row = {k: float(pos[k].iloc[0]) if k in pos else math.nan for k in METRIC_KEYS}
-    row["delta_target_neg"] = float(neg["delta_target"].iloc[0]) if len(neg) else math.nan
-    row["delta_nll_neg"] = float(neg["delta_nll"].iloc[0]) if len(neg) else math.nan
-    return row
-
-
-TRAINED_KINDS: tuple[str, ...] = ("innerpissa", "lora")
-
-
-def fit_adapter(model, train_config, folder: str | Path, *, kind: str = "innerpissa", calibration=None, measure=None,
-                calibrate: bool = True, coeff: float = 1.0, resume: bool | None = None, config=None,
+def fit_adapter(model, train_config: TrainConfig, folder: str | Path, *, kind: str = "innerpissa", measure: Measure | None = None,
+                calibration=None, calibrate: bool = True, coeff: float = 1.0, resume: bool | None = None,
                 progress: bool = True):
     """Train an adapter into ``folder``, calibrate its sign, save it: the one fit of every trained method.
 
-    ``kind``: ``"innerpissa"`` (the config's rank, rotations, scaling, bound) or ``"lora"`` (rank 8,
-    a baseline), at the config's layers and modules. ``resume=None`` reuses what ``folder`` holds
-    (a saved adapter is loaded; a checkpoint is continued), as the analyses want; ``False``
-    trains afresh, ``True`` continues from the checkpoint (the training CLI). The sign is
-    calibrated on ``calibration`` (default: the calibration split of ``measure``, default the
-    concept's own) unless ``calibrate`` is False. The saved json carries the training record
-    and the calibration. Returns ``(adapter, training record)``, the adapter attached to
-    ``model``; a failure before the save detaches it again.
+    ``resume=None`` reuses what ``folder`` holds (a saved adapter is loaded; a checkpoint is
+    continued), as the analyses want; ``False`` trains afresh, ``True`` continues from the
+    checkpoint. The sign is calibrated on ``calibration`` (default: the calibration split of
+    ``measure``, default the concept's own) unless ``calibrate`` is False. Returns ``(adapter,
+    training record)``, the adapter attached to ``model``; a failure before the save detaches it.
     """
-    from interp.adapters.io import load_adapter, read_adapter_config, save_adapter
-    from interp.sites import select_sites
-    from interp.train import CHECKPOINT, build_pairs, train
-
-    if kind not in TRAINED_KINDS:
-        raise ValueError(f"unknown adapter kind {kind!r}; choose from {list(TRAINED_KINDS)}")
+    if kind not in ("innerpissa", "lora"):
+        raise ValueError(f"unknown adapter kind {kind!r}; choose from ['innerpissa', 'lora']")
     folder = Path(folder)
     saved = folder / "adapter"
     if resume is None and (saved / "adapter.json").is_file():
@@ -187,12 +123,10 @@ def fit_adapter(model, train_config, folder: str | Path, *, kind: str = "innerpi
     try:
         result = train(model, adapter, build_pairs(train_config), train_config, out=folder,
                        resume=(folder / CHECKPOINT).is_file() if resume is None else resume, progress=progress)
-        if calibrate and calibration is None:
-            from interp.measures import calibrate_concept_sign
-
-            calibrate_concept_sign(model, adapter, measure or train_config.concept, coeff=coeff, seed=train_config.seed)
-        elif calibrate:
-            calibrate_method_sign(model, adapter, calibration, coeff, seed=train_config.seed, config=config, measure=measure)
+        if calibrate:
+            measure = measure or measure_of(train_config.concept)
+            items = measure.splits()["calibration"] if calibration is None else calibration
+            measure.calibrate_sign(model, adapter, items, coeff, seed=train_config.seed)
         training = result.training_extra()
         save_adapter(adapter, saved, extra={"training": training})
     except BaseException:
@@ -201,45 +135,124 @@ def fit_adapter(model, train_config, folder: str | Path, *, kind: str = "innerpi
     return adapter, training
 
 
-def attach_adapter(model, sites, train_config, kind: str = "innerpissa"):
-    """A fresh adapter of ``kind`` at ``sites``, built as the training config says (see :func:`fit_adapter`)."""
-    if kind == "lora":
-        from interp.adapters.lora import LoRAConfig, attach
-
-        return attach(model, sites, LoRAConfig(rank=8, seed=train_config.seed))
-    from interp.adapters.innerpissa import attach, select_directions
-
-    config = train_config.adapter_config()
-    indices = None
-    if config.select != "top":  # the basis chosen on the training pairs' first n_calibration pairs
-        from interp.data import tokenize_pairs
-        from interp.train import build_pairs
-
-        pairs = build_pairs(train_config).train[: train_config.n_calibration]
-        batch = tokenize_pairs(model.tokenizer, pairs, system=train_config.system, max_length=train_config.max_length)
-        indices = select_directions(model, sites, batch, config)
-    return attach(model, sites, config, indices)
-
-
-def fit_vector_method(model, method: str, train_config, seed: int):
+def fit_vector_method(model, method: str, train_config: TrainConfig, seed: int) -> VectorSteering:
     """A steering-vector baseline (``pca``, ``mean_diff``, ``s_mean_diff``, ``random``) fitted on the
     training config's concept pairs at its layers, as every comparison fits it."""
-    from interp import baselines
-    from interp.data import tokenize_pairs
-    from interp.sites import n_layers, parse_layers
-    from interp.train import build_pairs
-
-    layers = parse_layers(train_config.layers, n_layers(model))
+    layers = parse_layers(train_config.layers, backend_of(model).n_layers)
     pairs = build_pairs(train_config).train[: max(train_config.n_calibration, 64)]
     batch = tokenize_pairs(model.tokenizer, pairs, system=train_config.system, max_length=train_config.max_length)
-    cls = {"pca": baselines.PCASteering, "mean_diff": baselines.MeanDiff, "s_mean_diff": baselines.SSpaceMeanDiff,
-           "random": baselines.RandomDirection}[method]
     kwargs = {"seed": seed} if method == "random" else {"rank": train_config.adapter.rank} if method == "s_mean_diff" else {}
-    return cls.fit_pairs(model, batch, layers, **kwargs)
+    return VECTORS[method].fit_pairs(model, batch, layers, **kwargs)
 
 
-def base_scores(model, dilemmas, *, progress: bool = True, config=None) -> xr.Dataset:
-    """The unsteered model's scores on ``dilemmas`` (pass as ``base=`` to :func:`score_method`)."""
-    from interp.evaluate import EvalConfig, score_dilemmas
+def fit_method(model, spec: MethodSpec, measure: Measure, calibration, folder: str | Path, *,
+               progress: bool = True) -> tuple[SteeringMethod, dict]:
+    """A fitted, sign-calibrated method and its training record (trained ones are saved under ``folder``)."""
+    config = spec.fit_config()
+    if spec.trained:
+        return fit_adapter(model, config, folder, kind="lora" if spec.method == "lora" else "innerpissa", measure=measure,
+                           calibration=calibration, progress=progress)
+    method = measure.prompt_method() if spec.method == "prompt" else fit_vector_method(model, spec.method, config, config.seed)
+    measure.calibrate_sign(model, method, calibration, seed=config.seed)
+    return method, {}
 
-    return score_dilemmas(model, None, (0.0,), dilemmas, config or EvalConfig(), progress=progress)
+
+def calibrate_method_strength(model, method: SteeringMethod, measure: Measure, calibration, budget: float, *,
+                              kind: str = "kl", n_texts: int = 16, c_max: float = 16.0) -> CalibratedStrength:
+    """The coefficient whose coherence cost (``kind``, nats) on the first ``n_texts`` calibration items'
+    prompts reaches ``budget`` (recorded on the method)."""
+    tokens, mask = measure.cost_tokens(model, calibration.head(n_texts))
+    strength = calibrate_strength(coherence_cost(model, method, tokens, mask, kind=kind), budget, c_max=c_max, symmetric=True)
+    record_strength(method, strength)
+    return strength
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def budget_key(budget: float | str, kind: str = "kl") -> str:
+    """A budget's record key: ``"n/a"`` (the method's own c = ±1), ``"0.3"`` (next-token KL), ``"nll0.2"`` (ΔNLL)."""
+    if budget == NO_BUDGET:
+        return NO_BUDGET
+    return f"{float(budget):g}" if kind == "kl" else f"{kind}{float(budget):g}"
+
+
+def scores_path(folder: Path, key: str) -> Path:
+    """Where a run's scores at one budget are stored (``eval_<key>.nc``; ``eval_none.nc`` at c = ±1)."""
+    return folder / f"eval_{'none' if key == NO_BUDGET else key}.nc"
+
+
+def row_of(record: dict, key: str) -> dict:
+    """A finished record's row at one budget key (empty if not scored)."""
+    return next((r for r in record.get("rows", []) if r["budget"] == key), {})
+
+
+def _scored_row(measure: Measure, ds: xr.Dataset, key: str, coeff: float, reached: bool, seed: int) -> dict:
+    row = measure.metrics_at(ds, coeff, seed)
+    return {"budget": key, "coeff": coeff, "reached": reached, **row,
+            "monotonic": bool(row["delta_target_neg"] < 0 < row["delta_target"])}
+
+
+def _check_weights(record: dict, folder: Path, weight_hash: str) -> None:
+    made = record.get("weight_hash")
+    if made != weight_hash:
+        raise ValueError(f"{folder / RESULT} was made with other model weights (hash {made or 'not recorded'}, this model "
+                         f"{weight_hash}); pass another --out, or delete the folder to start over")
+
+
+def run_method(model, spec: MethodSpec, measure: Measure, splits: dict, folder: str | Path, *, split: str = "validation",
+               budgets: Sequence[float] = (), budget_kind: str = "kl", unit: bool | None = None,
+               base: xr.Dataset | None = None, n_cost_texts: int = 16, c_max: float = 16.0, progress: bool = True) -> dict:
+    """Fit, calibrate the sign, scale to each budget, score on ``split``, write, resume: one method, once.
+
+    Rows: the method at its own ``c = ±1`` (``unit``; default for trained methods and prompting,
+    which has no continuous dose) and at each budget. ``folder`` is held for this run only, so runs
+    in parallel processes can share a results folder; ``result.json`` marks it done, and a
+    finished run gains a missing budget without refitting. Metrics are re-derived from the
+    stored scores on every read, so a record follows the current metric definitions.
+    """
+    folder = Path(folder)
+    seed = spec.train.seed
+    unit = (spec.trained or spec.method == "prompt") if unit is None else unit
+    amounts = {} if spec.method == "prompt" else {budget_key(b, budget_kind): float(b) for b in budgets}
+    keys = ([NO_BUDGET] if unit or spec.method == "prompt" else []) + list(amounts)
+    weight_hash = backend_of(model).weight_hash
+    with run_lock(folder):
+        check_run_config(folder, spec.record(), absent_means=ADDED_SETTINGS)
+        done = folder / RESULT
+        record = json.loads(done.read_text()) if done.is_file() else None
+        if record is not None:
+            _check_weights(record, folder, weight_hash)
+            for row in record["rows"]:  # never stale: from the stored scores
+                row.update(_scored_row(measure, load_dataset(scores_path(folder, row["budget"])), row["budget"], row["coeff"],
+                                       row["reached"], seed))
+        missing = [k for k in keys if record is None or not row_of(record, k)]
+        if not missing:
+            return record
+        t0 = time.perf_counter()
+        method, training = fit_method(model, spec, measure, splits["calibration"], folder, progress=progress)
+        try:
+            rows = list(record["rows"]) if record else []
+            for key in missing:
+                coeff, reached = 1.0, True
+                if key != NO_BUDGET:
+                    strength = calibrate_method_strength(model, method, measure, splits["calibration"], amounts[key],
+                                                         kind=budget_kind, n_texts=n_cost_texts, c_max=c_max)
+                    coeff, reached = float(strength), bool(strength.reached)
+                ds = measure.score(model, method, splits[split], (-coeff, 0.0, coeff), progress=progress, seed=seed, base=base)
+                write_netcdf(ds, scores_path(folder, key))
+                rows.append(_scored_row(measure, ds, key, coeff, reached, seed))
+        finally:
+            if hasattr(method, "detach"):
+                method.detach()
+        record = record or {
+            "method": spec.method, "label": spec.name, "seed": seed, "split": split, "n_items": len(splits[split]),
+            "measure": measure.label, "weight_hash": weight_hash, "orientation": int(method.orientation),
+            "calibration": method.calibration, "config": method.config(),
+            "training": {"seconds": training.get("seconds", np.nan), "gaps": training.get("metrics", {}),
+                         "n_sites": len(getattr(method, "sites", getattr(method, "vectors", ()))),
+                         "fit_seconds": round(time.perf_counter() - t0, 1)},
+        }
+        record["rows"] = rows
+        write_text(done, json.dumps(record, indent=1, default=str))
+        return record

@@ -2,7 +2,7 @@
 
 Every store, table and figure dataset carries :func:`provenance` in its attrs::
 
-    ds.attrs.update(provenance(model, sites=sites, config=method.config(), seed=0))
+    ds.attrs.update(provenance(backend_of(model), sites=sites, config=method.config(), seed=0))
 
 Values are only ``str``, ``int`` and ``float`` (netCDF attrs cannot hold ``None``,
 dicts or nested lists): structured values (sites, config, extra dicts) are JSON strings,
@@ -12,6 +12,7 @@ missing ones are ``""``. Read them back with :func:`read_json_attr`.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import functools
 import json
 import subprocess
@@ -90,9 +91,9 @@ def provenance(
 ) -> dict[str, Attr]:
     """Flat provenance attrs: model spec and weight hash, sites, config, seed, versions, commit, time.
 
-    ``model`` is a TransformerBridge, an nnsight model or a backend (whose weight hash is
-    computed once, :attr:`interp.backends.Backend.weight_hash`), a plain HF model (hashed
-    here), or ``None``; pass ``weight_hash=`` when it is already known.
+    ``model`` is a backend (``interp.backends.backend_of(model)``, whose weight hash is computed
+    once), a TransformerBridge or a plain HF model (hashed here), or ``None``; pass ``weight_hash=``
+    when it is already known.
     ``extra`` keys are added as they are (structured values JSON-encoded).
     """
     attrs: dict[str, Attr] = {
@@ -111,16 +112,16 @@ def provenance(
         "nnsight_version": package_version("nnsight"),
     }
     if model is not None:
-        if isinstance(model, nn.Module) and not hasattr(model, "cfg"):  # a plain Hugging Face model
+        if hasattr(model, "weight_hash") and hasattr(model, "spec"):  # a backend (interp.backends.backend_of(model))
+            attrs["model_spec"] = str(model.spec)
+            attrs["weight_hash"] = weight_hash or model.weight_hash
+            attrs.setdefault("backend", str(getattr(model, "name", "")))
+        elif isinstance(model, nn.Module):  # a TransformerBridge or a plain Hugging Face model (hashed here, each call)
             attrs["model_spec"] = str(getattr(model, "spec", "") or getattr(model, "name_or_path", "") or "")
             attrs["weight_hash"] = weight_hash or model_weight_hash(model)
         else:
-            from interp.backends import backend_of
-
-            backend = backend_of(model)
-            attrs["model_spec"] = backend.spec
-            attrs["weight_hash"] = weight_hash or backend.weight_hash
-            attrs.setdefault("backend", backend.name)
+            raise TypeError(f"provenance needs a backend (interp.backends.backend_of(model)), a TransformerBridge or a "
+                            f"Hugging Face model, got a {type(model).__name__}")
     for key, value in extra.items():
         attrs[key] = to_attr(value)
     return attrs
@@ -157,7 +158,18 @@ def hf_state_dict(model) -> dict:
 
 
 def model_weight_hash(model) -> str:
-    """:func:`interp.models.weight_hash` of the underlying HF model's weights (HF names)."""
-    from interp.models import weight_hash
-
+    """:func:`weight_hash` of the underlying HF model's weights (HF names)."""
     return weight_hash(hf_state_dict(model))
+
+
+def weight_hash(tensors: dict[str, torch.Tensor] | nn.Module, length: int = 16) -> str:
+    """A short sha256 over named tensors (sorted by name): identifies base weights."""
+    if isinstance(tensors, nn.Module):
+        tensors = dict(tensors.state_dict())
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu", torch.float32).contiguous()
+        digest.update(name.encode())
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()[:length]

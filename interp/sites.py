@@ -5,32 +5,18 @@ names it: ``blocks.14.mlp.out`` (the MLP down-projection of block 14), ``blocks.
 Its hook points are ``<name>.hook_in`` / ``<name>.hook_out`` on the bridge; its weight is
 the raw Hugging Face ``nn.Linear`` the bridge wraps (``weight`` is [out, in]).
 
-Select sites with :func:`select_sites`. On the 4-layer ``tiny-random`` model (layers 0..3):
+Select sites of a model with :func:`interp.backends.select_sites` (it knows the model's layer
+count); :func:`resolve_sites` is the same rule on a layer count alone:
 
->>> names = lambda sites: [s.name for s in sites]
->>> names(select_sites(model))                       # the default: depth 0.5, the MLP output
-['blocks.2.mlp.out']
->>> names(select_sites(model, layers=[1, -1], modules=["attn.o", "mlp.out"]))
-['blocks.1.attn.o', 'blocks.1.mlp.out', 'blocks.3.attn.o', 'blocks.3.mlp.out']
->>> names(select_sites(model, regex=r"blocks\\.(1|2)\\.mlp\\.out"))   # a regex alone: over every site
+>>> [s.name for s in resolve_sites(4, regex=r"blocks\\.(1|2)\\.mlp\\.out")]
 ['blocks.1.mlp.out', 'blocks.2.mlp.out']
->>> names(select_sites(model, layers="0:1", regex=r".*\\.mlp\\.(in|out)"))  # regex and layers: both hold
-['blocks.0.mlp.in', 'blocks.0.mlp.out', 'blocks.1.mlp.in', 'blocks.1.mlp.out']
->>> names(select_sites(model, spec="layers=0.0,1.0;modules=mlp.in"))  # the CLI form
-['blocks.0.mlp.in', 'blocks.3.mlp.in']
-
-The rule: ``layers`` and ``modules`` left out default to depth 0.5 and ``mlp.out``, but only
-when no regex is given. A regex alone is matched (``re.fullmatch``) against every site of
-the model; ``layers`` or ``modules`` given beside it narrow the candidates, so the result is
-the intersection (each criterion given must hold). ``layers=None`` is every layer. Parts of
-a ``spec`` string count as the keyword arguments of the same name.
 
 A depth fraction f in [0, 1] maps to layer ``round(f * (n_layers - 1))``:
 
 >>> depth_to_layer(0.5, 30), parse_layers("0.1:0.2,-1", 30)
 (14, [3, 4, 5, 6, 29])
 
-``tests/test_sites.py`` runs these examples (``doctest.testmod``, ``model`` = ``tiny-random``).
+``tests/test_sites.py`` runs these examples (``doctest.testmod``).
 """
 
 from __future__ import annotations
@@ -40,7 +26,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from torch import nn
 
 LINEAR_MODULES: tuple[str, ...] = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.in", "mlp.out")
 DEFAULT_LAYERS: float = 0.5  # what select_sites picks, without a regex, when layers are left out
@@ -89,13 +74,6 @@ class Site:
                 f"not a site name: {name!r}; expected 'blocks.<layer>.<module>' with module one of {list(LINEAR_MODULES)}"
             )
         return cls(int(m.group(1)), m.group(2))
-
-
-def n_layers(model) -> int:
-    """The number of blocks of a model (bridge, nnsight model or backend)."""
-    from interp.backends import backend_of
-
-    return backend_of(model).n_layers
 
 
 def resid_hook(layer: int) -> str:
@@ -210,20 +188,15 @@ def parse_spec(spec: str) -> dict:
     return out
 
 
-def all_sites(model) -> list[Site]:
-    """Every site of the model: each layer x each of :data:`LINEAR_MODULES`."""
-    return [Site(layer, module) for layer in range(n_layers(model)) for module in LINEAR_MODULES]
-
-
-def select_sites(
-    model,
+def resolve_sites(
+    total: int,
     layers: LayerSpec | None | _Unset = _UNSET,
     modules: Sequence[str] | str | _Unset = _UNSET,
     regex: str | None = None,
     *,
     spec: str | None = None,
 ) -> list[Site]:
-    """The sites that every given criterion selects, in (layer, module) order.
+    """The sites of a ``total``-layer model that every given criterion selects, in (layer, module) order (pure).
 
     * no regex: ``layers`` x ``modules``; left out, they default to :data:`DEFAULT_LAYERS`
       (depth 0.5) and :data:`DEFAULT_MODULES` (``mlp.out``);
@@ -254,7 +227,6 @@ def select_sites(
     unknown = [m for m in modules if m not in LINEAR_MODULES]
     if unknown:
         raise ValueError(f"unknown module(s) {unknown}; valid modules: {list(LINEAR_MODULES)}")
-    total = n_layers(model)
     chosen = list(range(total)) if layers is None else parse_layers(layers, total)
     sites = [Site(layer, module) for layer in chosen for module in modules]
     if not sites:
@@ -266,7 +238,7 @@ def select_sites(
             raise ValueError(f"regex {regex!r} is not a valid regular expression ({err})") from err
         matched = [s for s in sites if pattern.fullmatch(s.name)]
         if not matched:
-            anywhere = [s.name for s in all_sites(model) if pattern.fullmatch(s.name)]
+            anywhere = [f"blocks.{i}.{m}" for i in range(total) for m in LINEAR_MODULES if pattern.fullmatch(f"blocks.{i}.{m}")]
             among = f"among layers {chosen} x modules {list(modules)}" if len(sites) < total * len(LINEAR_MODULES) else ""
             if anywhere and among:
                 raise ValueError(f"regex {regex!r} matches no site {among} (it matches {anywhere[:4]} outside them); "
@@ -274,20 +246,16 @@ def select_sites(
             raise ValueError(f"regex {regex!r} matches no site; it must match a whole site name such as "
                              f"'blocks.0.mlp.out' (layers 0..{total - 1}, modules {list(LINEAR_MODULES)})")
         sites = matched
-    for site in sites:
-        linear_of(model, site)  # fail now, not at attach time, if the model lacks it
     return sites
 
 
-def linear_of(model, site: Site | str) -> nn.Linear:
-    """The raw Hugging Face ``nn.Linear`` behind a site (the module adapters decompose), on any backend."""
-    from interp.backends import backend_of
-
-    site = Site.parse(site) if isinstance(site, str) else site
-    backend = backend_of(model)
-    if not 0 <= site.layer < backend.n_layers:
-        raise ValueError(f"layer {site.layer} out of range: the model has layers 0..{backend.n_layers - 1}")
-    linear = backend.linear(site)
-    if not isinstance(linear, nn.Linear):
-        raise ValueError(f"{site.name} wraps a {type(linear).__name__}, not an nn.Linear; pick another module")
-    return linear
+def site_hook(site: Site | str) -> str:
+    """A hook name for a site: a :class:`Site` or a bare site name (``blocks.3.mlp.out``) means
+    its Linear's output (``<name>.hook_out``); hook names pass through."""
+    if isinstance(site, Site):
+        return site.hook_out
+    if not isinstance(site, str) or not site.startswith("blocks."):
+        raise ValueError(f"a site is a Site or a hook name like 'blocks.3.hook_resid_post', got {site!r}")
+    if ".hook_" not in site:
+        return Site.parse(site).hook_out
+    return site

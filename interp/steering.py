@@ -56,7 +56,8 @@ class SteeringMethod:
     """
 
     name: str = "method"
-    orientation: int = 1
+    orientation: int = 1  # the calibrated sign: +1, or -1 after a flip (interp.calibrate)
+    calibration: dict | None = None  # the sign / strength calibration records (interp.calibrate), None until calibrated
 
     def edits(self, coeff: Coeff) -> Edits:
         """What the method does to a forward pass at ``coeff`` (orientation applied); ``()`` at 0 (default: nothing)."""
@@ -81,6 +82,17 @@ class SteeringMethod:
         if isinstance(coeff, Tensor) and coeff.ndim == 0:
             coeff = float(coeff)
         return coeff * self.orientation if self.orientation != 1 else coeff
+
+    @contextmanager
+    def oriented(self, value: int) -> Iterator[None]:
+        """The method with ``orientation`` set to ``value`` inside the block (training runs at +1), restored after."""
+        if value not in (1, -1):
+            raise ValueError(f"orientation must be +1 or -1, got {value}")
+        saved, self.orientation = self.orientation, value
+        try:
+            yield
+        finally:
+            self.orientation = saved
 
     def config(self) -> dict:
         """JSON-able description (for provenance); subclasses extend it."""

@@ -47,8 +47,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -61,165 +60,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.data import last_token_index
+from interp.files import ENGINE, write_netcdf, write_text
 from interp.provenance import provenance
-from interp.sites import Site
+from interp.sites import Site, site_hook
 from interp.steering import SteeringMethod
 
 STORE_FILE = "store.nc"
 MANIFEST = "manifest.json"
 PARTS = "parts"
-ENGINE = "h5netcdf"
-
-
-# --------------------------------------------------------------------------- atomic files
-# Every result file goes through a temporary sibling and ``os.replace``, so a killed run
-# never leaves a half-written file that a resumed run would trust.
-
-
-def current_umask() -> int:
-    """The process umask (read by setting and restoring it: there is no getter)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then move the temporary file onto ``path`` (parents created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; results are shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_netcdf(ds: xr.Dataset, path: str | Path) -> Path:
-    """Write ``ds`` as netCDF (h5netcdf), atomically."""
-    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine=ENGINE))
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Write a text file (tables, json), atomically."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-def load_dataset(path: str | Path) -> xr.Dataset:
-    """Open a stored result fully into memory (and close the file, so it can be replaced later)."""
-    with xr.open_dataset(path, engine=ENGINE) as ds:
-        return ds.load()
-
-
-def load_or_compute(path: str | Path, compute: Callable[[], xr.Dataset]) -> xr.Dataset:
-    """The dataset stored at ``path``, or ``compute()`` written there first (resumable runs)."""
-    path = Path(path)
-    if not path.is_file():
-        write_netcdf(compute(), path)
-    return load_dataset(path)
-
-
-RUN_CONFIG = "run_config.json"
-
-
-def config_differences(recorded: Mapping, current: Mapping, *, ignore: Sequence[str] = (),
-                       absent_means: Mapping | None = None) -> dict[str, tuple]:
-    """``{key: (recorded, current)}`` for every setting that differs, compared as JSON would store them.
-
-    ``absent_means`` gives, for settings added after a record was written, the value their
-    absence stands for (the behaviour before they existed), so old records still match.
-    """
-    old, new = (json.loads(json.dumps(dict(c), default=str)) for c in (recorded, current))
-    old = {**json.loads(json.dumps(dict(absent_means or {}), default=str)), **old}
-    keys = (set(old) | set(new)) - set(ignore)
-    return {k: (old.get(k), new.get(k)) for k in sorted(keys) if old.get(k) != new.get(k)}
-
-
-def said_differences(diff: Mapping[str, tuple], recorded_in: str) -> str:
-    """``diff`` of :func:`config_differences` in words, e.g. ``steps 6 there, 40 now``."""
-    return ", ".join(f"{k} {a!r} {recorded_in}, {b!r} now" for k, (a, b) in diff.items())
-
-
-def check_run_config(folder: str | Path, config: Mapping, *, ignore: Sequence[str] = (),
-                     absent_means: Mapping | None = None) -> None:
-    """Record the settings a resumable result folder is made with, or check a re-run matches them.
-
-    Resumable analyses skip what a folder already holds; without this check a re-run with
-    other settings (more steps, another budget) would silently mix old and new results.
-    ``ignore`` names settings that only add work (more depths, more methods); ``absent_means``
-    is :func:`config_differences`'. Raises ``ValueError`` naming the differing settings.
-    """
-    path = Path(folder) / RUN_CONFIG
-    if path.is_file():
-        diff = config_differences(json.loads(path.read_text()), config, ignore=ignore, absent_means=absent_means)
-        if diff:
-            raise ValueError(f"{folder} holds results made with other settings ({said_differences(diff, 'there')}); "
-                             "pass another --out, or delete the folder to start over")
-    write_text(path, json.dumps(dict(config), indent=1, sort_keys=True, default=str))
-
-
-# --------------------------------------------------------------------------- one writer per folder
-
-LOCK_FILE = ".lock"
-_HELD: dict[Path, list] = {}  # folder -> [open lock file, depth]: re-entrant within a process
-
-
-class RunLocked(RuntimeError):
-    """Another live process is writing this results folder (the message names it)."""
-
-
-@contextmanager
-def run_lock(folder: str | Path) -> Iterator[Path]:
-    """Hold ``folder`` for one writer while the block runs (the folder is created).
-
-    An exclusive ``fcntl.flock`` on ``<folder>/.lock``, which holds the writer's pid and
-    command line. A second writer fails at once with :class:`RunLocked` naming the holder.
-    The kernel drops the lock when its process dies, so a killed run's lock file is stale
-    by construction and the next run simply takes it over. Re-entrant in one process
-    (an analysis may train into its own folder).
-    """
-    import fcntl
-    import socket
-    import sys
-
-    folder = Path(folder).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    if folder in _HELD:
-        _HELD[folder][1] += 1
-        try:
-            yield folder
-        finally:
-            _HELD[folder][1] -= 1
-        return
-    fh = open(folder / LOCK_FILE, "a+", encoding="utf-8")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "a process that wrote nothing yet"
-        fh.close()
-        raise RunLocked(f"{folder} is being written by another run ({holder}); wait for it to finish or pass "
-                        "another --out") from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"pid {os.getpid()} on {socket.gethostname()}: {' '.join(sys.argv)[:300]}\n")
-    fh.flush()
-    _HELD[folder] = [fh, 1]
-    try:
-        yield folder
-    finally:
-        if _HELD[folder][1] == 1:
-            del _HELD[folder]
-            fh.seek(0)
-            fh.truncate()
-            fcntl.flock(fh, fcntl.LOCK_UN)
-            fh.close()
-        else:
-            _HELD[folder][1] -= 1
 
 
 POSITIONS = ("last", "all")
@@ -261,18 +109,6 @@ class StoreConfig:
             raise ValueError(f"duplicate coefficients in {list(self.coeffs)}")
         if self.chunk_size < 1 or self.batch_size < 1:
             raise ValueError(f"chunk_size and batch_size must be >= 1, got {self.chunk_size}, {self.batch_size}")
-
-
-def site_hook(site: Site | str) -> str:
-    """A hook name for a site: a :class:`Site` or a bare site name (``blocks.3.mlp.out``) means
-    its Linear's output (``<name>.hook_out``); hook names pass through."""
-    if isinstance(site, Site):
-        return site.hook_out
-    if not isinstance(site, str) or not site.startswith("blocks."):
-        raise ValueError(f"a site is a Site or a hook name like 'blocks.3.hook_resid_post', got {site!r}")
-    if ".hook_" not in site:
-        return Site.parse(site).hook_out
-    return site
 
 
 # --------------------------------------------------------------------------- sample metadata
@@ -365,7 +201,7 @@ def collect(
         chunk_size=chunk_size, batch_size=batch_size, dtype=dtype, seed=seed,
     )
     from interp.backends import backend_of
-    from interp.sites import n_layers
+    from interp.backends import n_layers
 
     backend = backend_of(model)
     for s in config.sites:  # bad names fail before any work

@@ -8,6 +8,9 @@ DailyDilemmas target ``Virtue/Truthfulness``, ``Δ margin`` for a continuation m
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pandas as pd
 
 # key -> label; "{t}" is the target's name
@@ -35,6 +38,11 @@ LABELS: dict[str, str] = {
     "nan_rows": "NaN rows",
     "monotonic": "monotonic (every seed)",
     "reached": "Budget reached",
+    "token_bias": "Token bias",
+    "token_bias_neg": "Token bias (-c)",
+    "flipped_share": "Flipped share",
+    "flipped_share_neg": "Flipped share (-c)",
+    "false_share": "False preferred",
 }
 
 # the metrics of one method at +c against c = 0 (and -c) that datasets and records keep
@@ -42,6 +50,7 @@ METRIC_KEYS: tuple[str, ...] = (
     "delta_target", "delta_target_low", "delta_target_high", "delta_target_neg", "delta_target_to_do_half",
     "delta_target_not_to_do_half", "delta_target_balanced", "answer_bias", "delta_target_single", "delta_other",
     "p_value", "delta_nll", "delta_nll_neg", "normalized_gain", "main_metric",
+    "token_bias", "token_bias_neg", "flipped_share", "flipped_share_neg",
 )
 
 
@@ -60,3 +69,15 @@ def label(key: str, target: str = "target") -> str:
 def shown(table: pd.DataFrame, target: str = "target") -> pd.DataFrame:
     """``table`` with its metric keys as display labels, for printing."""
     return table.rename(columns={c: label(c, target) for c in table.columns})
+
+
+def metrics_at(table: pd.DataFrame, coeff: float) -> dict[str, float]:
+    """The ``+coeff`` row of a measure's metrics table as :data:`METRIC_KEYS` (NaN where the measure has
+    no such metric), each ``<key>_neg`` read from its ``-coeff`` row: the one reader of a table row."""
+    coeffs = table["coeff"].astype(float).to_numpy()
+    pos, neg = table[np.isclose(coeffs, coeff)], table[np.isclose(coeffs, -coeff)]
+
+    def read(rows: pd.DataFrame, key: str) -> float:
+        return float(rows[key].iloc[0]) if key in rows and len(rows) else math.nan
+
+    return {k: read(neg, k.removesuffix("_neg")) if k.endswith("_neg") else read(pos, k) for k in METRIC_KEYS}

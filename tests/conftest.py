@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 # Tests never touch a hub; fail loudly rather than hang if code tries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -63,7 +64,7 @@ def mini_concept(tmp_path):
 
 HOLD = """
 import sys, time
-from interp.store import run_lock
+from interp.files import run_lock
 with run_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)
@@ -98,3 +99,12 @@ def tokenize_chats(model, chats, continue_final: bool = False):
 
     enc = encode_chats(model.tokenizer, chats, continue_final=continue_final)
     return enc.tokens, enc.attention_mask
+
+
+def randomised(adapter, scale: float):
+    """``adapter`` with every parameter drawn from N(0, scale²) (seeded): a non-trivial steer for export tests."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return adapter

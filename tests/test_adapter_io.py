@@ -81,7 +81,7 @@ def test_save_is_atomic_and_overwrites(tiny, saved):
         adapter.detach()
     names = sorted(p.name for p in saved.iterdir())
     assert names == sorted(["adapter.json", read_adapter_config(saved)["tensors"]])
-    from interp.store import current_umask
+    from interp.files import current_umask
 
     assert saved.stat().st_mode & 0o777 == 0o777 & ~current_umask()  # not mkdtemp's 0700
     assert [p.name for p in saved.parent.iterdir() if p.name.startswith(".")] == []

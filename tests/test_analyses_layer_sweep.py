@@ -7,8 +7,9 @@ import pytest
 from analyses import layer_sweep
 from analyses._io import load_dataset
 
-ARGS = ["--model", "tiny-random", "--quick", "--layers", "0.3,0.6", "--steps", "2", "--n-eval", "8",
-        "--n-calibration", "8", "--min-pmass", "0", "--no-progress"]
+# one mlp.out site per depth judged on DailyDilemmas; tiny-random holds no preference, so --force sweeps past the floor check
+ARGS = ["--model", "tiny-random", "--quick", "--layers", "0.3,0.6", "--steps", "2", "--n-eval", "8", "--single",
+        "--measure", "dailydilemmas", "--n-calibration", "8", "--min-pmass", "0", "--no-progress", "--force"]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,8 @@ def test_dataset_dims_attrs_and_figure(sweep):
     assert ds["delta_nll"].attrs["units"] == "nats/token"
     assert written["figure"].stat().st_size > 1000 and "Layer sweep" in written["table"].read_text()
     for d in ("0.30", "0.60"):
-        record = json.loads((out / "res" / f"depth_{d}" / "eval.json").read_text())
-        assert record["n_dilemmas"] == 8 and record["split"] == "validation"
+        record = json.loads((out / "res" / f"depth_{d}" / "result.json").read_text())
+        assert record["n_items"] == 8 and record["split"] == "validation"
 
 
 def test_adapters_are_saved_with_training_and_sign(sweep):
@@ -45,10 +46,10 @@ def test_adapters_are_saved_with_training_and_sign(sweep):
 def test_resume_skips_finished_depths_and_reuses_adapters(sweep, dilemmas_dir):
     out, written = sweep
     res = out / "res"
-    done = res / "depth_0.30" / "eval.json"
+    done = res / "depth_0.30" / "result.json"
     log = res / "depth_0.60" / "metrics.jsonl"
     kept, log_time = done.stat().st_mtime_ns, log.stat().st_mtime_ns
-    (res / "depth_0.60" / "eval.json").unlink()  # as if killed while scoring depth 0.6
+    (res / "depth_0.60" / "result.json").unlink()  # as if killed while scoring depth 0.6
     again = layer_sweep.main([*ARGS, "--out", str(res), "--figures", str(out / "fig"), "--dilemmas", str(dilemmas_dir)])
     assert done.stat().st_mtime_ns == kept  # finished depth untouched
     assert log.stat().st_mtime_ns == log_time  # saved adapter loaded, not retrained
@@ -74,14 +75,30 @@ def test_bad_config_is_rejected():
         layer_sweep.parse_args(["--layers", "0.5,2"])
 
 
-def test_quick_first_depth_on_the_default_model(tmp_path, dilemmas_dir):
-    """The main job: the quick sweep's first depth on the embedded default runs in CI (about 3.5 min on one thread)."""
-    written = layer_sweep.main(["--quick", "--layers", "0.5", "--steps", "4", "--n-eval", "16", "--n-calibration", "16",
-                                "--no-progress", "--out", str(tmp_path / "res"), "--figures", str(tmp_path / "fig"),
-                                "--dilemmas", str(dilemmas_dir)])
+def test_quick_first_depth_on_the_default_model(tmp_path):
+    """The main job as the README writes it (factual honesty, a band of residual writers): its floor check passes on
+    the embedded default and the quick sweep's first depth runs in CI (a few minutes on one thread)."""
+    written = layer_sweep.main(["--quick", "--layers", "0.5", "--steps", "4", "--n-eval", "16", "--jobs", "1",
+                                "--no-progress", "--out", str(tmp_path / "res"), "--figures", str(tmp_path / "fig")])
+    assert json.loads(written["floor"].read_text())["passes"] is True  # the default model holds simple facts
     ds = load_dataset(written["dataset"])
     assert ds.sizes["depth"] == 1 and int(ds["layer"].values[0]) == 14  # round(0.5 * 29), half to even
+    assert "fact margin" in ds.attrs["target"] and ds.attrs["unit"] == "nats/token"
     assert abs(float(ds["delta_nll"].values[0])) < 0.5  # a short run stays coherent
+
+
+def test_a_floor_that_fails_stops_before_training(tmp_path, capsys):
+    """tiny-random holds no facts: the sweep stops after the floor check (exit status 3), names what to run
+    instead, trains nothing; --force sweeps anyway (the tests above)."""
+    out = tmp_path / "res"
+    with pytest.raises(SystemExit) as stopped:
+        layer_sweep.main(["--model", "tiny-random", "--quick", "--n-eval", "8", "--no-progress", "--out", str(out),
+                          "--figures", ""])
+    assert stopped.value.code == layer_sweep.FLOOR_FAILED
+    err = capsys.readouterr().err
+    assert "does not hold the preference" in err and "--concept sentiment" in err and "--force" in err
+    assert json.loads((out / "floor_validation.json").read_text())["passes"] is False
+    assert not list(out.glob("depth_*"))  # nothing trained
 
 
 def test_bands_at_the_ends_of_the_network_stay_inside_it():
@@ -98,7 +115,7 @@ def test_band_mode_on_a_continuation_concept(mini_concept, tmp_path):
     from interp.adapters.io import read_adapter_config
 
     written = layer_sweep.main(["--model", "tiny-random", "--concept", str(mini_concept), "--band", "0.5", "--layers", "0.25",
-                                "--modules", "attn.o,mlp.out", "--steps", "2", "--n-eval", "6", "--no-progress",
+                                "--modules", "attn.o,mlp.out", "--steps", "2", "--n-eval", "6", "--no-progress", "--force",
                                 "--out", str(tmp_path / "res"), "--figures", str(tmp_path / "fig")])
     ds = load_dataset(written["dataset"])
     assert "margin" in ds.attrs["target"] and "band" in ds.attrs["question"]

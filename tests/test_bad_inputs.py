@@ -25,7 +25,8 @@ from interp.continuations import load_items
 from interp.data import concepts_dir, load_concept, read_suffixes
 from interp.dilemmas import ACTIONS_FILE, VALUES_FILE, DilemmasError, load_dilemmas
 from interp.models import ModelLoadError, cache_dir, load_model
-from interp.sites import Site, select_sites
+from interp.sites import Site
+from interp.backends import select_sites
 
 from conftest import DILEMMAS_DIR
 

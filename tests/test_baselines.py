@@ -258,7 +258,8 @@ def test_default_model_pca_steering_moves_rejected_toward_chosen(smol):
 
 def test_s_space_mean_diff_is_the_mean_diff_within_the_writer_basis(tiny, fitted):
     from interp.baselines import SSpaceMeanDiff
-    from interp.sites import Site, linear_of
+    from interp.sites import Site
+    from interp.backends import linear_of
 
     cho, rej = pairs(tiny)
     full = SSpaceMeanDiff.fit(tiny, cho, rej, [1, 2], batch_size=4, rank=64)  # full rank: the basis spans d_model

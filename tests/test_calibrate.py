@@ -102,7 +102,7 @@ def test_calibrated_adapter_saves_and_loads_orientation_and_strength(tiny, tmp_p
         from interp.adapters.io import load_adapter, save_adapter
     except ImportError:
         pytest.skip("interp.adapters.innerpissa / io not landed yet")
-    from interp.sites import select_sites
+    from interp.backends import select_sites
 
     adapter = attach(tiny, select_sites(tiny, layers=[1], modules=["mlp.out"]), InnerPiSSAConfig(rank=4))
     try:

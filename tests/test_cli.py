@@ -7,7 +7,7 @@ import importlib
 import pytest
 import torch
 
-ENTRY_POINTS = ("interp.train", "interp.evaluate", "interp.generate", "interp.cli.export", "analyses.layer_sweep",
+ENTRY_POINTS = ("interp.cli.train", "interp.cli.evaluate", "interp.cli.generate", "interp.cli.export", "analyses.layer_sweep",
                 "analyses.compare_methods", "analyses.recipe_search", "analyses.space_compare", "analyses.suppression",
                 "analyses.rotation_norms")
 SHARED = ("--model", "--device", "--dtype", "--out", "--no-progress")
@@ -35,7 +35,7 @@ def test_every_command_lists_the_shared_options(module, capsys):
     if module != "interp.cli.export":  # export's default model is the adapter's own
         mod = importlib.import_module(module)
         parse = getattr(mod, "parse_args", None)
-        if parse is not None and module not in ("interp.generate", "interp.cli.export"):
+        if parse is not None and module not in ("interp.cli.generate", "interp.cli.export"):
             import argparse
 
             parsed = parse([])
@@ -44,7 +44,7 @@ def test_every_command_lists_the_shared_options(module, capsys):
 
 
 def test_bad_device_and_dtype_fail_in_the_parser(capsys):
-    from interp.train import parse_args
+    from interp.cli.train import parse_args
 
     for argv, said in ((["--device", "tpu"], "--device"), (["--dtype", "float64"], "--dtype")):
         with pytest.raises(SystemExit) as exit_:
@@ -55,9 +55,9 @@ def test_bad_device_and_dtype_fail_in_the_parser(capsys):
 def test_bfloat16_training_evaluation_and_an_analysis(mini_concept, tmp_path):
     """tiny-random in bfloat16 on the CPU: training (adapter parameters stay float32), evaluation, recipe search."""
     from interp.adapters.io import load_adapter, read_adapter_config
-    from interp.evaluate import main as evaluate
+    from interp.cli.evaluate import main as evaluate
     from interp.models import load_model
-    from interp.train import main as train
+    from interp.cli.train import main as train
     from analyses.recipe_search import main as search
 
     bf16 = ["--model", "tiny-random", "--dtype", "bfloat16", "--no-progress"]
@@ -94,11 +94,11 @@ def test_nothing_in_a_forward_pass_is_made_off_the_models_device(tiny, monkeypat
     from interp.continuations import load_items, score_continuations
     from interp.data import tokenize_pairs
     from interp.dilemmas import load_dilemmas
-    from interp.evaluate import EvalConfig, score_dilemmas
-    from interp.generate import GenerateConfig, generate
+    from interp.measures.dilemma_scoring import EvalConfig, score_dilemmas
+    from interp.generation import GenerateConfig, generate
     from interp.losses import gap_scale
-    from interp.sites import Site
-    from interp.train import TrainConfig, build_pairs, resid_hook, step_loss
+    from interp.sites import Site, resid_hook
+    from interp.train import TrainConfig, build_pairs, step_loss
 
     for name in ("run", "decode"):
         original = getattr(BridgeBackend, name)
@@ -130,3 +130,14 @@ def test_nothing_in_a_forward_pass_is_made_off_the_models_device(tiny, monkeypat
     finally:
         adapter.detach()
         lora.detach()
+
+
+@pytest.mark.parametrize("command", ["interp.train", "interp.evaluate", "interp.generate", "interp.export"])
+def test_python_dash_m_runs_each_command(command):
+    """``python -m interp.<command>`` keeps working: the package's __main__ runs the command line of interp.cli."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", command, "--help"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert f"usage: python -m {command}" in done.stdout and "--model" in done.stdout

@@ -132,7 +132,7 @@ def test_empty_and_header_only_files_are_refused_naming_the_file(dilemmas_dir, t
 
 def test_the_data_files_hashes_travel_with_every_subset_and_scored_result(data, tiny):
     from interp.dilemmas import KNOWN_FILES
-    from interp.evaluate import score_dilemmas
+    from interp.measures.dilemma_scoring import score_dilemmas
     from interp.provenance import read_json_attr
 
     assert data.sources == {name: sha[:16] for name, (_, sha) in KNOWN_FILES.items()}

@@ -13,18 +13,17 @@ from interp.calibrate import calibrate_sign, delta_nll
 from interp.data import encode_chats
 from interp.dilemmas import TARGET, load_dilemmas
 from interp.stats import delta_nll_rows, dose_response, main_metric, normalized_gain
-from interp.evaluate import (
+from interp.cli.evaluate import main, write_results
+from interp.measures.dilemma_scoring import (
     EvalConfig,
     answer_token_ids,
     chats,
-    main,
     metrics_table,
     add_choice_variables,
     score_dilemmas,
     target_score,
     value_scores,
     value_scores_log_ratio,
-    write_results,
 )
 from interp.interventions import AtHook
 from interp.steering import SteeringMethod
@@ -393,8 +392,9 @@ def test_cli_remote_fails_fast_with_the_reason(tmp_path, dilemmas_dir, capsys):
 
 def test_adapter_for_nnsight_needs_local_site_weights(tmp_path):
     from interp.adapters.innerpissa import InnerPiSSAConfig, attach
-    from interp.adapters.io import AdapterLoadError, save_adapter
-    from interp.backends.nnsight import RemoteUnavailable, load_adapter_nnsight, load_nnsight, module_of
+    from interp.adapters.io import AdapterLoadError, load_adapter, save_adapter
+    from interp.backends import RemoteUnavailable
+    from interp.backends.nnsight import load_nnsight, module_of
     from interp.models import load_model
     from interp.sites import Site
 
@@ -402,7 +402,7 @@ def test_adapter_for_nnsight_needs_local_site_weights(tmp_path):
     adapter = attach(model, [Site(1, "mlp.out")], InnerPiSSAConfig(rank=4, init_std=0.3))
     save_adapter(adapter, tmp_path / "adapter")
     nn_model = load_nnsight("tiny-random")
-    loaded = load_adapter_nnsight(nn_model, tmp_path / "adapter")
+    loaded = load_adapter(nn_model, tmp_path / "adapter")
     assert torch.equal(loaded.layers["blocks_1_mlp_out"].delta_weight(1.0), adapter.layers["blocks_1_mlp_out"].delta_weight(1.0))
     linear = module_of(nn_model, "blocks.1.mlp.out")
     assert not linear._forward_hooks  # attached without hooks: it acts only through its edits, inside traces
@@ -411,10 +411,10 @@ def test_adapter_for_nnsight_needs_local_site_weights(tmp_path):
     with torch.no_grad():
         linear.weight.add_(1.0)  # other weights at the site: refused like on the bridge
     with pytest.raises(AdapterLoadError, match="weight hash"):
-        load_adapter_nnsight(nn_model, tmp_path / "adapter")
+        load_adapter(nn_model, tmp_path / "adapter")
     linear.weight = torch.nn.Parameter(torch.empty_like(linear.weight, device="meta"))  # as a remote=True model holds it
     with pytest.raises(RemoteUnavailable, match="remote=False"):
-        load_adapter_nnsight(nn_model, tmp_path / "adapter")
+        load_adapter(nn_model, tmp_path / "adapter")
 
 
 def test_nnsight_path_agrees_with_the_bridge(tiny, small):

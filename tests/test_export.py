@@ -17,6 +17,7 @@ from interp.cli.export import main
 from interp.export import LOGIT_TOLERANCE, ExportError, check_out
 from interp.export.base import check_logits
 from interp.sites import Site
+from conftest import randomised
 
 TOKENS = [[1, 17, 300, 4000, 52, 9], [8, 8, 2000, 31, 600, 7]]
 
@@ -45,16 +46,8 @@ def _plain_logits(folder, tmp_path) -> torch.Tensor:
     return load_file(out)["logits"]
 
 
-def _randomised(adapter, scale: float):
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in adapter.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * scale)
-    return adapter
-
-
 def _save_random_adapter(model, path):
-    adapter = _randomised(innerpissa.attach(model, [Site(1, "mlp.out")]), 0.3)
+    adapter = randomised(innerpissa.attach(model, [Site(1, "mlp.out")]), 0.3)
     try:
         save_adapter(adapter, path)
     finally:
@@ -78,7 +71,7 @@ def _export_and_compare(model, adapter, coeff, tmp_path, atol):
 @pytest.mark.parametrize("kind", ["innerpissa", "lora"])
 def test_export_loads_in_plain_transformers_with_the_steered_logits(tiny, tmp_path, kind):
     module = {"innerpissa": innerpissa, "lora": lora}[kind]
-    adapter = _randomised(module.attach(tiny, [Site(1, "mlp.out"), Site(2, "attn.o"), Site(3, "attn.q")]), 0.3)
+    adapter = randomised(module.attach(tiny, [Site(1, "mlp.out"), Site(2, "attn.o"), Site(3, "attn.q")]), 0.3)
     adapter.orientation = -1  # the saved sign is applied: c = 0.7 merges the adapter's -0.7
     folder = _export_and_compare(tiny, adapter, 0.7, tmp_path, atol=1e-4)
     card = (folder / "README.md").read_text()
@@ -109,7 +102,7 @@ def test_export_refuses_to_overwrite_a_folder(tiny, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_default_model_export_matches_the_steered_bridge(smol, tmp_path):
-    adapter = _randomised(innerpissa.attach(smol, [Site(5, "mlp.out"), Site(9, "attn.o")]), 0.05)
+    adapter = randomised(innerpissa.attach(smol, [Site(5, "mlp.out"), Site(9, "attn.o")]), 0.05)
     folder = _export_and_compare(smol, adapter, 1.0, tmp_path, atol=2e-3)
     assert json.loads((folder / "steering.json").read_text())["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -168,7 +161,7 @@ def test_overwrite_of_a_held_folder_is_refused_naming_the_holder(tiny, tmp_path,
 @pytest.mark.parametrize("kind", ["innerpissa", "lora"])
 def test_an_absurd_coefficient_is_refused_naming_it(tiny, tmp_path, capsys, kind):
     module = {"innerpissa": innerpissa, "lora": lora}[kind]
-    adapter = _randomised(module.attach(tiny, [Site(1, "mlp.out")]), 0.3)
+    adapter = randomised(module.attach(tiny, [Site(1, "mlp.out")]), 0.3)
     try:
         save_adapter(adapter, tmp_path / "adapter")
     finally:
@@ -182,7 +175,7 @@ def test_an_absurd_coefficient_is_refused_naming_it(tiny, tmp_path, capsys, kind
 
 
 def test_float16_overflow_is_refused(tiny, tmp_path, capsys):
-    adapter = _randomised(lora.attach(tiny, [Site(1, "mlp.out")]), 0.3)
+    adapter = randomised(lora.attach(tiny, [Site(1, "mlp.out")]), 0.3)
     try:
         save_adapter(adapter, tmp_path / "adapter")
     finally:

@@ -15,6 +15,7 @@ from interp.adapters.io import save_adapter
 from interp.cli.export import main
 from interp.export import LOGIT_TOLERANCE
 from interp.sites import Site
+from conftest import randomised
 
 gguf = pytest.importorskip("gguf")
 
@@ -123,17 +124,9 @@ def _plain_logits(files, tmp_path) -> list[torch.Tensor]:
     return [logits[str(i)] for i in range(len(files))]
 
 
-def _randomised(adapter, scale: float):
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in adapter.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * scale)
-    return adapter
-
-
 def _steered_and_base(model, sites, scale, adapter_dir, config=None):
     """Save a random InnerPiSSA adapter (orientation -1) and return (steered logits at c = +1, base logits)."""
-    adapter = _randomised(innerpissa.attach(model, sites, config or innerpissa.InnerPiSSAConfig()), scale)
+    adapter = randomised(innerpissa.attach(model, sites, config or innerpissa.InnerPiSSAConfig()), scale)
     adapter.orientation = -1  # the saved sign is applied: c = +1 merges the adapter's -1
     try:
         save_adapter(adapter, adapter_dir)

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from interp.dilemmas import TARGET, Dilemmas, load_dilemmas
-from interp.evaluate import EvalConfig, answer_token_ids, main
-from interp.floor import FLOOR_MESSAGE, dilemma_floor, floor_verdict
+from interp.cli.evaluate import main
+from interp.floor import FLOOR_MESSAGE, floor_verdict
+from interp.measures import DailyDilemmasMeasure, measure_of
+from interp.measures.dilemma_scoring import answer_token_ids
 
-FAST = EvalConfig(batch_size=4, max_situation_chars=160)
+FAST = DailyDilemmasMeasure(concept="honesty", batch_size=4, max_situation_chars=160)
 
 
 def test_verdict_at_chance_and_unmoved_fails():
@@ -77,7 +79,7 @@ def truth_dilemmas(dilemmas_dir):
 
 def test_synthetic_model_that_holds_the_preference_passes(tiny, truth_dilemmas):
     with holds_truth(tiny, truth_dilemmas):
-        check, ds = dilemma_floor(tiny, truth_dilemmas, FAST, progress=False)
+        check, ds = FAST.floor(tiny, truth_dilemmas, progress=False)
     assert check.base > 0.9 and check.base_holds and check.passes and check.n == 6
     assert set(ds["coeff"].values) == {-1.0, 0.0, 1.0} and str(ds["method"].values[0]) == "prompt"
 
@@ -107,22 +109,16 @@ def test_evaluate_cli_on_a_continuation_concept(mini_concept, tmp_path, capsys):
 def test_default_model_fails_the_floor_on_dailydilemmas_and_passes_on_sentiment(smol):
     """SmolLM2-135M does not hold honesty on de-biased DailyDilemmas (at chance, prompting does not
     move it), and does hold sentiment on the continuation margin."""
-    from interp.measures import floor_check, measure_of, measure_splits
-
-    honesty = measure_of("honesty")
-    val = measure_splits(honesty)["validation"]
-    _, signs = val.label_signs([TARGET])
-    truth = val.subset(val.ids[signs[:, 0] != 0][:48])
-    check, _ = floor_check(smol, honesty, truth, progress=False)
+    honesty = measure_of("honesty", "dailydilemmas")
+    truth = honesty.scorable(honesty.splits()["validation"]).head(48)
+    check, _ = honesty.floor(smol, truth, progress=False)
     assert not check.passes and check.base_low < 0.5 < check.base_high and check.prompt_p > 0.05
     sentiment = measure_of("sentiment")
-    check, _ = floor_check(smol, sentiment, measure_splits(sentiment)["validation"], progress=False)
+    check, _ = sentiment.floor(smol, sentiment.splits()["validation"], progress=False)
     assert check.passes and check.base_holds and check.prompt_moves and check.prompt_p < 1e-6
 
 
 def test_each_measure_names_the_unit_of_its_effect():
-    from interp.measures import measure_of
-
     honesty, sentiment = measure_of("honesty"), measure_of("sentiment")
     assert honesty.unit == "probability" and "de-biased" in honesty.effect_units
     assert sentiment.unit == "nats/token" and sentiment.effect_units == "Δ margin (nats/token)"

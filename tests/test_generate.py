@@ -7,13 +7,13 @@ import torch
 
 from interp.adapters import innerpissa, lora
 from interp.baselines import MeanDiff, PromptSteering
-from interp.generate import (
+from interp.cli.generate import main
+from interp.generation import (
     PAD,
     GenerateConfig,
     continuation_nll,
     distinct_share,
     generate,
-    main,
     prompt_chat,
     side_by_side,
 )
@@ -124,7 +124,7 @@ def test_bad_settings_are_refused_with_their_name():
 
 
 def test_cli_writes_a_labelled_dataset_and_prints_columns(tmp_path, capsys):
-    from interp.store import load_dataset
+    from interp.files import load_dataset
 
     ds = main(["--model", "tiny-random", "--prompt", "Hi", "--prompt", "Tell me a story.", "--coeffs", "0",
                "--max-new-tokens", "6", "--out", str(tmp_path), "--no-progress"])

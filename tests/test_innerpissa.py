@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from interp.adapters.innerpissa import InnerPiSSAConfig, InnerPiSSALayer, attach, top_svd
-from interp.sites import Site, linear_of
+from interp.sites import Site
+from interp.backends import linear_of
 
 SITES = [Site(1, "mlp.out"), Site(2, "attn.o"), Site(3, "mlp.in")]
 

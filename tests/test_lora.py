@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 
 from interp.adapters.lora import LoRA, LoRAConfig, LoRALayer, attach
-from interp.sites import linear_of, select_sites
+from interp.backends import linear_of, select_sites
 
 
 @pytest.fixture()
@@ -125,7 +127,8 @@ def test_trains_through_the_reprpo_loop(tiny, tmp_path):
     import interp.train as train_mod
     sites = select_sites(tiny, layers=[1], modules=["mlp.out"])
     config = train_mod.TrainConfig.of(
-        model="tiny-random", n_pairs=200, n_calibration=16, n_validation=16, rank=4, lr=0.05, steps=16, batch_size=4
+        model="tiny-random", concept=str(Path(__file__).parent / "data" / "honesty_v1.json"), n_pairs=200, n_calibration=16, n_validation=16, rank=4, lr=0.05, steps=16,
+        batch_size=4,
     )
     base = linear_of(tiny, sites[0]).weight.detach().clone()
     adapter = attach(tiny, sites, LoRAConfig(rank=4))

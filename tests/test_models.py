@@ -3,7 +3,8 @@ import time
 import pytest
 import torch
 
-from interp.models import ModelLoadError, load_hf, load_model, weight_hash
+from interp.models import ModelLoadError, load_hf, load_model
+from interp.provenance import weight_hash
 
 
 def _chat_tokens(model, question: str) -> torch.Tensor:

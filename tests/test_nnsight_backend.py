@@ -29,8 +29,9 @@ from interp.backends.nnsight import (
 )
 from interp.baselines import VectorSteering
 from interp.interventions import AtHook
-from interp.sites import LINEAR_MODULES, Site, linear_of
-from interp.store import site_hook
+from interp.sites import LINEAR_MODULES, Site
+from interp.backends import linear_of
+from interp.sites import site_hook
 
 ATOL = 1e-5
 SITES = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.2.mlp.out.hook_in",
@@ -287,7 +288,7 @@ def test_default_model_parity(smol):
 def test_evaluate_remote_without_key_says_why_before_building_anything(monkeypatch, capsys):
     from nnsight import CONFIG
 
-    from interp import evaluate
+    from interp.cli import evaluate
     from interp.backends import nnsight as backend
 
     monkeypatch.delenv("NDIF_API_KEY", raising=False)

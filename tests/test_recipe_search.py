@@ -45,8 +45,8 @@ def test_search_end_to_end_and_resume(mini_concept, tmp_path):
     assert list(table["recipe"]) == ["single", "band"] and list(table["n_sites"]) == [1, 4]
     assert "answer_bias" not in table.columns and "delta_target" in table.columns  # a margin has no answer bias
     record = json.loads((out / "band" / "seed_0" / "result.json").read_text())
-    assert record["split"] == "validation" and record["sign"]["split"] == "calibration"
-    assert record["sign"]["measure"] == "sentiment margin"
+    assert record["split"] == "validation" and record["calibration"]["sign"]["split"] == "calibration"
+    assert record["calibration"]["sign"]["measure"] == "sentiment margin"
     floor = json.loads((out / "floor_validation.json").read_text())
     assert set(floor) >= {"base", "prompt_p", "passes"}
     assert "Floor check" in (out / "table_validation.md").read_text()
@@ -62,7 +62,8 @@ def test_matched_budget_and_baselines_scored_alike(mini_concept, tmp_path):
     """Every run is also scaled to a KL budget on the calibration prompts and scored there; baselines
     (a vector and prompting) get the same columns; a finished run gains a new budget without retraining."""
     from interp.calibrate import coherence_cost
-    from interp.measures import cost_tokens, measure_of, measure_splits
+    from interp.measures import measure_of
+    from interp.protocol import row_of
     from interp.models import load_model
     from interp.adapters.io import load_adapter
 
@@ -82,7 +83,7 @@ def test_matched_budget_and_baselines_scored_alike(mini_concept, tmp_path):
     # the coefficient found costs the budget: KL on the first calibration prompts, the larger of +c and -c
     model = load_model("tiny-random")
     measure = measure_of(mini_concept)
-    tokens, mask = cost_tokens(model, measure, measure_splits(measure)["calibration"].head(16))
+    tokens, mask = measure.cost_tokens(model, measure.splits()["calibration"].head(16))
     adapter = load_adapter(model, out / "band" / "seed_0" / "adapter")
     cost = coherence_cost(model, adapter, tokens, mask)
     c = band["coeff_at_budget"]
@@ -92,12 +93,12 @@ def test_matched_budget_and_baselines_scored_alike(mini_concept, tmp_path):
     saved = (out / "band" / "seed_0" / "adapter" / "adapter.json").stat().st_mtime_ns
     main([*args[:-7], "--budget", "0.002", *args[-5:]])
     record = json.loads((out / "band" / "seed_0" / "result.json").read_text())
-    assert set(record["budgets"]) == {"0.001", "0.002"} and record["budgets"]["0.002"]["coeff"] > c
+    assert {r["budget"] for r in record["rows"]} == {"n/a", "0.001", "0.002"} and row_of(record, "0.002")["coeff"] > c
     assert (out / "band" / "seed_0" / "adapter" / "adapter.json").stat().st_mtime_ns == saved
     # a ΔNLL budget: the coefficient found costs that much ΔNLL of the prompts' own text (the larger side)
     main([*args[:-7], "--budget", "0.001", "--budget-kind", "nll", *args[-5:]])
     record = json.loads((out / "band" / "seed_0" / "result.json").read_text())
-    c_nll = record["budgets"]["nll0.001"]["coeff"]
+    c_nll = row_of(record, "nll0.001")["coeff"]
     nll = coherence_cost(model, load_adapter(model, out / "band" / "seed_0" / "adapter"), tokens, mask, kind="nll")
     assert max(nll(c_nll), nll(-c_nll)) == pytest.approx(0.001, rel=0.01)
 

@@ -1,7 +1,8 @@
 import pytest
 from torch import nn
 
-from interp.sites import LINEAR_MODULES, Site, depth_to_layer, linear_of, parse_spec, select_sites
+from interp.sites import LINEAR_MODULES, Site, depth_to_layer, parse_spec
+from interp.backends import linear_of, select_sites
 
 
 def test_site_names_and_hooks(tiny):
@@ -89,10 +90,12 @@ def test_depth_spec_reads_back_as_a_depth():
 def test_module_examples_run_as_doctests(tiny):
     import doctest
 
+    import interp.backends
     import interp.sites
 
-    result = doctest.testmod(interp.sites, extraglobs={"model": tiny}, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 6 and result.failed == 0
+    results = [doctest.testmod(module, extraglobs={"model": tiny}, optionflags=doctest.ELLIPSIS)
+               for module in (interp.sites, interp.backends)]  # the grammar's examples, and selection on a model's layers
+    assert sum(r.attempted for r in results) >= 7 and not any(r.failed for r in results)
 
 
 def names(sites: list[Site]) -> list[str]:

@@ -188,7 +188,7 @@ def test_provenance_attrs(tiny):
 
 
 def test_run_config_recorded_then_checked(tmp_path):
-    from interp.store import RUN_CONFIG, check_run_config, config_differences
+    from interp.files import RUN_CONFIG, check_run_config, config_differences
 
     assert config_differences({"a": (1, 2), "b": None}, {"a": [1, 2], "b": None}) == {}  # as JSON stores them
     assert config_differences({"a": 1}, {"a": 2, "c": 3}) == {"a": (1, 2), "c": (None, 3)}
@@ -214,7 +214,7 @@ def held_folder(tmp_path, hold_folder):
 
 
 def test_a_second_writer_fails_at_once_naming_the_holder(held_folder):
-    from interp.store import RunLocked, run_lock
+    from interp.files import RunLocked, run_lock
 
     folder, proc = held_folder
     with pytest.raises(RunLocked, match=f"pid {proc.pid}"):
@@ -223,7 +223,7 @@ def test_a_second_writer_fails_at_once_naming_the_holder(held_folder):
 
 
 def test_a_dead_writers_lock_is_taken_over(held_folder):
-    from interp.store import run_lock
+    from interp.files import run_lock
 
     folder, proc = held_folder
     proc.kill()
@@ -238,7 +238,7 @@ def test_the_lock_is_reentrant_in_one_process_and_released_after(tmp_path):
     import sys
 
     from conftest import HOLD
-    from interp.store import run_lock
+    from interp.files import run_lock
 
     with run_lock(tmp_path / "r"):
         with run_lock(tmp_path / "r"):
@@ -253,7 +253,7 @@ def test_the_lock_is_reentrant_in_one_process_and_released_after(tmp_path):
 
 def test_training_and_analyses_refuse_a_held_folder(held_folder, capsys):
     from analyses import compare_methods
-    from interp import train
+    from interp.cli import train
 
     folder, proc = held_folder
     with pytest.raises(SystemExit):

@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from interp.data import make_pairs, split_by_suffix
-from interp.sites import linear_of, select_sites
+from interp.backends import linear_of, select_sites
 from interp.adapters.base import AdapterSet, DeltaLayer
+from interp.cli.train import parse_args
 from interp.train import (
     CHECKPOINT,
     LOG,
@@ -24,7 +27,6 @@ from interp.train import (
     build_pairs,
     loss_layer_of,
     lr_factor,
-    parse_args,
     site_basis,
     train,
 )
@@ -120,7 +122,9 @@ def test_loss_layer_and_site_basis(tiny):
 
 # ----------------------------------------------------------------------------- tiny-random runs
 
-SHORT = dict(model="tiny-random", n_pairs=200, n_calibration=16, n_validation=16, rank=8, lr=0.05, steps=16, batch_size=4)
+# frozen persona pairs: the loop is under test, not the shipped concepts (rewritten as they evolve)
+LOOP_CONCEPT = str(Path(__file__).parent / "data" / "honesty_v1.json")
+SHORT = dict(model="tiny-random", concept=LOOP_CONCEPT, n_pairs=200, n_calibration=16, n_validation=16, rank=8, lr=0.05, steps=16, batch_size=4)
 
 
 @pytest.mark.parametrize("kind", ["toy", "innerpissa"])
@@ -239,7 +243,7 @@ def test_dhs_u_space_and_logsigmoid_run(tiny):
 
 def test_cli_calibrates_the_sign_on_the_concept_measure(mini_concept, tmp_path):
     from interp.adapters.io import read_adapter_config
-    from interp.train import main
+    from interp.cli.train import main
 
     args = ["--model", "tiny-random", "--concept", str(mini_concept), "--layers", "1", "--steps", "2", "--n-pairs", "40",
             "--no-progress"]
@@ -348,7 +352,8 @@ def test_kl_term_is_the_weighted_next_token_kl_of_both_directions(tiny, kind):
     from interp.calibrate import next_token_kl
     from interp.data import tokenize_pairs
     from interp.losses import gap_scale
-    from interp.train import resid_hook, step_loss
+    from interp.sites import resid_hook
+    from interp.train import step_loss
 
     sites = select_sites(tiny, layers=[1], modules=["mlp.out"])
     adapter = ADAPTERS[kind](tiny, sites, 0)

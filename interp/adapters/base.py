@@ -30,7 +30,8 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from interp.interventions import ADAPTED, Edits, WeightDelta, is_zero
-from interp.sites import Site, linear_of
+from interp.sites import Site
+from interp.backends import linear_of
 from interp.steering import Coeff, SteeringMethod
 
 
@@ -196,7 +197,7 @@ class AdapterSet(SteeringMethod):
             "sites": [s.name for s in self.sites],
             "options": self.options(),
         }
-        calibration = getattr(self, "calibration", None)
+        calibration = self.calibration
         if calibration:
             out["calibration"] = calibration
         return out

@@ -274,7 +274,7 @@ def select_directions(model, sites: Sequence[Site], batch, config: InnerPiSSACon
     (an :class:`interp.data.PairBatch`): the inputs of every site are read at each row's last token
     in one unsteered forward pass and scored by :func:`direction_scores`."""
     from interp.backends import run
-    from interp.sites import linear_of
+    from interp.backends import linear_of
 
     n = batch.n_pairs
     states = run(model, batch.tokens, batch.attention_mask, read=[s.hook_in for s in sites]).states

@@ -30,10 +30,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from interp.adapters.base import AdapterSet
-from interp.models import weight_hash
+from interp.backends.base import RemoteUnavailable
+from interp.provenance import weight_hash
 from interp.provenance import git_commit, package_version
-from interp.sites import Site, linear_of
-from interp.store import atomic_write
+from interp.sites import Site
+from interp.backends import linear_of
+from interp.files import atomic_write
 
 FORMAT = "innerpissa-lab-adapter"
 FORMAT_VERSION = 2
@@ -112,7 +114,7 @@ def save_adapter(adapter: AdapterSet, path: str | Path, *, extra: dict | None = 
         "package_version": package_version(),
         "git_commit": git_commit(),
     }
-    calibration = getattr(adapter, "calibration", None)
+    calibration = adapter.calibration
     if calibration:
         config["calibration"] = calibration
     for key, value in (extra or {}).items():
@@ -206,10 +208,16 @@ def load_adapter(model, path: str | Path) -> AdapterSet:
     try:
         sites = [Site.parse(s) for s in config["sites"]]
         for site in sites:
-            shape = list(linear_of(model, site).weight.shape)
+            weight = linear_of(model, site).weight
+            if weight.is_meta:
+                raise RemoteUnavailable(
+                    f"the adapter at {path} needs the weights of its sites ({', '.join(config['sites'])}) to rebuild U, S, V, "
+                    "but this model holds none here (an nnsight model built with remote=True keeps them on NDIF only); "
+                    "load it with remote=False (or apply a steering vector remotely)")
+            shape = list(weight.shape)
             if shape != list(config["shapes"][site.name]):
                 raise AdapterLoadError(f"{site.name} has weight shape {shape} here but {config['shapes'][site.name]} in the adapter: it was made for another model ({config.get('model_spec')!r})")
-    except AdapterLoadError:
+    except (AdapterLoadError, RemoteUnavailable):
         raise
     except (ValueError, KeyError) as err:
         raise AdapterLoadError(f"the adapter at {path} does not fit this model: {err}") from None

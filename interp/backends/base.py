@@ -13,7 +13,7 @@ first request; :meth:`Backend.weights_changed` forgets it after a merge).
 
 ``model`` arguments across the library are a TransformerBridge (what
 :func:`interp.models.load_model` returns), an nnsight model, or a backend itself;
-:func:`backend_of` turns any of them into its backend (one per model object, kept on it).
+:func:`interp.backends.backend_of` turns any of them into its backend (one per model object, kept on it).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from interp.interventions import Edits
+from interp.provenance import model_weight_hash
 from interp.sites import Site
 
 _ATTR = "_interp_backend"
@@ -38,6 +39,10 @@ class Readout:
 
     logits: Float[Tensor, "batch pos vocab"]
     states: dict[str, Tensor] = field(default_factory=dict)
+
+
+class RemoteUnavailable(RuntimeError):
+    """What a remote (NDIF) run needs is missing here: a key, the network, a served model, or weights held locally."""
 
 
 class Backend:
@@ -88,8 +93,6 @@ class Backend:
         """:func:`interp.provenance.model_weight_hash` of the model, computed once."""
         cached = getattr(self, "_weight_hash", None)
         if cached is None:
-            from interp.provenance import model_weight_hash
-
             cached = self._weight_hash = model_weight_hash(self.hf_model())
         return cached
 
@@ -118,34 +121,5 @@ class Backend:
                *, eos: Sequence[int], generator: torch.Generator | None = None, seed: int = 0,
                progress: bool = False) -> tuple[Int[Tensor, "batch new"], Int[Tensor, " batch"]]:
         """Continue left-padded prompts with ``edits`` applied, KV-cached (``config``: an
-        :class:`interp.generate.GenerateConfig`); ``(new tokens, lengths)`` as :func:`interp.generate.decode`."""
+        :class:`interp.backends.decoding.GenerateConfig`); ``(new tokens, lengths)`` as :func:`interp.backends.decoding.decode`."""
         raise NotImplementedError
-
-
-def backend_of(model) -> Backend:
-    """The backend of a bridge, an nnsight model, or a backend (returned as it is); one per model object."""
-    if isinstance(model, Backend):
-        return model
-    found = getattr(model, _ATTR, None)
-    if isinstance(found, Backend):
-        return found
-    if _is_nnsight(model):
-        from interp.backends.nnsight import NNsightBackend
-
-        backend = NNsightBackend(model)
-    else:
-        from interp.backends.bridge import BridgeBackend
-
-        backend = BridgeBackend(model)
-    object.__setattr__(model, _ATTR, backend)
-    return backend
-
-
-def _is_nnsight(model) -> bool:
-    return type(model).__module__.split(".")[0] == "nnsight"
-
-
-def run(model, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], edits: Edits = (),
-        read: Sequence[str] = ()) -> Readout:
-    """:meth:`Backend.run` of ``model``'s backend: the one forward-with-intervention entry point."""
-    return backend_of(model).run(tokens, attention_mask, edits, read)

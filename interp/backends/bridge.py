@@ -1,7 +1,7 @@
 """The TransformerBridge backend: edits as hooks, one forward pass.
 
 * :class:`~interp.interventions.WeightDelta` -- a torch forward hook on the raw Hugging Face
-  ``nn.Linear`` of the site (:func:`interp.sites.linear_of`) adds ``layer.delta(x, c)`` to its
+  ``nn.Linear`` of the site (:meth:`BridgeBackend.linear`) adds ``layer.delta(x, c)`` to its
   output. Why the raw Linear rather than the bridge's ``hook_in``/``hook_out`` pair: the hook
   sees the layer's input and output together, and the module tree (hook names, state-dict
   keys, nnsight paths) stays untouched. The Linear must carry that layer (an adapter attached
@@ -22,9 +22,10 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import Tensor, nn
 
+from interp.backends.decoding import decode
 from interp.backends.base import Backend, Readout
 from interp.interventions import ADAPTED, AddToResidual, AtHook, Edits, WeightDelta
-from interp.sites import LINEAR_MODULES, Site, linear_of
+from interp.sites import LINEAR_MODULES, Site
 
 
 def row_coeff(coeff, batch: int, like: Tensor) -> Tensor:
@@ -78,7 +79,7 @@ class BridgeBackend(Backend):
         handles, hooks = [], []
         for edit in edits:
             if isinstance(edit, WeightDelta):
-                linear = linear_of(self, edit.site)
+                linear = self.linear(edit.site)
                 if getattr(linear, ADAPTED, None) is not edit.layer:
                     raise ValueError(f"{edit.site.name}: this edit's adapter is not attached to this model (attach it, or "
                                      "load it with interp.adapters.io.load_adapter)")
@@ -99,8 +100,6 @@ class BridgeBackend(Backend):
                 handle.remove()
 
     def decode(self, tokens, attention_mask, edits: Edits, config, *, eos, generator=None, seed: int = 0, progress: bool = False):
-        from interp.generate import decode
-
         with self.applied(edits):
             return decode(self.model, tokens.to(self.device), attention_mask.to(self.device), config, eos=eos,
                           generator=generator, progress=progress)

@@ -42,11 +42,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.backends.base import Backend, Readout
+from interp.backends.base import Backend, Readout, RemoteUnavailable
 from interp.interventions import ADAPTED, AddToResidual, Edits, WeightDelta
 from interp.models import DEFAULT_MODEL, TINY_PREFIX, load_hf
-from interp.sites import LINEAR_MODULES, Site
-from interp.store import site_hook
+from interp.sites import LINEAR_MODULES, Site, site_hook
 
 Remote = bool | Literal["local"]
 
@@ -63,10 +62,6 @@ LLAMA_MODULES: dict[str, str] = {
 # Execution order inside a block, so a trace touches modules in the order they run.
 _STAGE = {"resid_pre": 0, "attn.q": 1, "attn.k": 2, "attn.v": 3, "attn.o": 4, "mlp.gate": 5, "mlp.in": 6, "mlp.out": 7, "resid_post": 8}
 REMOTE_CONNECT_TIMEOUT_S = 3.0
-
-
-class RemoteUnavailable(RuntimeError):
-    """``remote=True`` cannot work here: no NDIF API key, no network, or a model NDIF cannot serve."""
 
 
 # --------------------------------------------------------------------------- loading
@@ -186,27 +181,6 @@ def module_of(nn_model, name: Site | str) -> torch.nn.Module:
 
 def _n_layers(nn_model) -> int:
     return int(nn_model._module.config.num_hidden_layers)
-
-
-def load_adapter_nnsight(nn_model, path):
-    """A saved adapter (``interp.adapters.io`` folder) attached to ``nn_model``'s own weights.
-
-    The same checks and refusals as on the bridge (other model, shape, rank, damaged file).
-    The adapted sites' weights must be here, so a model built with ``remote=True`` (weights
-    on NDIF only) is refused with a message saying so.
-    """
-    from interp.adapters.io import load_adapter, read_adapter_config
-
-    sites = read_adapter_config(path)["sites"]
-    for name in sites:
-        weight = module_of(nn_model, name).weight
-        if weight.is_meta:
-            raise RemoteUnavailable(
-                f"the adapter at {path} needs the weights of its sites ({', '.join(sites)}) to rebuild U, S, V, "
-                "but this model was built with remote=True and holds none here; load it with remote=False "
-                "(or apply a steering vector remotely)"
-            )
-    return load_adapter(nn_model, path)
 
 
 # --------------------------------------------------------------------------- steering
@@ -457,7 +431,7 @@ class NNsightBackend(Backend):
         for edit in edits:
             if isinstance(edit, WeightDelta) and getattr(self.linear(edit.site), ADAPTED, None) is not edit.layer:
                 raise ValueError(f"{edit.site.name}: this edit's adapter is not attached to this model (attach it, or "
-                                 "load it with interp.backends.nnsight.load_adapter_nnsight)")
+                                 "load it with interp.adapters.io.load_adapter)")
         steering = edit_tensors(edits, self.n_layers)
         if self.remote:
             return steering

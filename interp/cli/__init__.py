@@ -18,10 +18,27 @@ import argparse
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
+from interp.measures import measure_of
 from interp.models import DEFAULT_MODEL, SPECS_HELP, load_model
+
+@dataclass(frozen=True)
+class QuickSizes:
+    """What ``--quick`` (a smoke run of minutes, not a result) means in every command, declared once."""
+
+    steps: int = 6  # training steps
+    n_pairs: int = 200  # contrastive pairs
+    n_eval: int = 16  # scored items
+    n_calibration: int = 16  # calibration items (sign, strength)
+    max_new_tokens: int = 16  # generated tokens
+    depths: tuple[float, ...] = (0.3, 0.6)  # layer sweep depths
+    seeds: int = 1
+
+
+QUICK = QuickSizes()
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _DEVICE = re.compile(r"^(cpu|mps|auto|cuda(:\d+)?)$")
@@ -59,6 +76,22 @@ def add_model_args(p: argparse.ArgumentParser, *, backends: bool = False) -> Non
                        help="run the model as a TransformerBridge or through nnsight (same results)")
         p.add_argument("--remote", action="store_true",
                        help="run on NDIF through nnsight (implies --backend nnsight; a Hub model NDIF serves and NDIF_API_KEY)")
+
+
+def add_measure_args(p: argparse.ArgumentParser, *, concept: str = "honesty", measure_help: str = "") -> None:
+    """``--concept`` (a shipped concept or a concept .json) and ``--measure`` (one of the measures the concept offers)."""
+    p.add_argument("--concept", default=concept, help="a shipped concept (honesty, sentiment) or a concept .json path")
+    p.add_argument("--measure", default=None,
+                   help=measure_help or "which of the concept's measures: facts or dailydilemmas for honesty, continuations "
+                                        "for sentiment (default: the concept's first)")
+
+
+def measure_from_args(args: argparse.Namespace, error, **overrides):
+    """The measure ``--concept`` / ``--measure`` name (errors through the parser, naming the option)."""
+    try:
+        return measure_of(args.concept, args.measure, **overrides)
+    except ValueError as err:
+        error(f"--concept {args.concept} --measure {args.measure or '(default)'}: {err}")
 
 
 def add_shared_args(p: argparse.ArgumentParser, *, out: str, seed: str = "seed of the run (training, fitting, bootstrap)",

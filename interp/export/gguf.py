@@ -123,10 +123,10 @@ def export_gguf(model, adapter: AdapterSet, coeff: float, out: str | Path, *, dt
     (:func:`interp.export.base.check_out`); non-finite merged weights (an absurd coefficient,
     float16 overflow) are refused. The folder is filled beside ``out`` and renamed into place.
     """
-    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, MODEL_ARCH_NAMES, get_tensor_name_map
-    from gguf.quants import dequantize, quantize
+    from gguf import GGUFReader, MODEL_ARCH_NAMES, get_tensor_name_map
 
-    from interp.models import gguf_source, weight_hash
+    from interp.models import gguf_source
+    from interp.provenance import weight_hash
     from interp.provenance import model_weight_hash
 
     source = gguf_source(model.spec)
@@ -143,9 +143,44 @@ def export_gguf(model, adapter: AdapterSet, coeff: float, out: str | Path, *, dt
         raise ExportError(f"{source} has architecture {arch!r}, which this gguf package does not know; "
                           "export --format hf and convert with llama.cpp's convert_hf_to_gguf.py")
     names = get_tensor_name_map(arch_enum, int(_field(reader, f"{arch}.block_count")))
-    tensors = {t.name: t for t in reader.tensors}
+    replaced, merged_hash = _site_tensors(model, adapter, merged, reader, arch, names, source, dtype)
+    base_hash = model_weight_hash(model)
 
-    # merged site weights, in GGUF names and layout; each base weight checked against the file
+    ids = check_ids(model)
+    steered = steered_logits(model, adapter, coeff, ids)
+    file_name = f"{out.name}.gguf"
+    info = export_info(model, adapter, coeff, dtype, adapter_path, format="gguf", file=file_name,
+                       base_weight_hash=base_hash, merged_weight_hash=merged_hash,
+                       source_gguf=source.name, source_gguf_sha256=_sha256(source))
+
+    def fill(tmp: Path) -> None:
+        _write(tmp / file_name, reader, arch, file_type, qtype, replaced, info, dtype, coeff, adapter_path)
+        loaded = _read_back(tmp, file_name)
+        if weight_hash(dict(loaded.state_dict())) != merged_hash:
+            raise ExportError(f"the written {file_name} does not read back (with transformers) as the merged weights; "
+                              "its tensor names or layout are not what this architecture expects: export --format hf "
+                              "and convert with llama.cpp's convert_hf_to_gguf.py")
+        with torch.no_grad():
+            plain = loaded(ids).logits.float()
+        info["check"] = {"prompt": CHECK_PROMPT, "n_tokens": int(ids.shape[1]),
+                         "max_abs_logit_diff": check_logits(plain, steered, coeff, dtype,
+                                                            f"GGUF export of {adapter_path or 'the adapter'}")}
+        (tmp / CARD).write_text(model_card(info), encoding="utf-8")
+        (tmp / STEERING).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+    folder = replace_folder(out, fill, overwrite=overwrite, adapter_path=adapter_path or None)
+    return folder / file_name
+
+
+def _site_tensors(model, adapter: AdapterSet, merged: dict, reader, arch: str, names, source: Path,
+                  dtype: torch.dtype) -> tuple[dict[str, np.ndarray], str]:
+    """The merged site weights in GGUF names and layout (each base weight checked against the file), and the
+    weight hash of the whole merged model as it will be stored."""
+    from gguf.quants import dequantize  # optional heavy dependency of this export only
+
+    from interp.provenance import weight_hash
+
+    tensors = {t.name: t for t in reader.tensors}
     replaced: dict[str, np.ndarray] = {}
     state = {k: v.detach().cpu().float() for k, v in hf_state_dict(model).items()}
     for hf_name, (site, linear) in site_weights(model, adapter).items():
@@ -165,63 +200,47 @@ def export_gguf(model, adapter: AdapterSet, coeff: float, out: str | Path, *, dt
         replaced[gname] = _permute(w, heads) if heads else w
         state[hf_name] = torch.from_numpy(w)
     merged_hash = weight_hash({k: torch.from_numpy(_stored(v.numpy(), dtype)) for k, v in state.items()})
-    base_hash = model_weight_hash(model)
-    del state
+    return replaced, merged_hash
 
-    ids = check_ids(model)
-    steered = steered_logits(model, adapter, coeff, ids)
-    file_name = f"{out.name}.gguf"
-    info = export_info(model, adapter, coeff, dtype, adapter_path, format="gguf", file=file_name,
-                       base_weight_hash=base_hash, merged_weight_hash=merged_hash,
-                       source_gguf=source.name, source_gguf_sha256=_sha256(source))
 
-    def fill(tmp: Path) -> None:
-        writer = GGUFWriter(tmp / file_name, arch)
-        for field in reader.fields.values():
-            if field.name.startswith(("GGUF.", "innerpissa.")) or field.name in _OWN_KEYS:
-                continue
-            vtype = GGUFValueType(field.types[0])
-            sub = GGUFValueType(field.types[-1]) if vtype == GGUFValueType.ARRAY else None
-            writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
-        alignment = _field(reader, "general.alignment")
-        if alignment is not None:
-            writer.add_custom_alignment(int(alignment))
-        writer.add_file_type(int(file_type))
-        writer.add_description(f"{info['base_model']} with the steering adapter {adapter_path or '(unnamed)'} "
-                               f"({info['adapter_class']}, concept {info['concept']}) merged at c = {coeff:+g} "
-                               f"by InnerPiSSA-lab interp.export")
-        _add_provenance(writer, info)
-        for t in reader.tensors:
-            arr = replaced.get(t.name)
-            if arr is None:
-                arr = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
-            stored = _stored(arr, dtype)
-            check_finite(t.name, torch.from_numpy(stored), coeff, dtype)
-            if arr.ndim <= 1 or qtype == GGMLQuantizationType.F32:
-                writer.add_tensor(t.name, np.ascontiguousarray(arr, dtype=np.float32))
-            elif qtype == GGMLQuantizationType.F16:
-                writer.add_tensor(t.name, np.ascontiguousarray(arr).astype(np.float16))
-            else:
-                writer.add_tensor(t.name, quantize(np.ascontiguousarray(arr, dtype=np.float32), qtype), raw_dtype=qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=False)
-        writer.close()
-        loaded = _read_back(tmp, file_name)
-        if weight_hash(dict(loaded.state_dict())) != merged_hash:
-            raise ExportError(f"the written {file_name} does not read back (with transformers) as the merged weights; "
-                              "its tensor names or layout are not what this architecture expects: export --format hf "
-                              "and convert with llama.cpp's convert_hf_to_gguf.py")
-        with torch.no_grad():
-            plain = loaded(ids).logits.float()
-        info["check"] = {"prompt": CHECK_PROMPT, "n_tokens": int(ids.shape[1]),
-                         "max_abs_logit_diff": check_logits(plain, steered, coeff, dtype,
-                                                            f"GGUF export of {adapter_path or 'the adapter'}")}
-        (tmp / CARD).write_text(model_card(info), encoding="utf-8")
-        (tmp / STEERING).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
-    folder = replace_folder(out, fill, overwrite=overwrite, adapter_path=adapter_path or None)
-    return folder / file_name
+def _write(path: Path, reader, arch: str, file_type, qtype, replaced: dict[str, np.ndarray], info: dict, dtype: torch.dtype,
+           coeff: float, adapter_path: str) -> None:
+    """The GGUF file: the source's metadata (less what this export sets) and tensors, the steered ones replaced."""
+    from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter  # optional heavy dependency of this export only
+    from gguf.quants import dequantize, quantize
+
+    writer = GGUFWriter(path, arch)
+    for field in reader.fields.values():
+        if field.name.startswith(("GGUF.", "innerpissa.")) or field.name in _OWN_KEYS:
+            continue
+        vtype = GGUFValueType(field.types[0])
+        sub = GGUFValueType(field.types[-1]) if vtype == GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+    alignment = _field(reader, "general.alignment")
+    if alignment is not None:
+        writer.add_custom_alignment(int(alignment))
+    writer.add_file_type(int(file_type))
+    writer.add_description(f"{info['base_model']} with the steering adapter {adapter_path or '(unnamed)'} "
+                           f"({info['adapter_class']}, concept {info['concept']}) merged at c = {coeff:+g} "
+                           f"by InnerPiSSA-lab interp.export")
+    _add_provenance(writer, info)
+    for t in reader.tensors:
+        arr = replaced.get(t.name)
+        if arr is None:
+            arr = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+        stored = _stored(arr, dtype)
+        check_finite(t.name, torch.from_numpy(stored), coeff, dtype)
+        if arr.ndim <= 1 or qtype == GGMLQuantizationType.F32:
+            writer.add_tensor(t.name, np.ascontiguousarray(arr, dtype=np.float32))
+        elif qtype == GGMLQuantizationType.F16:
+            writer.add_tensor(t.name, np.ascontiguousarray(arr).astype(np.float16))
+        else:
+            writer.add_tensor(t.name, quantize(np.ascontiguousarray(arr, dtype=np.float32), qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file(progress=False)
+    writer.close()
 
 
 def _add_provenance(writer, info: dict) -> None:

@@ -57,13 +57,10 @@ for lowering NLL). Δ target carries a seeded bootstrap interval over dilemmas.
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -74,7 +71,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.backends import run
+from interp.backends import backend_of, run
 from interp.stats import bootstrap_ci, delta_nll_rows, dose_response, main_metric, normalized_gain
 from interp.data import encode_chats
 from interp.dilemmas import TARGET, Dilemmas
@@ -249,7 +246,7 @@ def score_dilemmas(
                 "dilemma": dilemmas.ids.astype(np.int64), "label": labels},
     )
     add_choice_variables(ds)
-    ds.attrs.update(provenance(model, config=method.config(), seed=config.seed, target=config.target,
+    ds.attrs.update(provenance(backend_of(model), config=method.config(), seed=config.seed, target=config.target,
                                eval_config=asdict(config), nan_rows=int((~valid).sum()), min_pmass=config.min_pmass,
                                data_files=getattr(dilemmas, "sources", {})))
     return ds
@@ -397,148 +394,3 @@ def metrics_table(ds: xr.Dataset, config: EvalConfig = EvalConfig()) -> pd.DataF
     rows = [method_metrics(ds, str(m), float(c), config.target, config.seed)
             for m in ds["method"].values for c in ds["coeff"].values if c != 0]
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
-
-
-def table_text(table: pd.DataFrame, floor=None, target: str = TARGET) -> str:
-    """The markdown table (labels naming ``target``), headed by the floor check when one was made.
-
-    Below the floor the effects are not printed as results: the header says the model
-    does not hold the preference, and the table follows under a heading saying so.
-    """
-    from interp.tables import shown
-
-    body = shown(table, target).to_markdown(index=False, floatfmt=".4g") + "\n"
-    if floor is None:
-        return body
-    if floor.passes:
-        return f"{floor.summary()}\n\n{body}"
-    from interp.floor import FLOOR_MESSAGE
-
-    return (f"**{FLOOR_MESSAGE}**\n\n{floor.summary()}\n\n"
-            f"Effects measured anyway (not evidence of steering on this model):\n\n{body}")
-
-
-def write_results(ds: xr.Dataset, table: pd.DataFrame, out_dir: str | Path, floor=None, target: str = TARGET) -> dict[str, Path]:
-    """``scores.nc``, ``table.md`` and ``table.csv`` in ``out_dir`` (atomic writes); ``floor``
-    (a :class:`interp.floor.FloorCheck`) heads the markdown and is stored in the dataset's attrs."""
-    from interp.provenance import to_attr
-    from interp.store import run_lock, write_netcdf, write_text
-
-    out = Path(out_dir)
-    if floor is not None:
-        ds = ds.assign_attrs(floor_check=to_attr(floor.to_dict()))
-    with run_lock(out):  # the three files come from one run
-        return {"dataset": write_netcdf(ds, out / "scores.nc"),
-                "markdown": write_text(out / "table.md", table_text(table, floor, target)),
-                "csv": write_text(out / "table.csv", table.to_csv(index=False))}
-
-
-def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
-    from interp.cli import add_shared_args, fraction, join_negative_values, positive_int
-
-    p = argparse.ArgumentParser(prog="python -m interp.evaluate",
-                                description="Score a saved adapter (or the base model) on a concept's own measure (DailyDilemmas for honesty).")
-    add_shared_args(p, out="folder for scores.nc / table.md / table.csv (default: print only)", seed="bootstrap seed",
-                    quick="score 16 items: a smoke run", n_eval="score only the first N items of the split", backends=True)
-    p.add_argument("--adapter", default=None, help="saved adapter folder (default: the base model only)")
-    p.add_argument("--coeffs", default=",".join(f"{c:g}" for c in DEFAULT_COEFFS),
-                   help="comma-separated coefficients, 0 added if missing (e.g. --coeffs -1,1)")
-    p.add_argument("--split", choices=("calibration", "validation", "test", "all"), default="test")
-    p.add_argument("--dilemmas", default=None, help="DailyDilemmas folder")
-    p.add_argument("--batch-size", type=positive_int, default=EvalConfig.batch_size)
-    p.add_argument("--min-pmass", type=fraction, default=EvalConfig.min_pmass, help="rows with p(Yes)+p(No) below are NaN")
-    p.add_argument("--split-seed", type=int, default=None,
-                   help="seed of the calibration/validation/test split (default: the protocol's one split for every analysis)")
-    p.add_argument("--no-floor-check", action="store_true",
-                   help="skip the floor check (base model at chance and prompting does not move it -> effects are not shown)")
-    p.add_argument("--concept", default="honesty",
-                   help="whose measure: honesty (DailyDilemmas) or a concept with a continuation measure, e.g. sentiment")
-    args = p.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv, ["--coeffs"]))
-    try:
-        coeffs = sorted({0.0, *(float(c) for c in args.coeffs.split(","))})
-    except ValueError:
-        p.error(f"--coeffs must be comma-separated numbers, got {args.coeffs!r}")
-    if args.quick and args.n_eval is None:
-        args.n_eval = 16
-    from interp.backends.nnsight import RemoteUnavailable
-    from interp.cli import model_from_args
-    from interp.dilemmas import load_dilemmas, split_dilemmas
-
-    try:
-        model = model_from_args(args)
-        method = None
-        if args.adapter:
-            from interp.adapters.io import load_adapter
-            from interp.backends.nnsight import load_adapter_nnsight
-
-            method = (load_adapter_nnsight if args.backend == "nnsight" or args.remote else load_adapter)(model, args.adapter)
-    except RemoteUnavailable as err:
-        p.exit(2, f"{p.prog}: cannot run remotely: {err}\n")
-    from interp.measures import measure_of
-    from interp.protocol import SPLIT_SEED
-
-    split_seed = SPLIT_SEED if args.split_seed is None else args.split_seed
-    try:
-        measure = measure_of(args.concept)
-    except ValueError as err:
-        p.error(str(err))
-    if measure.kind != "dailydilemmas":
-        return _main_continuations(p, args, model, method, measure, coeffs, split_seed)
-    data = load_dilemmas(args.dilemmas)
-    data = data if args.split == "all" else split_dilemmas(data, seed=split_seed)[args.split]
-    if args.n_eval is not None:
-        data = data.head(args.n_eval)
-    config = EvalConfig(batch_size=args.batch_size, min_pmass=args.min_pmass, seed=args.seed)
-    ds = score_dilemmas(model, method, coeffs, data, config, progress=not args.no_progress)
-    floor = None
-    if not args.no_floor_check:
-        from interp.floor import dilemma_floor
-
-        try:
-            floor, _ = dilemma_floor(model, data, config, base=ds.isel(method=[0]).sel(coeff=[0.0]), progress=not args.no_progress)
-        except ValueError as err:  # too few dilemmas with a target sign in this selection
-            print(f"no floor check: {err}")
-    table = metrics_table(ds, config)
-    print(f"{len(data)} dilemmas ({args.split} split), {ds.attrs['nan_rows']} NaN questions (pmass < {config.min_pmass})")
-    return _report(ds, table, floor, args.out, config.target)
-
-
-def _report(ds: xr.Dataset, table: pd.DataFrame, floor, out: str | None, target: str) -> pd.DataFrame:
-    """The CLI's output: the floor check, then the table unless below the floor; files with ``out``."""
-    from interp.tables import shown
-
-    if floor is not None:
-        print(floor.summary())
-    if floor is None or floor.passes:
-        print(shown(table, target).to_markdown(index=False, floatfmt=".4g"))
-    else:
-        from interp.floor import FLOOR_MESSAGE
-
-        print(f"{FLOOR_MESSAGE}: effects not printed (--out keeps them in table.md under that heading)")
-    if out:
-        for path in write_results(ds, table, out, floor, target).values():
-            print(f"wrote {path}")
-    return table
-
-
-def _main_continuations(p, args, model, method, measure, coeffs, split_seed) -> pd.DataFrame:
-    """The evaluation CLI on a continuation measure: floor check, then the margin table."""
-    from interp.continuations import load_items, split_items
-    from interp.measures import floor_check, score_measure
-
-    items = load_items(measure.file)
-    if args.split != "all":
-        kw = {"n_calibration": measure.n_calibration} if measure.n_calibration else {}
-        items = split_items(items, split_seed=split_seed, **kw)[args.split]
-    if args.n_eval is not None:
-        if args.n_eval < 2:
-            p.error(f"--n-eval must be >= 2 for a continuation measure, got {args.n_eval}")
-        items = items.head(args.n_eval)
-    ds, table = score_measure(model, method, measure, items, coeffs, seed=args.seed, progress=not args.no_progress)
-    floor = None if args.no_floor_check else floor_check(model, measure, items, seed=args.seed, progress=not args.no_progress)[0]
-    print(f"{len(items)} items ({args.split} split) of {measure.label}")
-    return _report(ds, table, floor, args.out, measure.label)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

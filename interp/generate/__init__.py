@@ -1,0 +1,1 @@
+"""``python -m interp.generate``: the generation command (:mod:`interp.cli.generate`); the library is :mod:`interp.generation`."""
