@@ -42,11 +42,11 @@ import pandas as pd
 import xarray as xr
 from tqdm.auto import tqdm
 
-from analyses._io import analysis_parser, load_dataset, load_or_compute, resumable_run, write_html, write_netcdf, write_text
+from analyses._io import analysis_parser, load_dataset, resumable_run, write_html, write_netcdf, write_text
 from interp.backends import backend_of
 from interp.cli import QUICK, add_measure_args, fraction, measure_from_args, model_from_args, positive_int
 from interp.floor import floor_line
-from interp.protocol import METHODS, NO_BUDGET, TRAINED, MethodSpec, run_method
+from interp.protocol import base_scores, METHODS, NO_BUDGET, TRAINED, MethodSpec, run_method
 from interp.calibrate import BUDGET_KINDS
 from interp.tables import METRIC_KEYS, shown
 from interp.provenance import provenance
@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         splits = measure.splits()
         splits[split] = measure.scorable(splits[split])
         splits[split] = splits[split].head(config.n_eval) if config.n_eval else splits[split]
-        base = load_or_compute(out / f"base_{split}.nc", lambda: measure.base(model, splits[split], progress=progress))
+        base = base_scores(model, measure, splits[split], out / f"base_{split}.nc", progress=progress)
         floor = measure.stored_floor(model, splits[split], out / f"floor_{split}.json", base=base, progress=progress)
         jobs = [(m, s) for s in range(config.seed, config.seed + config.seeds) for m in config.methods]
         records = [run_one(model, method, config, seed, measure, splits, out, progress=progress, base=base)

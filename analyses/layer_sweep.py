@@ -46,13 +46,13 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from analyses._io import analysis_parser, load_dataset, load_or_compute, resumable_run, write_html, write_netcdf, write_text
+from analyses._io import analysis_parser, load_dataset, resumable_run, write_html, write_netcdf, write_text
 from interp.backends import backend_of
 from interp.cli import DTYPES, QUICK, add_measure_args, fraction, measure_from_args, model_from_args, positive_int
 from interp.floor import FLOOR_MESSAGE, floor_line
 from interp.measures import Measure
 from interp.models import DEFAULT_MODEL, load_model
-from interp.protocol import NO_BUDGET, MethodSpec, row_of, run_method
+from interp.protocol import base_scores, NO_BUDGET, MethodSpec, row_of, run_method
 from interp.provenance import provenance
 from interp.sites import LINEAR_MODULES, depth_spec, depth_to_layer
 from interp.tables import shown
@@ -316,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         splits["validation"] = measure.scorable(splits["validation"])
         if config.n_eval:
             splits["validation"] = splits["validation"].head(config.n_eval)
-        base = load_or_compute(out / "base_validation.nc", lambda: measure.base(model, splits["validation"], progress=progress))
+        base = base_scores(model, measure, splits["validation"], out / "base_validation.nc", progress=progress)
         written = {"floor": out / "floor_validation.json"}
         floor = measure.stored_floor(model, splits["validation"], written["floor"], base=base, progress=progress)
         if floor.get("passes") is False and not args.force:

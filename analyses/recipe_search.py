@@ -36,12 +36,12 @@ import pandas as pd
 import xarray as xr
 from tqdm.auto import tqdm
 
-from analyses._io import analysis_parser, load_or_compute, write_html, write_netcdf, write_text
+from analyses._io import analysis_parser, write_html, write_netcdf, write_text
 from interp.backends import backend_of
 from interp.cli import QUICK, add_measure_args, measure_from_args, model_from_args, positive_float, positive_int
 from interp.files import RunLocked
 from interp.floor import floor_line
-from interp.protocol import NO_BUDGET, MethodSpec, budget_key, row_of, run_method
+from interp.protocol import base_scores, NO_BUDGET, MethodSpec, budget_key, row_of, run_method
 from interp.provenance import provenance
 from interp.calibrate import BUDGET_KINDS
 from interp.train import TrainConfig, parse_recipe
@@ -274,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     if args.n_eval is not None:
         splits[args.split] = splits[args.split].head(args.n_eval)
     selection = f"{args.split}{'' if args.n_eval is None else f'_n{len(splits[args.split])}'}"  # names what was scored
-    base = load_or_compute(out / f"base_{selection}.nc", lambda: measure.base(model, splits[args.split], progress=progress))
+    base = base_scores(model, measure, splits[args.split], out / f"base_{selection}.nc", progress=progress)
     floor = measure.stored_floor(model, splits[args.split], out / f"floor_{selection}.json", base=base, progress=progress)
     jobs = [(name, "innerpissa", seed, config, out / name / f"seed_{seed}") for (name, seed), config in configs.items()]
     jobs += [(f"[{b}]", b, seed, config, out / "baselines" / b / f"seed_{seed}")

@@ -193,6 +193,20 @@ def _scored_row(measure: Measure, ds: xr.Dataset, key: str, coeff: float, reache
             "monotonic": bool(row["delta_target_neg"] < 0 < row["delta_target"])}
 
 
+def base_scores(model, measure: Measure, items, path: str | Path, *, progress: bool = True) -> xr.Dataset:
+    """The unsteered model's scores on ``items`` kept at ``path`` (reused by every method: c = 0 is the same
+    model), computed and written if absent; a stored dataset made with other weights is refused."""
+    path, here = Path(path), backend_of(model).weight_hash
+    if path.is_file():
+        ds = load_dataset(path)
+        if ds.attrs.get("weight_hash") != here:
+            raise ValueError(f"{path} holds scores of other model weights (hash {ds.attrs.get('weight_hash') or 'not recorded'},"
+                             f" this model {here}); pass another --out, or delete the file to score again")
+        return ds
+    write_netcdf(measure.base(model, items, progress=progress), path)
+    return load_dataset(path)
+
+
 def _check_weights(record: dict, folder: Path, weight_hash: str) -> None:
     made = record.get("weight_hash")
     if made != weight_hash:

@@ -20,6 +20,7 @@ from interp.adapters.io import AdapterLoadError, load_adapter
 from interp.backends import RemoteUnavailable
 from interp.cli import add_measure_args, add_shared_args, join_negative_values, measure_from_args, model_from_args, positive_int
 from interp.files import RunLocked, run_lock, write_netcdf, write_text
+from interp.models import ModelLoadError
 from interp.floor import FLOOR_MESSAGE, FloorCheck, floored_table
 from interp.provenance import to_attr
 from interp.splits import SPLIT_SEED
@@ -83,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         p.error(str(err))
     except RemoteUnavailable as err:
         p.exit(2, f"{p.prog}: cannot run remotely: {err}\n")
-    except (AdapterLoadError, ValueError) as err:
+    except (AdapterLoadError, ModelLoadError, ValueError) as err:  # the library's own errors name their input
         p.error(str(err))
 
 

@@ -16,6 +16,7 @@ import xarray as xr
 
 from interp.adapters.io import AdapterLoadError, load_adapter
 from interp.cli import add_measure_args, add_shared_args, float_list, join_negative_values, model_from_args, positive_int
+from interp.models import ModelLoadError
 from interp.files import RunLocked, run_lock, write_netcdf, write_text
 from interp.generation import METHODS, GenerateConfig, fitted_method, generate, side_by_side
 from interp.steering import NoSteering
@@ -28,9 +29,15 @@ def read_prompts(prompt: Sequence[str] | None, prompts_file: str | None) -> list
         path = Path(prompts_file)
         if not path.is_file():
             raise ValueError(f"--prompts {path}: no such file")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+            loaded = json.loads(text) if path.suffix == ".json" else None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"--prompts {path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--prompts {path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+                             "expected a list of strings, or use a .txt file with one prompt per line") from err
         if path.suffix == ".json":
-            loaded = json.loads(text)
             if not isinstance(loaded, list) or not all(isinstance(s, str) for s in loaded):
                 raise ValueError(f"--prompts {path}: a .json prompts file must hold a list of strings")
             prompts += loaded
@@ -90,8 +97,8 @@ def main(argv: Sequence[str] | None = None) -> xr.Dataset:
 
 
 def _generate(args: argparse.Namespace) -> xr.Dataset:
-    model = model_from_args(args)
     try:
+        model = model_from_args(args)
         if args.adapter:
             method = load_adapter(model, args.adapter)
         elif args.method:
@@ -99,7 +106,7 @@ def _generate(args: argparse.Namespace) -> xr.Dataset:
                                    budget=args.budget or None)
         else:
             method = NoSteering()
-    except (AdapterLoadError, ValueError) as err:
+    except (AdapterLoadError, ModelLoadError, ValueError) as err:  # the library's own errors name their input
         args.error(str(err))
     ds = generate(model, method, args.prompt_list, args.coeffs, args.config, progress=not args.no_progress)
     ds.attrs["adapter"] = str(args.adapter or "")

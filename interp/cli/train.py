@@ -8,7 +8,9 @@ from pathlib import Path
 
 from interp.adapters.innerpissa import SCALINGS
 from interp.cli import add_shared_args, model_from_args, positive_int
+from interp.adapters.io import AdapterLoadError
 from interp.files import RunLocked, run_lock
+from interp.models import ModelLoadError
 from interp.losses import LOSS_KINDS, SPACES
 from interp.protocol import fit_adapter
 from interp.sites import LINEAR_MODULES
@@ -39,6 +41,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--max-angle", type=float, default=d.adapter.max_angle, help="largest rotation angle at |c| = 1 (radians)")
     p.add_argument("--recipe", default="", help="further TrainConfig or adapter settings, 'field=value;...' (e.g. 'target=shift')")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of the one-line message")
     p.add_argument("--overwrite", action="store_true",
                    help="train afresh into an --out that already holds an adapter or a checkpoint (they are replaced)")
     p.add_argument("--no-calibrate", action="store_true",
@@ -76,16 +79,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out = Path(args.out or f"runs/{Path(config.concept).stem}-{config.model.replace('/', '_')}-s{config.seed}")
     if out.exists() and not out.is_dir():
         args.error(f"--out {out} is a file; a run folder is needed")
-    held = [f for f in (out / CHECKPOINT, out / "adapter" / "adapter.json") if f.is_file()]
-    if held and not (args.resume or args.overwrite):
-        args.error(f"--out {out} already holds {' and '.join(str(f) for f in held)}; pass --resume to continue that run "
-                   "or --overwrite to train afresh and replace it")
     if args.resume and args.overwrite:
         args.error("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     try:
-        with run_lock(out):
+        with run_lock(out):  # held first: a live run's folder is refused naming its holder, whatever else is asked
+            held = [f for f in (out / CHECKPOINT, out / "adapter" / "adapter.json") if f.is_file()]
+            if held and not (args.resume or args.overwrite):
+                args.error(f"--out {out} already holds {' and '.join(str(f) for f in held)}; pass --resume to continue "
+                           "that run or --overwrite to train afresh and replace it")
             return _main(config, args, out)
     except RunLocked as err:
+        args.error(str(err))
+    except (AdapterLoadError, ModelLoadError, ValueError) as err:  # the library's own errors name their input
+        if args.debug:
+            raise
         args.error(str(err))
 
 

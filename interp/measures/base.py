@@ -27,6 +27,7 @@ import xarray as xr
 from jaxtyping import Int
 from torch import Tensor
 
+from interp.backends import backend_of
 from interp.baselines import PromptSteering, PromptWording
 from interp.calibrate import SignCalibration, calibrate_sign
 from interp.files import write_text
@@ -162,14 +163,19 @@ class Measure(ABC):
                      progress: bool = True, seed: int = 0) -> dict:
         """The floor-check record of ``items`` kept in ``path`` (json): read if there, else computed and written;
         a selection too small to check gives :func:`interp.floor.unavailable`'s record."""
-        path = Path(path)
+        path, here = Path(path), backend_of(model).weight_hash
         if path.is_file():
-            return json.loads(path.read_text())
+            record = json.loads(path.read_text())
+            made = record.get("weight_hash") or "not recorded"
+            if made != here:
+                raise ValueError(f"{path} is the floor check of other model weights (hash {made}, this model {here}); "
+                                 "pass another --out, or delete it to check again")
+            return record
         try:
             check = self.floor(model, items, base=base, progress=progress, seed=seed)[0]
             record = check.to_dict()
             print(check.summary())
         except ValueError as err:  # too few scorable items
             record = unavailable(str(err), self.label)
-        write_text(path, json.dumps(record, indent=1))
-        return record
+        write_text(path, json.dumps({**record, "weight_hash": here}, indent=1))
+        return {**record, "weight_hash": here}

@@ -7,6 +7,8 @@ defined, so the command line, recipe strings and the Python API get the same err
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, fields, replace
 
 
@@ -113,6 +115,30 @@ class TrainConfig:
             raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
+        self._check_ranges()
+
+    # (setting, rule, holds): every number means something only in its range; a value outside it (grad_clip = -1
+    # reverses the step's sign; lr = inf breaks the SVD) is refused here, so the CLI, recipes and the API agree
+    _RANGES = (
+        ("lr", "a finite number > 0", lambda v: 0 < v < math.inf),
+        ("grad_clip", "a finite number > 0", lambda v: 0 < v < math.inf),
+        ("weight_decay", "a finite number >= 0", lambda v: 0 <= v < math.inf),
+        ("beta", "a finite number > 0", lambda v: 0 < v < math.inf),
+        ("tau", "a finite number >= 0", lambda v: 0 <= v < math.inf),
+        ("coherence_weight", "a finite number >= 0", lambda v: 0 <= v < math.inf),
+        ("coherence_temperature", "a finite number > 0", lambda v: 0 < v < math.inf),
+        ("ordering_weight", "a finite number >= 0", lambda v: 0 <= v < math.inf),
+        ("margin", "a finite number >= 0", lambda v: 0 <= v < math.inf),
+        ("kl_weight", "a finite number >= 0", lambda v: 0 <= v < math.inf),
+        ("val_fraction", "a fraction in (0, 1)", lambda v: 0 < v < 1),
+        ("n_pairs", "an integer >= 2 (a train and a validation pair at least)", lambda v: v >= 2),
+    )
+
+    def _check_ranges(self) -> None:
+        for name, rule, holds in self._RANGES:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not holds(value):
+                raise ValueError(f"{name} must be {rule}, got {value!r}")
 
     @classmethod
     def of(cls, **fields) -> TrainConfig:
