@@ -5,7 +5,7 @@ Reads run folders (each with ``metrics.jsonl`` from :mod:`interp.train` and a sa
 saved parameters alone (no model needed) it computes per site: ``‖R_v(1) − I‖_F``,
 ``‖R_u(1) − I‖_F``, the rotation-angle spectrum of ``R_v(1)`` (eigenvalue phases, radians,
 sorted) and the singular-value scale factors ``g(1)`` (``S ⊙ g / S``); from the training log,
-the same norms over training steps; from ``eval.json`` (if the run was scored), the
+the same norms over training steps; from ``result.json`` (if the run was scored), the
 DailyDilemmas effect, and from the adapter json the validation separation.
 
     python -m analyses.rotation_norms --runs results/layer_sweep/smollm2-135m
@@ -19,6 +19,8 @@ Stored as ``<out>/rotation_norms.nc`` (dims ``run`` (with coord ``depth``), ``si
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import json
 import re
@@ -37,10 +39,14 @@ from interp.adapters.innerpissa import InnerPiSSAConfig, generator, scaled_value
 from interp.cayley import cayley
 from interp.provenance import provenance
 from interp.sites import depth_spec
+from interp.protocol import NO_BUDGET, RESULT, row_of
+from interp.cli import model_from_args
+from interp.protocol import fit_adapter
+from interp.train import TrainConfig
 
 # Per-step diagnostics (interp.train's "diagnostics" records) kept over training.
 STEP_KEYS = ("rot_v_norm", "rot_u_norm", "angle_v_max", "scale_min", "scale_max")
-# Effect measures copied from a scored run's eval.json (the layer sweep writes them).
+# Effect measures copied from a scored run's result.json (the layer sweep writes it).
 EFFECT_KEYS = ("delta_target", "delta_nll", "main_metric")
 VARIABLES = {
     # All at layer coefficient +1 (before orientation); norms and angles are the same at -1 (R(-1) = R(1)ᵀ).
@@ -48,9 +54,9 @@ VARIABLES = {
     "rot_u_norm": "‖R_u(1) − I‖_F of the saved adapter (Frobenius norm; 0 when U is not rotated)",
     "angles_v": "rotation angles of R_v(1): |phase| of its eigenvalues, sorted descending (radians; pairs repeat)",
     "scale": "g(1): scaled / original singular value, per singular-value index (ratio)",
-    "delta_target": "Δ target at +1 from eval.json: the runs' concept's own measure (NaN when unscored)",
-    "delta_nll": "prompt-span ΔNLL at ±1 from eval.json (nats; NaN when unscored)",
-    "main_metric": "layer sweep main metric from eval.json (NaN when unscored)",
+    "delta_target": "Δ target at +1 from result.json: the runs' concept's own measure (NaN when unscored)",
+    "delta_nll": "prompt-span ΔNLL at ±1 from result.json (nats; NaN when unscored)",
+    "main_metric": "layer sweep main metric from result.json (NaN when unscored)",
     "val_separation": "training validation gap@+1 − gap@-1 from the adapter json (loss units)",
     "orientation": "the adapter's calibrated orientation (+1/-1; steering +c applies layer coefficient orientation·c)",
     "site_name": "hook-site name of each site slot (sites are indexed by position within a run)",
@@ -63,7 +69,7 @@ UNITS = {"rot_v_norm": "Frobenius norm", "rot_u_norm": "Frobenius norm", "angles
 
 
 def depth_of(folder: Path, effect: dict) -> float:
-    """The run's depth fraction: ``eval.json``'s ``depth``, else parsed from a ``depth_0.30`` folder name, else NaN."""
+    """The run's depth fraction: its record's ``depth``, else parsed from a ``depth_0.30`` folder name, else NaN."""
     if "depth" in effect:
         return float(effect["depth"])
     m = re.fullmatch(r"depth_([0-9.]+)", folder.name)
@@ -108,12 +114,14 @@ def run_summary(folder: Path) -> dict:
             rec = json.loads(line)
             if "diagnostics" in rec:
                 history.append((rec["step"], {d["site"]: d for d in rec["diagnostics"]}))
-    effect = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else {}
+    record = json.loads((folder / RESULT).read_text()) if (folder / RESULT).is_file() else {}
+    effect = row_of(record, NO_BUDGET) if record else {}
     gaps = cfg.get("training", {}).get("metrics", {})
     return {"name": folder.name, "sites": sites, "history": history, "effect": effect,
             "depth": depth_of(folder, effect), "rank": config.rank, "orientation": int(cfg.get("orientation", 1)),
             "concept": cfg.get("training", {}).get("config", {}).get("concept", "honesty"),
             "model_spec": cfg.get("model_spec", ""), "weight_hash": cfg.get("weight_hash", ""),
+            "model_weight_hash": record.get("weight_hash", ""),
             "val_separation": float(gaps.get("gap@+1", np.nan) - gaps.get("gap@-1", np.nan))}
 
 
@@ -206,12 +214,6 @@ def figure_steps(ds: xr.Dataset):
 
 def _train_runs(args, depths: Sequence[float], steps: int, out: Path) -> list[Path]:
     """Small standalone runs (when no sweep output exists): one adapter per depth."""
-    from dataclasses import replace
-
-    from interp.cli import model_from_args
-    from interp.protocol import fit_adapter
-    from interp.train import TrainConfig
-
     model_spec, progress = args.model, not args.no_progress
     model = model_from_args(args)
     folders = []
@@ -259,6 +261,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         if not folders:
             p.error(f"no run folders with a saved adapter under {runs_dir}")
         runs = [run_summary(f) for f in tqdm(folders, desc="runs", disable=args.no_progress)]
+        models = sorted({r["model_spec"] for r in runs} | {r["model_weight_hash"] for r in runs if r["model_weight_hash"]})
+        if len({r["model_spec"] for r in runs}) > 1 or len({r["model_weight_hash"] for r in runs if r["model_weight_hash"]}) > 1:
+            p.error(f"--runs {runs_dir}: the runs were made on different models or weights ({', '.join(models)}); "
+                    "pool the runs of one model (one sweep folder)")
         ds = norms_dataset(runs)
         hashes = sorted({r["weight_hash"] for r in runs})
         ds.attrs.update(provenance(None, config=vars(args), runs=[str(f) for f in folders],

@@ -70,7 +70,7 @@ def test_dataset_from_saved_runs(tiny, tmp_path):
                                                                       "config": {"concept": "sentiment"}}})
         diag = [{"site": site.name, "rot_v_norm": 0.1 * depth}]
         (folder / "metrics.jsonl").write_text(json.dumps({"step": 5, "diagnostics": diag}) + "\n")
-        (folder / "eval.json").write_text(json.dumps({"depth": depth, "delta_target": depth / 10}))
+        (folder / "result.json").write_text(json.dumps({"weight_hash": "h0", "rows": [{"budget": "n/a", "delta_target": depth / 10}]}))
         adapter.detach()
     written = rotation_norms.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
                                    "--figures", str(tmp_path / "fig"), "--no-progress"])
@@ -151,3 +151,16 @@ def test_io_analysis_layers():
     assert analysis_layers(None, 30, quick=True) == [0, 6, 12, 17, 23, 29]  # evenly spaced, ends kept
     assert analysis_layers("0,-1", 30, quick=True) == [0, 29]
     assert analysis_layers("0.5", 30) == [14] and analysis_layers(None, 4, quick=True) == [0, 1, 2, 3]
+
+
+def test_runs_of_other_weights_are_not_pooled(tiny, tmp_path, capsys):
+    for depth, made in ((0.3, "h0"), (0.6, "h1")):  # as if one depth were copied from a sweep on another model
+        folder = tmp_path / "runs" / f"depth_{depth:.2f}"
+        adapter = attach(tiny, [Site(1, "mlp.out")], InnerPiSSAConfig(rank=4))
+        save_adapter(adapter, folder / "adapter")
+        adapter.detach()
+        (folder / "result.json").write_text(json.dumps({"weight_hash": made, "rows": [{"budget": "n/a", "delta_target": 0.1}]}))
+    with pytest.raises(SystemExit):
+        rotation_norms.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--figures", "", "--no-progress"])
+    assert "different models or weights (h0, h1" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "rotation_norms.nc").exists()
