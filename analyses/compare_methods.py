@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import xarray as xr
-from tqdm.auto import tqdm
 
+from analyses._parallel import default_jobs, run_units
 from analyses._io import analysis_parser, load_dataset, resumable_run, write_html, write_netcdf, write_text
 from interp.backends import backend_of
 from interp.cli import QUICK, add_measure_args, fraction, measure_from_args, model_from_args, positive_int
@@ -112,6 +112,11 @@ def run_one(model, method: str, config: CompareConfig, seed: int, measure, split
     return run_method(model, MethodSpec(method, config.train_config(seed)), measure, splits, out / method / f"seed_{seed}",
                       split=config.split, budgets=config.budgets, budget_kind=config.budget_kind, base=base,
                       n_cost_texts=config.n_cost_texts, c_max=config.c_max, progress=progress)
+
+
+def _one(model, method: str, config: CompareConfig, seed: int, measure, splits: dict, out: Path, progress: bool,
+         base: xr.Dataset | None) -> dict:
+    return run_one(model, method, config, seed, measure, splits, out, progress=progress, base=base)
 
 
 # --------------------------------------------------------------------------- storing and reporting
@@ -231,6 +236,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CompareConfig, argpar
                    help=f"calibration items of the measure's split (default: the measure's own; --quick: {QUICK.n_calibration})")
     p.add_argument("--dilemmas", default=None, help="DailyDilemmas folder")
     p.add_argument("--min-pmass", type=fraction, default=None, help="DailyDilemmas: rows with p(Yes)+p(No) below this are NaN")
+    p.add_argument("--jobs", type=positive_int, default=default_jobs(),
+                   help="methods x seeds run at once, in parallel processes (default: the free cores, at most 2)")
     args = p.parse_args(argv)
     args.error = p.error
     q = args.quick
@@ -284,9 +291,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         splits[split] = splits[split].head(config.n_eval) if config.n_eval else splits[split]
         base = base_scores(model, measure, splits[split], out / f"base_{split}.nc", progress=progress)
         floor = measure.stored_floor(model, splits[split], out / f"floor_{split}.json", base=base, progress=progress)
-        jobs = [(m, s) for s in range(config.seed, config.seed + config.seeds) for m in config.methods]
-        records = [run_one(model, method, config, seed, measure, splits, out, progress=progress, base=base)
-                   for method, seed in tqdm(jobs, desc="methods", disable=not progress)]
+        parallel = min(args.jobs, config.seeds * len(config.methods)) > 1
+        units = [(m, config, s, measure, splits, out, progress and not parallel, base)
+                 for s in range(config.seed, config.seed + config.seeds) for m in config.methods]
+        records = run_units(_one, units, model=model, model_args={"model": args.model, "dtype": args.dtype,
+                                                                  "device": args.device},
+                            jobs=args.jobs, desc="methods", progress=progress)
         written = {"dataset": write_netcdf(compare_dataset(records, model, config, measure), out / "compare_methods.nc")}
         stored = load_dataset(written["dataset"])
         table = results_table(stored)

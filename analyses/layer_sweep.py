@@ -32,26 +32,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
+from analyses._parallel import default_jobs, run_units
 from analyses._io import analysis_parser, load_dataset, resumable_run, write_html, write_netcdf, write_text
 from interp.backends import backend_of
-from interp.cli import DTYPES, QUICK, add_measure_args, fraction, measure_from_args, model_from_args, positive_int
+from interp.cli import QUICK, add_measure_args, fraction, measure_from_args, model_from_args, positive_int
 from interp.floor import FLOOR_MESSAGE, floor_line
 from interp.measures import Measure
-from interp.models import DEFAULT_MODEL, load_model
+from interp.models import DEFAULT_MODEL
 from interp.protocol import base_scores, NO_BUDGET, MethodSpec, row_of, run_method
 from interp.provenance import provenance
 from interp.sites import LINEAR_MODULES, depth_spec, depth_to_layer
@@ -143,37 +139,18 @@ def run_depth(model, depth: float, config: SweepConfig, measure: Measure, splits
 # --------------------------------------------------------------------------- parallel depths
 
 
-def _worker_init(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
-def _depth_in_worker(model_args: dict, depth: float, config: SweepConfig, measure: Measure, splits: dict, out: Path,
-                     base: xr.Dataset | None) -> dict:
-    """One depth in a worker process: the model is loaded there (from the cache: about a second)."""
-    model = load_model(model_args["model"], dtype=DTYPES[model_args["dtype"]], device=model_args["device"])
-    return run_depth(model, depth, config, measure, splits, out, progress=False, base=base)
-
-
 def sweep_depths(model, args: argparse.Namespace, config: SweepConfig, measure: Measure, splits: dict, out: Path,
                  base: xr.Dataset | None, progress: bool) -> list[dict]:
-    """Every depth, in ``args.jobs`` processes when more than one (each with its share of the cores)."""
-    jobs = min(args.jobs, len(config.depths))
-    bar = tqdm(total=len(config.depths), desc="depths", disable=not progress)
-    records = []
-    if jobs <= 1:
-        for depth in config.depths:
-            bar.set_postfix(depth=f"{depth:.2f}")
-            records.append(run_depth(model, depth, config, measure, splits, out, progress=progress, base=base))
-            bar.update()
-        return records
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    model_args = {"model": args.model, "dtype": args.dtype, "device": args.device}
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)) as pool:
-        futures = [pool.submit(_depth_in_worker, model_args, d, config, measure, splits, out, base) for d in config.depths]
-        for future in futures:
-            records.append(future.result())
-            bar.update()
-    return records
+    """Every depth, in ``args.jobs`` processes when more than one (:mod:`analyses._parallel`)."""
+    parallel = min(args.jobs, len(config.depths)) > 1
+    units = [(d, config, measure, splits, out, progress and not parallel, base) for d in config.depths]
+    return run_units(_depth, units, model=model, model_args={"model": args.model, "dtype": args.dtype, "device": args.device},
+                     jobs=args.jobs, desc="depths", progress=progress)
+
+
+def _depth(model, depth: float, config: SweepConfig, measure: Measure, splits: dict, out: Path, progress: bool,
+           base: xr.Dataset | None) -> dict:
+    return run_depth(model, depth, config, measure, splits, out, progress=progress, base=base)
 
 
 # --------------------------------------------------------------------------- storing and reporting
@@ -272,7 +249,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SweepConfig, argparse
     p.add_argument("--recipe", default=d.recipe, help="further training settings, 'field=value;...'")
     p.add_argument("--min-pmass", type=fraction, default=None, help="DailyDilemmas: rows with p(Yes)+p(No) below are NaN")
     p.add_argument("--dilemmas", default=None, help="DailyDilemmas folder (default: $INTERP_DILEMMAS_DIR or ../shared/data/daily_dilemmas)")
-    p.add_argument("--jobs", type=positive_int, default=max(1, min(2, os.cpu_count() or 1)),
+    p.add_argument("--jobs", type=positive_int, default=default_jobs(),
                    help="depths trained at once, in parallel processes (default: the free cores, at most 2)")
     p.add_argument("--force", action="store_true", help="sweep even when the floor check fails")
     args = p.parse_args(argv)
