@@ -11,6 +11,8 @@ import torch
 # Tests never touch a hub; fail loudly rather than hang if code tries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# static PNG/SVG figures cost a browser start each (~3 s): tests/test_figures.py turns them on where it checks them
+os.environ.setdefault("INTERP_STATIC_FIGURES", "0")
 
 
 def pytest_configure(config: pytest.Config) -> None:
