@@ -114,6 +114,12 @@ def run_one(model, method: str, config: CompareConfig, seed: int, measure, split
                       n_cost_texts=config.n_cost_texts, c_max=config.c_max, progress=progress)
 
 
+def finished(out: Path) -> list[tuple[str, int]]:
+    """``(method, seed)`` of every finished run in ``out``, methods in registry order (``out/<method>/seed_<s>/result.json``)."""
+    done = {(f.parent.parent.name, int(f.parent.name.removeprefix("seed_"))) for f in out.glob("*/seed_*/result.json")}
+    return sorted(((m, s) for m, s in done if m in METHODS), key=lambda ms: (METHODS.index(ms[0]), ms[1]))
+
+
 def _one(model, method: str, config: CompareConfig, seed: int, measure, splits: dict, out: Path, progress: bool,
          base: xr.Dataset | None) -> dict:
     return run_one(model, method, config, seed, measure, splits, out, progress=progress, base=base)
@@ -124,7 +130,7 @@ def _one(model, method: str, config: CompareConfig, seed: int, measure, splits: 
 
 def compare_dataset(records: Sequence[dict], model, config: CompareConfig, measure) -> xr.Dataset:
     """Records -> Dataset with dims ``(method, seed, budget)`` and provenance attrs."""
-    methods = [m for m in config.methods if any(r["method"] == m for r in records)]
+    methods = [m for m in METHODS if any(r["method"] == m for r in records)]
     seeds = sorted({r["seed"] for r in records})
     budgets = [str(b) for b in config.budgets] + ([NO_BUDGET] if set(methods) & {"prompt", *TRAINED} else [])
     keys = ["coeff", "reached", *METRIC_KEYS]
@@ -294,9 +300,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         parallel = min(args.jobs, config.seeds * len(config.methods)) > 1
         units = [(m, config, s, measure, splits, out, progress and not parallel, base)
                  for s in range(config.seed, config.seed + config.seeds) for m in config.methods]
-        records = run_units(_one, units, model=model, model_args={"model": args.model, "dtype": args.dtype,
-                                                                  "device": args.device},
-                            jobs=args.jobs, desc="methods", progress=progress)
+        run_units(_one, units, model=model, model_args={"model": args.model, "dtype": args.dtype, "device": args.device},
+                  jobs=args.jobs, desc="methods", progress=progress)
+        # the table holds every finished method and seed of this folder (an earlier call's too: the settings are
+        # the folder's, checked above); each is read back through the protocol (metrics re-derived, weights checked)
+        records = [run_one(model, method, config, seed, measure, splits, out, progress=False, base=base)
+                   for method, seed in finished(out)]
         written = {"dataset": write_netcdf(compare_dataset(records, model, config, measure), out / "compare_methods.nc")}
         stored = load_dataset(written["dataset"])
         table = results_table(stored)

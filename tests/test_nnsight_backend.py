@@ -17,8 +17,8 @@ from torch import nn
 
 from interp.adapters.base import AdapterSet, DeltaLayer
 from interp.backends import backend_of, run
+from interp.backends.nnsight_sites import LLAMA_MODULES
 from interp.backends.nnsight import (
-    LLAMA_MODULES,
     NNsightBackend,
     RemoteUnavailable,
     check_remote,
