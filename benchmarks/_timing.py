@@ -43,3 +43,11 @@ def paired_times(fn_a: Callable[[], object], fn_b: Callable[[], object], repeats
             fn()
             out.append(time.perf_counter() - t0)
     return statistics.median(a), statistics.median(b)
+
+
+def report(head: str, rows: list[tuple[str, str]]) -> None:
+    """Print a benchmark's result: a head line, then ``label  value`` rows with the labels aligned."""
+    width = max(len(label) for label, _ in rows)
+    print(head)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")

@@ -12,7 +12,7 @@ measured in one run.
 from __future__ import annotations
 
 import torch
-from _timing import forward_parser, median_time  # benchmarks/ is on sys.path when run as a script
+from _timing import forward_parser, median_time, report  # benchmarks/ is on sys.path when run as a script
 
 from interp.adapters.innerpissa import InnerPiSSAConfig, attach
 from interp.models import load_model
@@ -49,11 +49,11 @@ def main(argv=None) -> dict[str, float]:
     base = min(base, base_again)  # the machine is noisy: take the better of two base readings
 
     result = {"base_s": base, "unmerged": scalar / base, "unmerged_per_row": per_row / base, "merged": merged / base}
-    print(f"{args.model}: batch {args.batch} x {args.tokens} tokens, {len(sites)} sites, rank {args.rank}")
-    print(f"base forward            {base * 1e3:8.1f} ms")
-    print(f"steered (scalar c)      {scalar * 1e3:8.1f} ms   ratio {result['unmerged']:.3f}  (target <= 1.10)")
-    print(f"steered (per-row c)     {per_row * 1e3:8.1f} ms   ratio {result['unmerged_per_row']:.3f}")
-    print(f"merged                  {merged * 1e3:8.1f} ms   ratio {result['merged']:.3f}  (target <= 1.02)")
+    report(f"{args.model}: batch {args.batch} x {args.tokens} tokens, {len(sites)} sites, rank {args.rank}", [
+        ("base forward", f"{base * 1e3:8.1f} ms"),
+        ("steered (scalar c)", f"{scalar * 1e3:8.1f} ms   ratio {result['unmerged']:.3f}  (target <= 1.10)"),
+        ("steered (per-row c)", f"{per_row * 1e3:8.1f} ms   ratio {result['unmerged_per_row']:.3f}"),
+        ("merged", f"{merged * 1e3:8.1f} ms   ratio {result['merged']:.3f}  (target <= 1.02)")])
     return result
 
 

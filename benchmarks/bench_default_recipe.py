@@ -19,6 +19,7 @@ from interp.models import DEFAULT_MODEL
 from interp.data import tokenize_pairs
 from interp.models import load_model
 from interp.train import TrainConfig, build_pairs
+from _timing import report  # benchmarks/ is on sys.path when run as a script
 
 # the default before the recipe search: one mlp.out site at depth 0.5, loss read there
 SINGLE = dict(layers="0.5", modules=("mlp.out",), loss_layer=None, max_angle=0.3)
@@ -37,10 +38,10 @@ def main(argv=None) -> float:
     t_default, n_default = time_train_step(model, config, batch, pairs, args.repeats)
     t_single, n_single = time_train_step(model, config.with_(**SINGLE), batch, pairs, args.repeats)
     ratio = t_default / t_single
-    print(f"model {args.model}, batch {config.batch_size} pairs, torch threads {torch.get_num_threads()}")
-    print(f"default recipe ({n_default} sites)  {t_default:.3f} s/step -> {config.steps} steps {config.steps * t_default / 60:.1f} min")
-    print(f"single site ({n_single} site)       {t_single:.3f} s/step -> {config.steps} steps {config.steps * t_single / 60:.1f} min")
-    print(f"ratio                      {ratio:.2f}")
+    report(f"model {args.model}, batch {config.batch_size} pairs, torch threads {torch.get_num_threads()}", [
+        (f"default recipe ({n_default} sites)", f"{t_default:.3f} s/step -> {config.steps} steps {config.steps * t_default / 60:.1f} min"),
+        (f"single site ({n_single} site)", f"{t_single:.3f} s/step -> {config.steps} steps {config.steps * t_single / 60:.1f} min"),
+        ("ratio", f"{ratio:.2f}")])
     return ratio
 
 

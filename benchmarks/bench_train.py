@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _timing import median_time  # benchmarks/ is on sys.path when run as a script
+from _timing import median_time, report  # benchmarks/ is on sys.path when run as a script
 
 from interp.models import DEFAULT_MODEL
 from interp.adapters.innerpissa import attach
@@ -78,11 +78,10 @@ def main(argv=None) -> float:
     model.zero_grad(set_to_none=True)
     t_train, n_sites = time_train_step(model, config, batch, pairs, args.repeats)
     ratio = t_train / t_base
-    print(f"model {args.model}, adapter innerpissa, {n_sites} site(s), batch {args.batch_size} pairs "
-          f"({batch.tokens.shape[0]} rows x {batch.tokens.shape[1]} tokens), torch threads {torch.get_num_threads()}")
-    print(f"training step      {t_train:.3f} s (median of {args.repeats})")
-    print(f"base fwd+bwd       {t_base:.3f} s")
-    print(f"ratio              {ratio:.2f}  (target <= 2.5)")
+    report(f"model {args.model}, adapter innerpissa, {n_sites} site(s), batch {args.batch_size} pairs "
+           f"({batch.tokens.shape[0]} rows x {batch.tokens.shape[1]} tokens), torch threads {torch.get_num_threads()}", [
+               ("training step", f"{t_train:.3f} s (median of {args.repeats})"), ("base fwd+bwd", f"{t_base:.3f} s"),
+               ("ratio", f"{ratio:.2f}  (target <= 2.5)")])
     return ratio
 
 

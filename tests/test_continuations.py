@@ -10,16 +10,8 @@ import torch
 import xarray as xr
 
 from interp.baselines import PromptSteering, PromptWording
-from interp.continuations import (
-    ContinuationItems,
-    continuation_metrics,
-    continuation_table,
-    item_chats,
-    load_items,
-    score_continuations,
-    split_items,
-    target_values,
-)
+from interp.continuations import (ContinuationItems, continuation_metrics, continuation_table, item_chats, load_items,
+    score_continuations, split_items, target_values)
 from interp.data import concepts_dir, encode_chats, load_concept
 from interp.interventions import AtHook
 from interp.steering import SteeringMethod

@@ -28,22 +28,8 @@ import numpy as np
 import torch
 
 from interp.adapters.base import AdapterSet
-from interp.export.base import (
-    CARD,
-    CHECK_PROMPT,
-    STEERING,
-    ExportError,
-    check_finite,
-    check_ids,
-    check_logits,
-    check_out,
-    export_info,
-    merged_weights,
-    model_card,
-    replace_folder,
-    site_weights,
-    steered_logits,
-)
+from interp.export.base import (CARD, CHECK_PROMPT, STEERING, ExportError, check_finite, check_ids, check_logits, check_out,
+    export_info, merged_weights, model_card, replace_folder, site_weights, steered_logits)
 from interp.provenance import hf_state_dict
 
 # Architectures whose attn_q / attn_k rows llama.cpp's converter permutes (transformers undoes it for these).

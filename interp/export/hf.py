@@ -13,21 +13,8 @@ from pathlib import Path
 import torch
 
 from interp.adapters.base import AdapterSet
-from interp.export.base import (
-    CARD,
-    CHECK_PROMPT,
-    STEERING,
-    ExportError,
-    check_ids,
-    check_logits,
-    check_out,
-    export_info,
-    merged_weights,
-    model_card,
-    replace_folder,
-    site_weights,
-    steered_logits,
-)
+from interp.export.base import (CARD, CHECK_PROMPT, STEERING, ExportError, check_ids, check_logits, check_out, export_info,
+    merged_weights, model_card, replace_folder, site_weights, steered_logits)
 from interp.provenance import model_weight_hash
 
 

@@ -51,20 +51,18 @@ class Measure(ABC):
 
     # ------------------------------------------------------------------ what it is
 
+    unit: ClassVar[str] = ""  # the unit of its effect (Δ target)
+    effect_template: ClassVar[str] = "Δ {label} ({unit})"  # a dataset's Δ-target units attribute, from label and unit
+
     @property
     @abstractmethod
     def label(self) -> str:
         """What tables call the measured quantity."""
 
     @property
-    @abstractmethod
-    def unit(self) -> str:
-        """The unit of its effect (Δ target)."""
-
-    @property
     def effect_units(self) -> str:
         """The ``units`` attribute of a dataset's Δ target: what is measured, in which unit."""
-        return f"Δ {self.label} ({self.unit})"
+        return self.effect_template.format(label=self.label, unit=self.unit)
 
     @property
     def axis_title(self) -> str:

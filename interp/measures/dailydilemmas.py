@@ -19,15 +19,8 @@ import xarray as xr
 
 from interp.dilemmas import TARGET, Dilemmas, load_dilemmas, split_dilemmas
 from interp.measures.base import Measure
-from interp.measures.dilemma_scoring import (
-    EvalConfig,
-    _pick,
-    metrics_table,
-    prompt_tokens,
-    score_dilemmas,
-    target_score,
-    target_values,
-)
+from interp.measures.dilemma_scoring import (EvalConfig, _pick, metrics_table, prompt_tokens, score_dilemmas, target_score,
+    target_values)
 from interp.splits import SPLIT_SEED
 from interp.steering import SteeringMethod
 
@@ -46,6 +39,8 @@ class DailyDilemmasMeasure(Measure):
 
     name: ClassVar[str] = "dailydilemmas"
     chance: ClassVar[float] = 0.5
+    unit: ClassVar[str] = "probability"
+    effect_template: ClassVar[str] = "Δ P(choice serves the target), de-biased"
     item_dim: ClassVar[str] = "dilemma"
 
     def __post_init__(self) -> None:
@@ -58,13 +53,6 @@ class DailyDilemmasMeasure(Measure):
     def label(self) -> str:
         return f"{self.target} (DailyDilemmas, de-biased)"
 
-    @property
-    def unit(self) -> str:
-        return "probability"
-
-    @property
-    def effect_units(self) -> str:
-        return "Δ P(choice serves the target), de-biased"
 
     def config(self, seed: int = 0) -> EvalConfig:
         """The scoring options of :mod:`interp.measures.dilemma_scoring` for this measure."""

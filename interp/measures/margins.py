@@ -17,15 +17,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from interp.continuations import (
-    ContinuationItems,
-    continuation_table,
-    item_chats,
-    load_items,
-    score_continuations,
-    split_items,
-    target_values,
-)
+from interp.continuations import (ContinuationItems, continuation_table, item_chats, load_items, score_continuations,
+    split_items, target_values)
 from interp.data import encode_chats
 from interp.measures.base import Measure
 from interp.splits import SPLIT_SEED
@@ -41,6 +34,8 @@ class ContinuationMeasure(Measure):
 
     name: ClassVar[str] = "continuations"
     chance: ClassVar[float] = 0.0
+    unit: ClassVar[str] = "nats/token"
+    effect_template: ClassVar[str] = "Δ margin ({unit})"
 
     def __post_init__(self) -> None:
         if not self.file:
@@ -52,13 +47,6 @@ class ContinuationMeasure(Measure):
     def label(self) -> str:
         return f"{self.concept} margin"
 
-    @property
-    def unit(self) -> str:
-        return "nats/token"
-
-    @property
-    def effect_units(self) -> str:
-        return f"Δ margin ({self.unit})"
 
     def splits(self, split_seed: int = SPLIT_SEED) -> dict[str, ContinuationItems]:
         return split_items(load_items(self.file), split_seed=split_seed, n_calibration=self.n_calibration)
