@@ -440,3 +440,13 @@ def test_default_model_scores_are_finite_and_deterministic(smol, dilemmas_dir):
     assert float(a["pmass"].mean()) > 0.3
     b = score_dilemmas(smol, None, [0.0], data.head(8), EvalConfig(batch_size=8), progress=False)
     assert np.allclose(a["log_ratio"].values[..., :8], b["log_ratio"].values, equal_nan=True, atol=1e-4)  # other padding: float noise only
+
+
+def test_an_evaluation_into_a_held_folder_is_refused_before_any_work(tmp_path, hold_folder, capsys):
+    """--out is held from the start: a second evaluation into a folder another live run holds stops at once, naming it."""
+    out = tmp_path / "eval"
+    proc = hold_folder(out)
+    with pytest.raises(SystemExit):
+        main(["--model", "tiny-random", "--concept", "sentiment", "--n-eval", "2", "--coeffs=-1,1", "--out", str(out),
+              "--no-progress"])
+    assert f"pid {proc.pid}" in capsys.readouterr().err and not (out / "scores.nc").exists()

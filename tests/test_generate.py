@@ -210,3 +210,18 @@ def test_cli_fits_a_baseline_scaled_to_its_budget(mini_concept, capsys):
     raw = main(["--model", "tiny-random", "--method", "mean_diff", "--concept", str(mini_concept), "--layers", "1:2",
                 "--budget", "0", "--prompt", "Hi", "--coeffs", "1", "--max-new-tokens", "3", "--no-progress"])
     assert "strength" not in read_json_attr(raw.attrs, "config")["method"]["options"]
+
+
+def test_two_generations_into_one_folder_one_proceeds(tmp_path, hold_folder, capsys):
+    """--out is held from the start of the run: while another run holds it (a live process), a second generation is
+    refused at once, naming the holder, and writes nothing; once it is free the generation proceeds."""
+    out = tmp_path / "gen"
+    proc = hold_folder(out)
+    args = ["--model", "tiny-random", "--prompt", "Hi", "--coeffs", "0", "--max-new-tokens", "2", "--no-progress", "--out", str(out)]
+    with pytest.raises(SystemExit):
+        main(args)
+    assert f"pid {proc.pid}" in capsys.readouterr().err and not (out / "generations.nc").exists()
+    proc.kill()
+    proc.wait()
+    main(args)
+    assert (out / "generations.nc").is_file() and (out / "generations.md").is_file()
