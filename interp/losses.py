@@ -237,3 +237,19 @@ def coherence_loss(
     pens = torch.stack([F.relu(d_pos - tau).pow(2).mean(), F.relu(d_neg - tau).pow(2).mean()])
     w = 2 * torch.softmax(torch.stack([d_pos.mean(), d_neg.mean()]).detach() / temperature, 0)
     return (w * pens).sum(), w
+
+
+def distill_kl(
+    student: Float[Tensor, "rows pos vocab"], teacher: Float[Tensor, "rows pos vocab"], mask: Bool[Tensor, "rows pos"],
+) -> Float[Tensor, ""]:
+    """Mean over the masked positions of ``KL(teacher || student)`` between next-token distributions (nats).
+
+    The distillation objective: the steered model (``student``) should predict what the prompted
+    model (``teacher``, no gradient) predicts. Zero exactly when the two distributions agree.
+    """
+    if student.shape != teacher.shape or mask.shape != student.shape[:2]:
+        raise ValueError(f"student {tuple(student.shape)}, teacher {tuple(teacher.shape)} and mask {tuple(mask.shape)} must align")
+    if not mask.any():
+        raise ValueError("no masked positions to distil on")
+    s, t = student[mask].float().log_softmax(-1), teacher[mask].float().log_softmax(-1)
+    return (t.exp() * (t - s)).sum(-1).mean()

@@ -15,6 +15,7 @@ from interp.losses import LOSS_KINDS, SPACES
 from interp.protocol import fit_adapter
 from interp.sites import LINEAR_MODULES
 from interp.train import CHECKPOINT, TrainConfig, parse_recipe
+from interp.train.config import OBJECTIVES
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
@@ -34,6 +35,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--space", choices=SPACES, default=d.space)
     p.add_argument("--loss", choices=LOSS_KINDS, default=d.loss)
+    p.add_argument("--objective", choices=OBJECTIVES, default=d.objective,
+                   help="reprpo: separate hidden states along the preference direction; distill: at c = +1 / -1 predict "
+                        "what the model prompted with the positive / negative persona predicts")
     p.add_argument("--loss-layer", default=str(d.loss_layer), help="read hidden states here (index or depth fraction; 'none': the deepest adapted layer)")
     p.add_argument("--no-rotate-v", action="store_true")
     p.add_argument("--rotate-u", action="store_true")
@@ -66,7 +70,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
             max_angle=args.max_angle,
             concept=args.concept, suffixes=args.suffixes, n_pairs=200 if args.quick else args.n_pairs,
             steps=6 if args.quick else args.steps,
-            batch_size=args.batch_size, lr=args.lr, space=args.space, loss=args.loss, loss_layer=loss_layer, seed=args.seed,
+            batch_size=args.batch_size, lr=args.lr, space=args.space, loss=args.loss, objective=args.objective, loss_layer=loss_layer, seed=args.seed,
         ).with_(**parse_recipe(args.recipe))
     except ValueError as err:
         p.error(str(err))

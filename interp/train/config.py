@@ -27,6 +27,7 @@ from interp.sites import LINEAR_MODULES
 
 TARGETS = ("gap", "shift", "both")
 KL_SPANS = ("all", "prompt")
+OBJECTIVES = ("reprpo", "distill")
 CHECKPOINT = "checkpoint.pt"
 LOG = "metrics.jsonl"
 
@@ -71,6 +72,10 @@ class TrainConfig:
     # loss
     space: str = "dHS"
     loss: str = "proj"
+    # "reprpo": separate hidden states along the preference direction (the losses above); "distill": at c = +1 the
+    # steered model, given the negative persona, predicts the suffix as the base model given the positive persona
+    # does (and the reverse at c = -1): the prompt's behaviour moved into the weights, reversibly
+    objective: str = "reprpo"
     target: str = "gap"  # what the loss moves: the pairs' gaps, every row's own state ("shift"), or "both"
     loss_layer: int | float | None = 0.55
     beta: float = 1.0
@@ -96,6 +101,8 @@ class TrainConfig:
             raise ValueError(f"unknown space {self.space!r}; valid spaces: {list(SPACES)}")
         if self.target not in TARGETS:
             raise ValueError(f"unknown target {self.target!r}; valid targets: {list(TARGETS)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; valid objectives: {list(OBJECTIVES)}")
         if self.loss not in LOSS_KINDS:
             raise ValueError(f"unknown loss {self.loss!r}; valid losses: {list(LOSS_KINDS)}")
         if not isinstance(self.adapter, InnerPiSSAConfig):
@@ -208,7 +215,7 @@ def parse_recipe(spec: str) -> dict:
 RESUME_FREE = ("checkpoint_every", "diagnostics_every")
 # settings added after runs were first recorded, with the value that means "as before": a stored
 # config without them describes a run made with these values
-ADDED_SETTINGS = {"last_tokens": 1, "kl_weight": 0.0, "target": "gap", "kl_span": "all", "select": "top",
+ADDED_SETTINGS = {"objective": "reprpo", "last_tokens": 1, "kl_weight": 0.0, "target": "gap", "kl_span": "all", "select": "top",
                   # the adapter options a training record names since it holds the whole adapter config
                   "clamp": "angle", "init_std": 1e-3}
 

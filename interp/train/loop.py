@@ -35,7 +35,7 @@ from interp.backends import select_sites
 from interp.files import atomic_write, config_differences, run_lock, said_differences, write_text
 
 from interp.train.config import ADDED_SETTINGS, CHECKPOINT, LOG, RESUME_FREE, TrainConfig
-from interp.train.step import _forward, _frozen_base, evaluate_separation, loss_layer_of, lr_factor, site_basis, step_loss
+from interp.train.step import _forward, distill_loss, _frozen_base, evaluate_separation, loss_layer_of, lr_factor, site_basis, step_loss
 
 
 @dataclass
@@ -184,7 +184,8 @@ def _finish(model, adapter, split: PairSplit, history: list[dict], direction, ho
     """Set the orientation from the training data only (the sign of the separation summed over all steps,
     the guard's own final decision) and measure the validation separation."""
     total = sum(r["separation"] for r in history)
-    orientation = 1 if total >= 0 else -1
+    # distillation fixes the sign by construction (+1 is the chosen persona's behaviour); ReprPO's guard decides it
+    orientation = 1 if config.objective == "distill" or total >= 0 else -1
     adapter.orientation = orientation
     metrics = evaluate_separation(
         model, adapter, split.val[: config.n_validation], direction, hook=hook, space=config.space, U=U,
@@ -246,8 +247,11 @@ def _step(model, adapter, split: PairSplit, step: int, direction, scale, history
     idx = batch_indices(len(split.train), config.batch_size, step, config.seed)
     batch = tokenize_pairs(model.tokenizer, [split.train[i] for i in idx], system=config.system,
                            max_length=config.max_length).to(backend_of(model).device)
-    summed = sum(r["separation"] for r in history)
-    loss, parts = step_loss(model, adapter, batch, direction, scale, config, hook=hook, U=U, prior=summed)
+    if config.objective == "distill":
+        loss, parts = distill_loss(model, adapter, batch, config)
+    else:
+        summed = sum(r["separation"] for r in history)
+        loss, parts = step_loss(model, adapter, batch, direction, scale, config, hook=hook, U=U, prior=summed)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -22,6 +22,7 @@ from interp.data import (
     tokenize_pairs,
 )
 from interp.losses import (
+    distill_kl,
     ProjectionTerm,
     antisymmetry_loss,
     coherence_loss,
@@ -190,6 +191,38 @@ def evaluate_separation(
 
 
 # --------------------------------------------------------------------------- training
+def suffix_columns(batch: PairBatch) -> Bool[Tensor, "rows pos"]:
+    """Per row, the columns whose next-token prediction is a suffix token, aligned between the two rows of a pair.
+
+    Rows are left-padded, so a pair's shared suffix ends every row at the last column; the ``k`` suffix
+    tokens a pair shares are predicted at columns ``width - 1 - k .. width - 2`` of both of its rows.
+    """
+    n, width = batch.n_pairs, batch.tokens.shape[1]
+    counts = batch.suffix_mask.sum(1)
+    k = torch.minimum(counts[:n], counts[n:]).repeat(2)  # a pair's shared suffix length, for both of its rows
+    cols = torch.arange(width, device=batch.tokens.device)
+    return (cols[None] >= width - 1 - k[:, None]) & (cols[None] < width - 1)
+
+
+def distill_loss(model, adapter, batch: PairBatch, config: TrainConfig) -> tuple[Float[Tensor, ""], dict]:
+    """The distillation objective of one batch and its parts: at ``c = +1`` on the rejected (negative persona) rows
+    the steered model predicts the shared suffix as the base model does on the chosen rows, and at ``c = -1`` on
+    the chosen rows as the base model does on the rejected ones. At ``c = 0`` the adapter is the base model, so the
+    loss there is the persona's own effect and the gradient comes only from the steered rows."""
+    n = batch.n_pairs
+    mask = suffix_columns(batch)
+    with torch.no_grad():
+        teacher = run(model, batch.tokens, batch.attention_mask).logits
+    swapped = torch.cat([teacher[n:], teacher[:n]])  # row i (chosen) learns from row n + i (rejected) and back
+    coeff = torch.cat([-torch.ones(n, device=batch.tokens.device), torch.ones(n, device=batch.tokens.device)])
+    student = run(model, batch.tokens, batch.attention_mask, adapter.edits(coeff)).logits
+    kl_neg = distill_kl(student[:n], swapped[:n], mask[:n])
+    kl_pos = distill_kl(student[n:], swapped[n:], mask[n:])
+    loss = (kl_pos + kl_neg) / 2
+    return loss, {"loss": float(loss.detach()), "distill_pos": float(kl_pos.detach()), "distill_neg": float(kl_neg.detach()),
+                  "separation": 0.0, "coherence": 0.0, "ordering": 0.0}
+
+
 def step_loss(
     model,
     adapter,
