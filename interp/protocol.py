@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ import xarray as xr
 from interp.adapters.innerpissa import ABLATIONS, attach as attach_innerpissa, select_directions
 from interp.adapters.io import load_adapter, read_adapter_config, save_adapter
 from interp.adapters.lora import LoRAConfig, attach as attach_lora
+from interp.adapters.vector import VectorConfig, attach as attach_vector
 from interp.backends import backend_of
 from interp.baselines import MeanDiff, PCASteering, RandomDirection, SSpaceMeanDiff, VectorSteering
 from interp.calibrate import CalibratedStrength, calibrate_strength, coherence_cost, record_strength
@@ -47,7 +48,8 @@ from interp.train import ADDED_SETTINGS, CHECKPOINT, TrainConfig, build_pairs, t
 # --------------------------------------------------------------------------- the method registry
 
 # trained methods: name -> TrainConfig overrides on top of the recipe (InnerPiSSA ablations, the loss-space ablation, LoRA)
-TRAINED: dict[str, dict] = {"innerpissa": {}, **ABLATIONS, "loss_dHS@U": {"space": "dHS@U"}, "lora": {}}
+TRAINED: dict[str, dict] = {"innerpissa": {}, **ABLATIONS, "loss_dHS@U": {"space": "dHS@U"}, "lora": {},
+                            "trained_vector": {"modules": ("mlp.out",)}}  # one vector per layer of the band
 VECTORS: dict[str, type[VectorSteering]] = {"pca": PCASteering, "mean_diff": MeanDiff, "s_mean_diff": SSpaceMeanDiff,
                                             "random": RandomDirection}
 METHODS: tuple[str, ...] = (*TRAINED, *VECTORS, "prompt")
@@ -77,8 +79,7 @@ class MethodSpec:
 
     def fit_config(self) -> TrainConfig:
         """The training settings of this method: the recipe with the method's own overrides."""
-        return self.train.with_(**TRAINED[self.method]) if self.method in ABLATIONS else (
-            replace(self.train, space="dHS@U") if self.method == "loss_dHS@U" else self.train)
+        return self.train.with_(**TRAINED[self.method]) if self.method in TRAINED else self.train
 
     def record(self) -> dict:
         """The settings a run folder is made with (checked on resume)."""
@@ -88,10 +89,16 @@ class MethodSpec:
 # --------------------------------------------------------------------------- fitting
 
 
+ADAPTER_KINDS: tuple[str, ...] = ("innerpissa", "lora", "trained_vector")
+
+
 def attach_adapter(model, sites, train_config: TrainConfig, kind: str = "innerpissa"):
-    """A fresh adapter of ``kind`` (``innerpissa`` or ``lora``, rank 8) at ``sites``, built as the training config says."""
+    """A fresh adapter of ``kind`` (``innerpissa``, ``lora`` of rank 8, or a ``trained_vector``) at ``sites``, built
+    as the training config says."""
     if kind == "lora":
         return attach_lora(model, sites, LoRAConfig(rank=8, seed=train_config.seed))
+    if kind == "trained_vector":
+        return attach_vector(model, sites, VectorConfig(seed=train_config.seed))
     config = train_config.adapter_config()
     indices = None
     if config.select != "top":  # the basis chosen on the training pairs' first n_calibration pairs
@@ -112,8 +119,8 @@ def fit_adapter(model, train_config: TrainConfig, folder: str | Path, *, kind: s
     ``measure``, default the concept's own) unless ``calibrate`` is False. Returns ``(adapter,
     training record)``, the adapter attached to ``model``; a failure before the save detaches it.
     """
-    if kind not in ("innerpissa", "lora"):
-        raise ValueError(f"unknown adapter kind {kind!r}; choose from ['innerpissa', 'lora']")
+    if kind not in ADAPTER_KINDS:
+        raise ValueError(f"unknown adapter kind {kind!r}; choose from {list(ADAPTER_KINDS)}")
     folder = Path(folder)
     saved = folder / "adapter"
     if resume is None and (saved / "adapter.json").is_file():
@@ -150,7 +157,8 @@ def fit_method(model, spec: MethodSpec, measure: Measure, calibration, folder: s
     """A fitted, sign-calibrated method and its training record (trained ones are saved under ``folder``)."""
     config = spec.fit_config()
     if spec.trained:
-        return fit_adapter(model, config, folder, kind="lora" if spec.method == "lora" else "innerpissa", measure=measure,
+        kind = spec.method if spec.method in ADAPTER_KINDS else "innerpissa"  # ablations are InnerPiSSA variants
+        return fit_adapter(model, config, folder, kind=kind, measure=measure,
                            calibration=calibration, progress=progress)
     method = measure.prompt_method() if spec.method == "prompt" else fit_vector_method(model, spec.method, config, config.seed)
     measure.calibrate_sign(model, method, calibration, seed=config.seed)

@@ -77,3 +77,46 @@ def test_a_short_distillation_run_moves_each_side_toward_its_persona(tiny, tmp_p
     assert result.orientation == 1  # the sign is fixed by construction
     with pytest.raises(ValueError, match="unknown objective"):
         TrainConfig(objective="nope")
+
+
+def test_a_trained_vector_is_exact_at_zero_antisymmetric_and_learns_both_directions(tiny, tmp_path):
+    from interp.adapters.vector import VectorConfig
+    from interp.adapters.vector import attach as attach_vector
+    from interp.backends import run
+
+    sites = select_sites(tiny, layers="1:2", modules=["mlp.out"])
+    adapter = attach_vector(tiny, sites, VectorConfig(init_std=0.5))
+    batch = tokenize_pairs(tiny.tokenizer, [ContrastivePair("Be kind.", "Be cruel.", "Well, the thing is")])
+    try:
+        base = run(tiny, batch.tokens, batch.attention_mask).logits
+        assert adapter.edits(0.0) == () and torch.equal(run(tiny, batch.tokens, batch.attention_mask, adapter.edits(0.0)).logits, base)
+        layer = next(iter(adapter.layers.values()))
+        x = torch.randn(2, 3, 8)
+        assert torch.allclose(layer.delta(x, -1.0), -layer.delta(x, 1.0)) and torch.allclose(layer.delta(x, 1.0)[0, 0], layer.vector)
+        with pytest.raises(NotImplementedError, match="cannot be merged"):
+            layer.delta_weight(1.0)
+    finally:
+        adapter.detach()
+    config = TrainConfig.of(model="tiny-random", concept=LOOP_CONCEPT, objective="distill", n_pairs=200, n_calibration=16,
+                            n_validation=16, lr=0.05, steps=16, batch_size=4)
+    adapter = attach_vector(tiny, sites)
+    try:
+        result = train(tiny, adapter, build_pairs(config), config, out=tmp_path, progress=False)
+    finally:
+        adapter.detach()
+    pos = [r["distill_pos"] for r in result.history]
+    neg = [r["distill_neg"] for r in result.history]
+    assert sum(pos[-4:]) < sum(pos[:4]) and sum(neg[-4:]) < sum(neg[:4])
+
+
+def test_the_protocol_fits_a_trained_vector_at_the_bands_mlp_outputs(tiny, mini_concept, tmp_path):
+    from interp.measures import measure_of
+    from interp.protocol import MethodSpec, run_method
+
+    spec = MethodSpec("trained_vector", TrainConfig(model="tiny-random", concept=str(mini_concept), layers="1:2", steps=2,
+                                                    n_pairs=200, objective="distill"))
+    assert spec.fit_config().modules == ("mlp.out",)
+    measure = measure_of(mini_concept)
+    record = run_method(tiny, spec, measure, measure.splits(), tmp_path / "run", progress=False)
+    assert record["method"] == "trained_vector" and record["config"]["class"] == "TrainedVector"
+    assert record["training"]["n_sites"] == 2 and record["rows"][0]["budget"] == "n/a"

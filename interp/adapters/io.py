@@ -45,6 +45,7 @@ CONFIG = "adapter.json"
 CLASSES: dict[str, str] = {
     "innerpissa": "interp.adapters.innerpissa:InnerPiSSA",
     "lora": "interp.adapters.lora:LoRA",
+    "trained_vector": "interp.adapters.vector:TrainedVector",
 }
 
 
