@@ -26,6 +26,8 @@ from interp.files import (
     write_netcdf,
     write_text,
 )
+from interp.cli import add_shared_args
+from interp.sites import parse_layers
 
 __all__ = ["atomic_write", "load_dataset", "load_or_compute", "write_netcdf", "write_text", "write_html",
            "write_figure", "figure_images", "StaticExportUnavailable",
@@ -178,7 +180,6 @@ def analysis_parser(analysis: str, doc: str, *, writes: str, quick: str, figures
     --seed --quick --no-progress`` and, as asked, ``--n-eval``, ``--layers``, ``--backend``) and
     ``--figures``. ``--out`` defaults to None: resolve it with :func:`result_folder` once the model is known.
     """
-    from interp.cli import add_shared_args
 
     p = argparse.ArgumentParser(prog=f"python -m analyses.{analysis}", description=doc.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -194,7 +195,6 @@ def analysis_layers(spec: str | None, n_layers: int, *, quick: bool = False, mos
     With ``quick``, at most ``most`` of them, evenly spaced and always keeping the first
     and last (so a quick run still spans the depth).
     """
-    from interp.sites import parse_layers
 
     layers = parse_layers(spec, n_layers) if spec else list(range(n_layers))
     if quick and len(layers) > most:

@@ -52,6 +52,7 @@ from interp.tables import METRIC_KEYS, shown
 from interp.provenance import provenance
 from interp.models import DEFAULT_MODEL
 from interp.train import TrainConfig, parse_recipe
+from analyses.recipe_search import RECIPES
 
 
 
@@ -265,7 +266,6 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CompareConfig, argpar
 
 
 def _recipe_spec(recipe: str) -> str:
-    from analyses.recipe_search import RECIPES
 
     return RECIPES.get(recipe, recipe)
 

@@ -43,6 +43,10 @@ from interp.protocol import NO_BUDGET, RESULT, row_of
 from interp.cli import model_from_args
 from interp.protocol import fit_adapter
 from interp.train import TrainConfig
+from analyses._io import analysis_parser
+from interp.cli import positive_int
+from interp.measures import measure_of
+from interp.tables import label as metric_label
 
 # Per-step diagnostics (interp.train's "diagnostics" records) kept over training.
 STEP_KEYS = ("rot_v_norm", "rot_u_norm", "angle_v_max", "scale_min", "scale_max")
@@ -166,7 +170,6 @@ def norms_dataset(runs: Sequence[dict]) -> xr.Dataset:
             ds[k].attrs["units"] = UNITS[k]
     concepts = sorted({r.get("concept", "honesty") for r in runs})
     if len(concepts) == 1:  # the effect's label and unit are the concept's own measure's
-        from interp.measures import measure_of
 
         measure = measure_of(concepts[0])
         ds.attrs["target"] = measure.label
@@ -187,7 +190,6 @@ def figure_depth(ds: xr.Dataset):
     fig = go.Figure()
     fig.add_scatter(x=x, y=ds["rot_v_norm"].mean("site").values, mode="lines+markers", name="‖R_v(1) − I‖_F")
     if np.isfinite(ds["delta_target"].values).any():
-        from interp.tables import label as metric_label
 
         effect, label = ds["delta_target"].values, f"{metric_label('delta_target', str(ds.attrs.get('target', 'target')))} at +1"
     else:  # unscored runs: the training validation separation is the only effect measure
@@ -230,8 +232,6 @@ def _train_runs(args, depths: Sequence[float], steps: int, out: Path) -> list[Pa
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
-    from analyses._io import analysis_parser
-    from interp.cli import positive_int
 
     p = analysis_parser("rotation_norms", __doc__, writes="rotation_norms.nc", quick="with --train: one depth, 3 steps",
                         seed="training seed of --train's adapters",

@@ -40,6 +40,12 @@ from interp.backends import backend_of
 from interp.baselines import last_token_hidden
 from interp.sites import Site, parse_layers
 from interp.backends import linear_of
+from analyses import compare_methods
+from interp.backends import RemoteUnavailable
+from interp.cli import model_from_args
+from interp.data import make_pairs, tokenize_pairs
+from interp.data import pairs_hash
+from interp.provenance import provenance
 
 DEFAULT_FIGURES = "figures"
 FIGURE_PANELS: tuple[tuple[str, str], ...] = (
@@ -54,7 +60,6 @@ def site_weight(model, layer: int) -> Tensor:
     """The raw ``mlp.out`` weight of ``layer`` (for ``U``), refused where the weights are not here (remote nnsight)."""
     w = linear_of(model, Site(layer, "mlp.out")).weight
     if w.is_meta:
-        from interp.backends import RemoteUnavailable
 
         raise RemoteUnavailable("space_compare needs the mlp.out weights (for U) here; this model holds none "
                                 "(an nnsight model built with remote=True): use a local one")
@@ -73,8 +78,6 @@ def compare_dataset(
     progress: bool = True,
 ) -> xr.Dataset:
     """The metrics of :func:`interp.geometry.space_metrics` per layer and space, with provenance attrs."""
-    from interp.data import make_pairs, tokenize_pairs
-    from interp.provenance import provenance
 
     backend = backend_of(model)
     n_layers, d_model = backend.n_layers, backend.d_model
@@ -99,7 +102,6 @@ def compare_dataset(
     )
     ds["energy_fraction"].attrs["description"] = "share of sum_i |h_cho_i - h_rej_i|^2 inside the space (random: mean over draws)"
     ds["probe_auroc"].attrs["description"] = "logistic-regression ROC AUC, chosen vs rejected, grouped stratified k-fold"
-    from interp.data import pairs_hash
 
     ds.attrs.update(provenance(
         backend_of(model),
@@ -174,8 +176,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     args = parse_args(argv)
     out = Path(args.out or result_folder("space_compare", args.model, args.quick))
     with locked(out, args.error):
-        from interp.backends import RemoteUnavailable
-        from interp.cli import model_from_args
 
         try:
             model = model_from_args(args)
@@ -203,7 +203,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
               f" -> {written['dataset']}")
         if args.compare_methods:
             # Training needs gradients through a bridge; the comparison keeps its own results folder.
-            from analyses import compare_methods
 
             written.update({f"train_{k}": v for k, v in compare_methods.main(
                 ["--model", args.model, "--methods", "innerpissa,loss_dHS@U", "--figures", args.figures,

@@ -49,6 +49,11 @@ from interp.neurons import (
 from interp.sites import Site, parse_layers
 from interp.backends import backend_of
 from interp.provenance import provenance
+from interp.adapters.io import load_adapter
+from interp.backends import n_layers as layer_count
+from interp.cli import model_from_args
+from interp.data import make_pairs, tokenize_pairs
+from interp.provenance import read_json_attr
 
 DEFAULT_FIGURES = "figures"
 OVERLAP_KINDS: tuple[str, ...] = ("suppression", "prediction")
@@ -59,7 +64,6 @@ OVERLAP_KINDS: tuple[str, ...] = ("suppression", "prediction")
 
 def prompt_batch(model, n_pairs: int, seed: int = 0):
     """Chat-templated contrastive prompts (chosen and rejected rows) for measuring mean activations."""
-    from interp.data import make_pairs, tokenize_pairs
 
     pairs = make_pairs(n_pairs=n_pairs, seed=seed)
     return tokenize_pairs(model.tokenizer, pairs, padding_side="left")
@@ -134,7 +138,6 @@ def figure_by_layer(ds: xr.Dataset):
 
 
 def _threshold(ds: xr.Dataset) -> float:
-    from interp.provenance import read_json_attr
 
     cfg = read_json_attr(ds.attrs, "config") or {}
     return float(cfg.get("kurtosis_threshold", NeuronConfig().kurtosis_threshold))
@@ -254,8 +257,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run the analysis; returns the paths written (``neurons``, ``figure_layers`` and, with an adapter, ``overlap``, ``figure_overlap``)."""
     args = parse_args(argv)
-    from interp.cli import model_from_args
-    from interp.backends import n_layers as layer_count
 
     progress = not args.no_progress
     model = model_from_args(args)
@@ -282,7 +283,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
               f"of all neurons -> {written['neurons']}")
 
         if args.adapter:
-            from interp.adapters.io import load_adapter
 
             adapter = load_adapter(model, args.adapter)
             ov = overlap_dataset(model, adapter, stored, top_k=args.top_k, draws=draws, seed=args.seed,

@@ -39,6 +39,9 @@ from interp.data import last_token_index
 from interp.sites import resid_hook
 from interp.interventions import AddToResidual, Edits, is_zero
 from interp.steering import check_coeff, Coeff, Messages, SteeringMethod
+from interp.backends import linear_of
+from interp.geometry import left_singular_basis
+from interp.sites import Site
 
 # --------------------------------------------------------------------------- pure maths
 
@@ -279,9 +282,6 @@ class SSpaceMeanDiff(VectorSteering):
     @classmethod
     def fit(cls, model, chosen, rejected, layers, *, batch_size: int = 16, rank: int = 64,
             module: str = "mlp.out") -> SSpaceMeanDiff:
-        from interp.geometry import left_singular_basis
-        from interp.sites import Site
-        from interp.backends import linear_of
 
         if chosen[0].shape[0] != rejected[0].shape[0]:
             raise ValueError(f"{chosen[0].shape[0]} chosen rows but {rejected[0].shape[0]} rejected rows")

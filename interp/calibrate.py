@@ -28,6 +28,7 @@ from torch import Tensor
 
 from interp.stats import bootstrap_ci
 from interp.steering import SteeringMethod
+from interp.backends import run
 
 # --------------------------------------------------------------------------- sign
 
@@ -189,7 +190,6 @@ def coherence_cost(
     """
     if kind not in COST_KINDS:
         raise ValueError(f"unknown cost kind {kind!r}; choose one of {list(COST_KINDS)}")
-    from interp.backends import run
 
     with torch.no_grad():
         base = run(model, tokens, attention_mask).logits

@@ -43,6 +43,8 @@ from tqdm.auto import tqdm
 
 from interp.sites import Site, parse_layers
 from interp.backends import linear_of
+from interp.backends import n_layers
+from interp.backends import run
 
 NEURON_CLASSES: tuple[str, ...] = ("neither", "suppression", "prediction")
 
@@ -256,8 +258,6 @@ def mean_neuron_activations(
     ``tokens`` are already chat-templated ids (no BOS is added). One forward pass per batch
     hooks every requested layer.
     """
-    from interp.backends import run
-    from interp.backends import n_layers
 
     total = n_layers(model)
     layers = list(range(total)) if layers is None else parse_layers(list(layers), total)

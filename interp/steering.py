@@ -21,15 +21,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Union
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
-from interp.interventions import Edits
+from interp.interventions import Coeff, Edits
+from interp.backends import backend_of
 
-Coeff = Union[float, Float[Tensor, " batch"]]
 Messages = list[dict[str, str]]
 
 
@@ -67,7 +65,6 @@ class SteeringMethod:
     @contextmanager
     def steer(self, model, coeff: Coeff) -> Iterator[None]:
         """Apply the method's :meth:`edits` at ``coeff`` to ``model`` inside the block."""
-        from interp.backends import backend_of
 
         with backend_of(model).applied(self.edits(coeff)):
             yield

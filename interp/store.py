@@ -64,6 +64,9 @@ from interp.files import ENGINE, write_netcdf, write_text
 from interp.provenance import provenance
 from interp.sites import Site, site_hook
 from interp.steering import SteeringMethod
+from interp.backends import backend_of
+from interp.backends import n_layers
+from interp.backends import run
 
 STORE_FILE = "store.nc"
 MANIFEST = "manifest.json"
@@ -156,7 +159,6 @@ def _check_meta(meta: Mapping[str, Sequence] | None, n: int) -> dict[str, np.nda
 def runner(model, sites: Sequence[str], method: SteeringMethod | None = None) -> Runner:
     """A :data:`Runner` on any backend (:func:`interp.backends.run`): ``method``'s edits at each
     coefficient, activations read at ``sites``."""
-    from interp.backends import run
 
     sites = [site_hook(s) for s in sites]
 
@@ -200,8 +202,6 @@ def collect(
         sites=tuple(site_hook(s) for s in sites), positions=positions, coeffs=tuple(float(c) for c in coeffs),
         chunk_size=chunk_size, batch_size=batch_size, dtype=dtype, seed=seed,
     )
-    from interp.backends import backend_of
-    from interp.backends import n_layers
 
     backend = backend_of(model)
     for s in config.sites:  # bad names fail before any work

@@ -33,6 +33,7 @@ from interp.interventions import ADAPTED, Edits, WeightDelta, is_zero
 from interp.sites import Site
 from interp.backends import linear_of
 from interp.steering import Coeff, SteeringMethod
+from interp.backends import backend_of
 
 
 def site_seed(seed: int, site: Site) -> int:
@@ -75,7 +76,6 @@ class AdapterSet(SteeringMethod):
     name = "adapter"
 
     def __init__(self, model, sites: Sequence[Site], layers: Sequence[DeltaLayer]):
-        from interp.backends import backend_of
 
         if not sites:
             raise ValueError("an adapter needs at least one site")
@@ -126,7 +126,6 @@ class AdapterSet(SteeringMethod):
     @contextmanager
     def steer(self, model, coeff: Coeff) -> Iterator[None]:
         """Run the block at coefficient ``coeff`` (scalar or ``[batch]``; orientation applied)."""
-        from interp.backends import backend_of
 
         if backend_of(model) is not self._backend:
             raise ValueError("this adapter is attached to another model instance; attach it to this one (or load it with interp.adapters.io.load_adapter)")
@@ -217,7 +216,6 @@ class ConfiguredAdapter(AdapterSet):
     config_class: type
 
     def __init__(self, model, sites: Sequence[Site | str], config=None):
-        from interp.backends import backend_of
 
         sites = [Site.parse(s) if isinstance(s, str) else s for s in sites]
         self.adapter_config = self.config_class() if config is None else config

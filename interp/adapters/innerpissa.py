@@ -39,6 +39,8 @@ from interp.adapters.base import ConfiguredAdapter, DeltaLayer, layer_key, site_
 from interp.cayley import cayley, orthogonality_error, skew, soft_clamp, soft_clamp_angle
 from interp.geometry import svd_columns, top_svd
 from interp.sites import Site
+from interp.backends import linear_of
+from interp.backends import run
 
 SCALINGS: tuple[str, ...] = ("mult", "add", "none")
 # which r singular directions of a site the adapter works in (see select_directions)
@@ -273,8 +275,6 @@ def select_directions(model, sites: Sequence[Site], batch, config: InnerPiSSACon
     """Per site, the ``config.rank`` singular directions ``config.select`` picks from the pairs in ``batch``
     (an :class:`interp.data.PairBatch`): the inputs of every site are read at each row's last token
     in one unsteered forward pass and scored by :func:`direction_scores`."""
-    from interp.backends import run
-    from interp.backends import linear_of
 
     n = batch.n_pairs
     states = run(model, batch.tokens, batch.attention_mask, read=[s.hook_in for s in sites]).states

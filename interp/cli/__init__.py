@@ -24,6 +24,8 @@ import torch
 
 from interp.measures import measure_of
 from interp.models import DEFAULT_MODEL, SPECS_HELP, load_model
+from interp.backends.nnsight import check_remote, check_remote_spec, load_nnsight
+from interp.sites import check_layer_spec
 
 @dataclass(frozen=True)
 class QuickSizes:
@@ -115,7 +117,6 @@ def model_from_args(args: argparse.Namespace):
     """The model that ``--model --device --dtype`` (and ``--backend``, ``--remote`` where given) name:
     a TransformerBridge, or an nnsight model (whose backend runs on NDIF with ``--remote``)."""
     if getattr(args, "remote", False) or getattr(args, "backend", "bridge") == "nnsight":
-        from interp.backends.nnsight import check_remote, check_remote_spec, load_nnsight
 
         if args.remote:  # key and network first: building a remote model already reads its config from the Hub
             check_remote_spec(args.model)
@@ -126,7 +127,6 @@ def model_from_args(args: argparse.Namespace):
 
 def layer_spec(text: str) -> str:
     """An argparse type: a layer spec (:func:`interp.sites.check_layer_spec`); ``--layers=`` is an error, not a default."""
-    from interp.sites import check_layer_spec
 
     try:
         return check_layer_spec(text)

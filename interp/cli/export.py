@@ -22,6 +22,9 @@ from pathlib import Path
 import torch
 
 from interp.cli import DTYPES, add_shared_args, join_negative_values
+from interp.adapters.io import AdapterLoadError, load_adapter, read_adapter_config
+from interp.export import ExportError, check_out, export_gguf, export_merged, not_from_gguf
+from interp.models import ModelLoadError, gguf_source, load_model
 
 FORMATS = ("hf", "gguf")
 
@@ -56,9 +59,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> Path:
     """Export as the command line asks; returns the written folder (``hf``) or GGUF file (``gguf``)."""
-    from interp.adapters.io import AdapterLoadError, load_adapter, read_adapter_config
-    from interp.export import ExportError, check_out, export_gguf, export_merged, not_from_gguf
-    from interp.models import ModelLoadError, gguf_source, load_model
 
     args = parse_args(argv)
     try:

@@ -28,6 +28,7 @@ from interp.adapters.base import AdapterSet, layer_key
 from interp.sites import Site
 from interp.backends import linear_of
 from interp.files import LOCK_FILE
+from interp.models import DEFAULT_MODEL, EMBEDDED_HF_ID
 
 # The bridge wraps each Hugging Face module in a component that keeps it under this name.
 _WRAPPED = "._original_component"
@@ -250,7 +251,6 @@ def check_logits(merged: torch.Tensor, steered: torch.Tensor, coeff: float, dtyp
 
 def hub_id(model) -> str:
     """The Hub id of ``model``'s base (the embedded default's original repository; else its spec)."""
-    from interp.models import DEFAULT_MODEL, EMBEDDED_HF_ID
 
     return EMBEDDED_HF_ID if model.spec == DEFAULT_MODEL else model.spec
 

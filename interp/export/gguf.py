@@ -31,6 +31,9 @@ from interp.adapters.base import AdapterSet
 from interp.export.base import (CARD, CHECK_PROMPT, STEERING, ExportError, check_finite, check_ids, check_logits, check_out,
     export_info, merged_weights, model_card, replace_folder, site_weights, steered_logits)
 from interp.provenance import hf_state_dict
+from interp.models import gguf_source
+from interp.provenance import model_weight_hash
+from interp.provenance import weight_hash
 
 # Architectures whose attn_q / attn_k rows llama.cpp's converter permutes (transformers undoes it for these).
 PERMUTED_ARCHS = ("llama",)
@@ -111,9 +114,6 @@ def export_gguf(model, adapter: AdapterSet, coeff: float, out: str | Path, *, dt
     """
     from gguf import GGUFReader, MODEL_ARCH_NAMES, get_tensor_name_map
 
-    from interp.models import gguf_source
-    from interp.provenance import weight_hash
-    from interp.provenance import model_weight_hash
 
     source = gguf_source(model.spec)
     if source is None:
@@ -164,7 +164,6 @@ def _site_tensors(model, adapter: AdapterSet, merged: dict, reader, arch: str, n
     weight hash of the whole merged model as it will be stored."""
     from gguf.quants import dequantize  # optional heavy dependency of this export only
 
-    from interp.provenance import weight_hash
 
     tensors = {t.name: t for t in reader.tensors}
     replaced: dict[str, np.ndarray] = {}

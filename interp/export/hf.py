@@ -16,6 +16,7 @@ from interp.adapters.base import AdapterSet
 from interp.export.base import (CARD, CHECK_PROMPT, STEERING, ExportError, check_ids, check_logits, check_out, export_info,
     merged_weights, model_card, replace_folder, site_weights, steered_logits)
 from interp.provenance import model_weight_hash
+from interp.models import load_hf
 
 
 def export_merged(model, adapter: AdapterSet, coeff: float, out: str | Path, *, dtype: torch.dtype = torch.float32,
@@ -30,7 +31,6 @@ def export_merged(model, adapter: AdapterSet, coeff: float, out: str | Path, *, 
     steered model's (a warning above the tolerance). The folder is filled beside ``out``
     and renamed into place, so a killed or refused export changes no file.
     """
-    from interp.models import load_hf
 
     check_out(out, overwrite=overwrite, adapter_path=adapter_path or None)
     merged = merged_weights(model, adapter, coeff, dtype)

@@ -36,6 +36,7 @@ from interp.files import atomic_write, config_differences, run_lock, said_differ
 
 from interp.train.config import ADDED_SETTINGS, CHECKPOINT, LOG, RESUME_FREE, TrainConfig
 from interp.train.step import _forward, distill_loss, _frozen_base, evaluate_separation, loss_layer_of, lr_factor, site_basis, step_loss
+from interp.adapters.innerpissa import attach
 
 
 @dataclass
@@ -277,7 +278,6 @@ def train_adapter(
 
     ``sites=None`` selects ``config.layers`` x ``config.modules``. Returns ``(adapter, result)``.
     """
-    from interp.adapters.innerpissa import attach
 
     if sites is None:
         sites = select_sites(model, layers=config.layers, modules=list(config.modules))
