@@ -41,7 +41,7 @@ from interp.backends import backend_of
 from interp.cli import QUICK, add_measure_args, measure_from_args, model_from_args, positive_float, positive_int
 from interp.files import RunLocked
 from interp.floor import floor_line
-from interp.protocol import base_scores, NO_BUDGET, MethodSpec, budget_key, row_of, run_method
+from interp.protocol import base_scores, NO_BUDGET, TRAINED, MethodSpec, budget_key, row_of, run_method
 from interp.provenance import provenance
 from interp.calibrate import BUDGET_KINDS
 from interp.train import TrainConfig, parse_recipe
@@ -97,6 +97,24 @@ SEARCH: dict[str, str] = {
     "mod_mlp_in": "modules=mlp.in", "mod_attn": "modules=attn.q,attn.k,attn.v,attn.o",
 }
 RECIPES.update(SEARCH)
+# objective x parameterisation: the same loop and budget, ReprPO or distillation, InnerPiSSA / LoRA / a trained vector
+OBJECTIVES: dict[str, str] = {
+    "distill": "objective=distill",
+    "lora": "method=lora", "lora_distill": "method=lora;objective=distill",
+    "vector": "method=trained_vector", "vector_distill": "method=trained_vector;objective=distill",
+}
+RECIPES.update(OBJECTIVES)
+
+
+def method_of(spec: str, error) -> tuple[str, str]:
+    """``(method, the rest of the spec)``: a recipe may name the trained parameterisation it fits
+    (``method=lora`` / ``method=trained_vector``; default ``innerpissa``) beside its training settings."""
+    parts = [part for part in spec.split(";") if part.strip()]
+    named = [part.split("=", 1)[1].strip() for part in parts if part.split("=", 1)[0].strip() == "method"]
+    method = named[-1] if named else "innerpissa"
+    if method not in TRAINED:
+        error(f"recipe {spec!r}: method {method!r} is not a trained method; choose from {list(TRAINED)}")
+    return method, ";".join(part for part in parts if part.split("=", 1)[0].strip() != "method")
 
 
 def recipe_config(base: TrainConfig, spec: str, seed: int) -> TrainConfig:
@@ -207,7 +225,8 @@ def parse_args(argv: Sequence[str] | None = None):
     add_measure_args(p, concept="sentiment")
     p.add_argument("--recipes", default="default,band", help=f"comma-separated names from {sorted(RECIPES)}")
     p.add_argument("--recipe", action="append", default=[], metavar="NAME=SPEC",
-                   help="an extra recipe, e.g. 'mine=layers=0.2:0.6;loss_layer=0.7' (repeatable)")
+                   help="an extra recipe, e.g. 'mine=layers=0.2:0.6;loss_layer=0.7' (repeatable); 'method=lora' or "
+                        "'method=trained_vector' fits that parameterisation instead of InnerPiSSA")
     p.add_argument("--baselines", default="", help=f"comma-separated baselines scored alike, from {list(BASELINES)}: "
                                                     "vectors fitted on the same pairs at the default recipe's layers")
     p.add_argument("--budget", type=positive_float, default=0.3,
@@ -246,7 +265,8 @@ def parse_args(argv: Sequence[str] | None = None):
         seeds = list(range(args.seed, args.seed + args.seeds))
         base = replace(TrainConfig(), model=args.model, concept=args.concept,
                        **({"steps": args.steps} if args.steps else {}))
-        configs = {(name, s): recipe_config(base, spec, s) for name, spec in recipes.items() for s in seeds}
+        args.methods = {name: method_of(spec, p.error)[0] for name, spec in recipes.items()}
+        configs = {(name, s): recipe_config(base, method_of(spec, p.error)[1], s) for name, spec in recipes.items() for s in seeds}
     except (ValueError, TypeError) as err:
         p.error(str(err))
     args.base_configs = {s: replace(base, seed=s) for s in seeds}
@@ -276,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     selection = f"{args.split}{'' if args.n_eval is None else f'_n{len(splits[args.split])}'}"  # names what was scored
     base = base_scores(model, measure, splits[args.split], out / f"base_{selection}.nc", progress=progress)
     floor = measure.stored_floor(model, splits[args.split], out / f"floor_{selection}.json", base=base, progress=progress)
-    jobs = [(name, "innerpissa", seed, config, out / name / f"seed_{seed}") for (name, seed), config in configs.items()]
+    jobs = [(name, args.methods[name], seed, config, out / name / f"seed_{seed}") for (name, seed), config in configs.items()]
     jobs += [(f"[{b}]", b, seed, config, out / "baselines" / b / f"seed_{seed}")
              for b in args.baselines for seed, config in args.base_configs.items()]
     records = []

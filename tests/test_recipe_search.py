@@ -113,3 +113,16 @@ def test_parallel_searches_share_a_folder_but_not_a_run(mini_concept, tmp_path, 
     with pytest.raises(SystemExit):
         main([*base, "--recipes", "", "--recipe", "band=layers=1:2;modules=attn.o,mlp.out;loss_layer=3"])
     assert f"pid {proc.pid}" in capsys.readouterr().err
+
+
+def test_a_recipe_may_name_its_parameterisation():
+    from analyses.recipe_search import RECIPES, method_of
+
+    def error(message):
+        raise ValueError(message)
+
+    assert method_of("method=lora;objective=distill", error) == ("lora", "objective=distill")
+    assert method_of("layers=0.2:0.6", error) == ("innerpissa", "layers=0.2:0.6")
+    assert method_of(RECIPES["vector_distill"], error) == ("trained_vector", "objective=distill")
+    with pytest.raises(ValueError, match="'mean_diff' is not a trained method"):
+        method_of("method=mean_diff", error)
