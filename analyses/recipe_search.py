@@ -102,6 +102,8 @@ OBJECTIVES: dict[str, str] = {
     "distill": "objective=distill",
     "lora": "method=lora", "lora_distill": "method=lora;objective=distill",
     "vector": "method=trained_vector", "vector_distill": "method=trained_vector;objective=distill",
+    # the next hypotheses after distillation beat ReprPO on the -c side: a looser rotation bound, the band one step deeper
+    "distill_a0.3": "objective=distill;max_angle=0.3", "distill_band0.2-0.6": "objective=distill;layers=0.2:0.6",
 }
 RECIPES.update(OBJECTIVES)
 
