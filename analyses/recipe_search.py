@@ -108,20 +108,24 @@ OBJECTIVES: dict[str, str] = {
 RECIPES.update(OBJECTIVES)
 
 
-def method_of(spec: str, error) -> tuple[str, str]:
+def method_of(spec: str, error=None) -> tuple[str, str]:
     """``(method, the rest of the spec)``: a recipe may name the trained parameterisation it fits
-    (``method=lora`` / ``method=trained_vector``; default ``innerpissa``) beside its training settings."""
+    (``method=lora`` / ``method=trained_vector``; default ``innerpissa``) beside its training settings.
+    A method that is not a trained one is reported through ``error`` (default: ``ValueError``)."""
     parts = [part for part in spec.split(";") if part.strip()]
     named = [part.split("=", 1)[1].strip() for part in parts if part.split("=", 1)[0].strip() == "method"]
     method = named[-1] if named else "innerpissa"
     if method not in TRAINED:
-        error(f"recipe {spec!r}: method {method!r} is not a trained method; choose from {list(TRAINED)}")
+        message = f"recipe {spec!r}: method {method!r} is not a trained method; choose from {list(TRAINED)}"
+        if error is None:
+            raise ValueError(message)
+        error(message)
     return method, ";".join(part for part in parts if part.split("=", 1)[0].strip() != "method")
 
 
 def recipe_config(base: TrainConfig, spec: str, seed: int) -> TrainConfig:
-    """``base`` with the recipe's overrides and the seed."""
-    return base.with_(**parse_recipe(spec), seed=seed)
+    """``base`` with the recipe's overrides and the seed (a ``method=`` part names the parameterisation, not a setting)."""
+    return base.with_(**parse_recipe(method_of(spec)[1]), seed=seed)
 
 
 # --------------------------------------------------------------------------- one run
@@ -268,7 +272,7 @@ def parse_args(argv: Sequence[str] | None = None):
         base = replace(TrainConfig(), model=args.model, concept=args.concept,
                        **({"steps": args.steps} if args.steps else {}))
         args.methods = {name: method_of(spec, p.error)[0] for name, spec in recipes.items()}
-        configs = {(name, s): recipe_config(base, method_of(spec, p.error)[1], s) for name, spec in recipes.items() for s in seeds}
+        configs = {(name, s): recipe_config(base, spec, s) for name, spec in recipes.items() for s in seeds}
     except (ValueError, TypeError) as err:
         p.error(str(err))
     args.base_configs = {s: replace(base, seed=s) for s in seeds}
