@@ -17,6 +17,20 @@ from interp.train import TrainConfig, build_pairs, train
 from interp.train.step import distill_loss, suffix_columns
 
 LOOP_CONCEPT = str(Path(__file__).parent / "data" / "honesty_v1.json")
+SHORT_DISTILL = dict(model="tiny-random", concept=LOOP_CONCEPT, objective="distill", n_pairs=200, n_calibration=16,
+                     n_validation=16, lr=0.05, steps=16, batch_size=4)
+
+
+def learns_both_directions(model, adapter, config, out):
+    """Train ``adapter`` (detached after) and check both distillation sides fell; returns the result."""
+    try:
+        result = train(model, adapter, build_pairs(config), config, out=out, progress=False)
+    finally:
+        adapter.detach()
+    pos = [r["distill_pos"] for r in result.history]
+    neg = [r["distill_neg"] for r in result.history]
+    assert sum(pos[-4:]) < sum(pos[:4]) and sum(neg[-4:]) < sum(neg[:4])  # both directions learned
+    return result
 
 
 def test_distill_kl_is_zero_on_the_target_and_positive_elsewhere():
@@ -63,17 +77,9 @@ def test_distillation_toward_the_base_itself_is_zero(tiny):
 
 
 def test_a_short_distillation_run_moves_each_side_toward_its_persona(tiny, tmp_path):
-    config = TrainConfig.of(model="tiny-random", concept=LOOP_CONCEPT, objective="distill", n_pairs=200, n_calibration=16,
-                            n_validation=16, rank=8, lr=0.05, steps=16, batch_size=4, max_angle=1.0)
+    config = TrainConfig.of(**SHORT_DISTILL, rank=8, max_angle=1.0)
     sites = select_sites(tiny, layers="1:2", modules=["attn.o", "mlp.out"])
-    adapter = attach(tiny, sites, config.adapter_config())
-    try:
-        result = train(tiny, adapter, build_pairs(config), config, out=tmp_path, progress=False)
-    finally:
-        adapter.detach()
-    pos = [r["distill_pos"] for r in result.history]
-    neg = [r["distill_neg"] for r in result.history]
-    assert sum(pos[-4:]) < sum(pos[:4]) and sum(neg[-4:]) < sum(neg[:4])  # both directions learned
+    result = learns_both_directions(tiny, attach(tiny, sites, config.adapter_config()), config, tmp_path)
     assert result.orientation == 1  # the sign is fixed by construction
     with pytest.raises(ValueError, match="unknown objective"):
         TrainConfig(objective="nope")
@@ -97,16 +103,7 @@ def test_a_trained_vector_is_exact_at_zero_antisymmetric_and_learns_both_directi
             layer.delta_weight(1.0)
     finally:
         adapter.detach()
-    config = TrainConfig.of(model="tiny-random", concept=LOOP_CONCEPT, objective="distill", n_pairs=200, n_calibration=16,
-                            n_validation=16, lr=0.05, steps=16, batch_size=4)
-    adapter = attach_vector(tiny, sites)
-    try:
-        result = train(tiny, adapter, build_pairs(config), config, out=tmp_path, progress=False)
-    finally:
-        adapter.detach()
-    pos = [r["distill_pos"] for r in result.history]
-    neg = [r["distill_neg"] for r in result.history]
-    assert sum(pos[-4:]) < sum(pos[:4]) and sum(neg[-4:]) < sum(neg[:4])
+    learns_both_directions(tiny, attach_vector(tiny, sites), TrainConfig.of(**SHORT_DISTILL), tmp_path)
 
 
 def test_the_protocol_fits_a_trained_vector_at_the_bands_mlp_outputs(tiny, mini_concept, tmp_path):
