@@ -103,7 +103,8 @@ def check_run_config(folder: str | Path, config: Mapping, *, ignore: Sequence[st
     """
     path = Path(folder) / RUN_CONFIG
     if path.is_file():
-        diff = config_differences(json.loads(path.read_text()), config, ignore=ignore, absent_means=absent_means)
+        diff = config_differences(read_json(path, "the run's recorded settings"), config, ignore=ignore,
+                                  absent_means=absent_means)
         if diff:
             raise ValueError(f"{folder} holds results made with other settings ({said_differences(diff, 'there')}); "
                              "pass another --out, or delete the folder to start over")
@@ -168,3 +169,13 @@ def run_lock(folder: str | Path) -> Iterator[Path]:
             fh.close()
         else:
             _HELD[folder][1] -= 1
+
+
+def read_json(path: str | Path, what: str = "a results record") -> object:
+    """A json file this project wrote (a run record, run settings, a floor check), or a ``ValueError`` naming the
+    file and what it should be when it is damaged (cut short by a full disk, edited by hand, not UTF-8)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not readable as {what} (json: {err}); delete it to compute it again") from err

@@ -335,3 +335,18 @@ def test_an_empty_layer_spec_in_code_names_the_valid_forms(tmp_path, tiny):
 def test_a_regex_alone_returns_all_its_matches(tiny):
     assert select_sites(tiny, regex=r"blocks\.(1|2)\.mlp\.out") == [Site(1, "mlp.out"), Site(2, "mlp.out")]
     assert len(select_sites(tiny, regex=r"blocks\.\d+\.attn\..")) == 4 * 4
+
+
+def test_a_damaged_run_record_names_its_file(tiny, mini_concept, tmp_path):
+    """A result.json cut short (a full disk) is refused naming the file and the fix, not as a bare JSONDecodeError."""
+    from interp.measures import measure_of
+    from interp.protocol import MethodSpec, run_method
+    from interp.train import TrainConfig
+
+    measure = measure_of(mini_concept)
+    spec = MethodSpec("mean_diff", TrainConfig(model="tiny-random", concept=str(mini_concept), layers="1:2", n_pairs=200))
+    run_method(tiny, spec, measure, measure.splits(), tmp_path / "run", budgets=(0.001,), progress=False)
+    done = tmp_path / "run" / "result.json"
+    done.write_text(done.read_text()[:40])
+    with pytest.raises(ValueError, match=r"result.json is not readable as a run record .*delete it"):
+        run_method(tiny, spec, measure, measure.splits(), tmp_path / "run", budgets=(0.001,), progress=False)

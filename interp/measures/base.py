@@ -30,7 +30,7 @@ from torch import Tensor
 from interp.backends import backend_of
 from interp.baselines import PromptSteering, PromptWording
 from interp.calibrate import SignCalibration, calibrate_sign
-from interp.files import write_text
+from interp.files import read_json, write_text
 from interp.floor import FloorCheck, floor_verdict, unavailable
 from interp.splits import SPLIT_SEED
 from interp.steering import SteeringMethod
@@ -163,7 +163,7 @@ class Measure(ABC):
         a selection too small to check gives :func:`interp.floor.unavailable`'s record."""
         path, here = Path(path), backend_of(model).weight_hash
         if path.is_file():
-            record = json.loads(path.read_text())
+            record = read_json(path, "a floor-check record")
             made = record.get("weight_hash") or "not recorded"
             if made != here:
                 raise ValueError(f"{path} is the floor check of other model weights (hash {made}, this model {here}); "
