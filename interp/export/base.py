@@ -1,7 +1,7 @@
 """What every export format shares: the merge, the refusals that keep data safe, the checks, the card.
 
 * :func:`check_out`: where an export may write. A folder that a live run holds (its
-  ``.lock``, :func:`interp.store.run_lock`), a folder that overlaps the adapter being
+  ``.lock``, :func:`interp.files.run_lock`), a folder that overlaps the adapter being
   exported, or a non-empty folder that no export wrote is refused before anything is read
   or written; ``overwrite`` replaces only an earlier export.
 * :func:`merged_weights`: ``W + ΔW(c)`` at every adapted site, refused when non-finite,

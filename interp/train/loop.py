@@ -115,7 +115,7 @@ def train(
     gets each step's metrics dict (after the checkpoint of that step is written).
     On return ``adapter.orientation`` is set so that ``+c`` means more of the concept;
     the adapter is not saved here (see :func:`main` / :func:`interp.adapters.io.save_adapter`).
-    ``out`` is held for this run (:func:`interp.store.run_lock`): a second run into it fails at once.
+    ``out`` is held for this run (:func:`interp.files.run_lock`): a second run into it fails at once.
     """
     if out is None:
         return _train(model, adapter, pairs, config, None, resume, progress, callback)
