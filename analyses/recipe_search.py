@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from analyses._io import analysis_parser, write_html, write_netcdf, write_text
 from interp.backends import backend_of
 from interp.cli import QUICK, add_measure_args, measure_from_args, model_from_args, positive_float, positive_int
-from interp.files import RunLocked, read_json
+from interp.files import RunLocked, RECOMPUTE, read_json_file
 from interp.floor import floor_line
 from interp.protocol import base_scores, NO_BUDGET, TRAINED, MethodSpec, budget_key, row_of, run_method
 from interp.provenance import provenance
@@ -160,7 +160,7 @@ def finished_records(out: Path, split: str) -> list[dict]:
     in parallel processes into one folder share one table. Baselines (``out/baselines/``) come too."""
     paths = sorted([*out.glob("*/seed_*/result.json"), *out.glob("baselines/*/seed_*/result.json")],
                    key=lambda p: p.stat().st_mtime)
-    return [r for r in (read_json(p, "a run record") for p in paths) if r.get("split") == split and "rows" in r]
+    return [r for r in (read_json_file(p, "a run record", RECOMPUTE) for p in paths) if r.get("split") == split and "rows" in r]
 
 
 def flat_record(record: dict, budget: float | None = None, kind: str = "kl") -> dict:

@@ -47,7 +47,7 @@ from analyses._io import analysis_parser
 from interp.cli import positive_int
 from interp.measures import measure_of
 from interp.tables import label as metric_label
-from interp.files import read_json
+from interp.files import RECOMPUTE, read_json_file
 
 # Per-step diagnostics (interp.train's "diagnostics" records) kept over training.
 STEP_KEYS = ("rot_v_norm", "rot_u_norm", "angle_v_max", "scale_min", "scale_max")
@@ -119,7 +119,7 @@ def run_summary(folder: Path) -> dict:
             rec = json.loads(line)
             if "diagnostics" in rec:
                 history.append((rec["step"], {d["site"]: d for d in rec["diagnostics"]}))
-    record = read_json(folder / RESULT, "a run record") if (folder / RESULT).is_file() else {}
+    record = read_json_file(folder / RESULT, "a run record", RECOMPUTE) if (folder / RESULT).is_file() else {}
     effect = row_of(record, NO_BUDGET) if record else {}
     gaps = cfg.get("training", {}).get("metrics", {})
     return {"name": folder.name, "sites": sites, "history": history, "effect": effect,

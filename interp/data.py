@@ -36,6 +36,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from interp.files import read_json_file
+
 Messages = list[dict[str, str]]
 DEFAULT_CONCEPT = "honesty"
 PADDING_SIDES = ("left", "right")
@@ -101,27 +103,6 @@ def available_concepts() -> list[str]:
 
 CONCEPT_LAYOUT = ("{'concept': ..., 'templates': [{'text': '... {} ...', 'chosen': [...], 'rejected': [...]}], "
                   "'description': ... (optional)}")
-
-
-def read_json_file(path: str | Path, expected: str) -> object:
-    """A UTF-8 JSON file's content; ``ValueError`` naming the file and ``expected`` (what it should hold).
-
-    Bare ``JSONDecodeError`` / ``UnicodeDecodeError`` name a line and a byte, not the file: this
-    says which file, where, and what it should contain. The original error is chained.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); expected a UTF-8 JSON file "
-                         f"holding {expected}") from err
-    except OSError as err:
-        raise ValueError(f"cannot read {path} ({err.strerror or err}); expected a JSON file holding {expected}") from err
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
-                         f"expected {expected}") from err
 
 
 def _word_list(words, path: Path) -> tuple[str, ...]:

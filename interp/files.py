@@ -22,6 +22,7 @@ from pathlib import Path
 import xarray as xr
 
 ENGINE = "h5netcdf"
+RECOMPUTE = "delete it to compute it again"  # the fix for a damaged record this project wrote
 
 
 def current_umask() -> int:
@@ -103,7 +104,7 @@ def check_run_config(folder: str | Path, config: Mapping, *, ignore: Sequence[st
     """
     path = Path(folder) / RUN_CONFIG
     if path.is_file():
-        diff = config_differences(read_json(path, "the run's recorded settings"), config, ignore=ignore,
+        diff = config_differences(read_json_file(path, "the run's recorded settings", RECOMPUTE), config, ignore=ignore,
                                   absent_means=absent_means)
         if diff:
             raise ValueError(f"{folder} holds results made with other settings ({said_differences(diff, 'there')}); "
@@ -171,11 +172,23 @@ def run_lock(folder: str | Path) -> Iterator[Path]:
             _HELD[folder][1] -= 1
 
 
-def read_json(path: str | Path, what: str = "a results record") -> object:
-    """A json file this project wrote (a run record, run settings, a floor check), or a ``ValueError`` naming the
-    file and what it should be when it is damaged (cut short by a full disk, edited by hand, not UTF-8)."""
-    path = Path(path)
+def read_json_file(path: str | Path, expected: str, fix: str = "") -> object:
+    """A UTF-8 JSON file's content; ``ValueError`` naming the file, ``expected`` (what it should hold) and, where
+    given, ``fix`` (what to do about it), the original error chained.
+
+    Bare ``JSONDecodeError`` / ``UnicodeDecodeError`` name a line and a byte, not the file: every JSON file the
+    project reads (concepts, run records, run settings, floor checks) goes through here instead.
+    """
+    path, tail = Path(path), f"; {fix}" if fix else ""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not readable as {what} (json: {err}); delete it to compute it again") from err
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); expected a UTF-8 JSON file "
+                         f"holding {expected}{tail}") from err
+    except OSError as err:
+        raise ValueError(f"cannot read {path} ({err.strerror or err}); expected a JSON file holding {expected}{tail}") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+                         f"expected {expected}{tail}") from err

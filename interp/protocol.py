@@ -38,7 +38,7 @@ from interp.backends import backend_of
 from interp.baselines import MeanDiff, PCASteering, RandomDirection, SSpaceMeanDiff, VectorSteering
 from interp.calibrate import CalibratedStrength, calibrate_strength, coherence_cost, record_strength
 from interp.data import tokenize_pairs
-from interp.files import check_run_config, read_json, load_dataset, run_lock, write_netcdf, write_text
+from interp.files import check_run_config, RECOMPUTE, read_json_file, load_dataset, run_lock, write_netcdf, write_text
 from interp.measures import Measure, measure_of
 from interp.sites import parse_layers
 from interp.backends import select_sites
@@ -242,7 +242,7 @@ def run_method(model, spec: MethodSpec, measure: Measure, splits: dict, folder: 
     with run_lock(folder):
         check_run_config(folder, spec.record(), absent_means=ADDED_SETTINGS)
         done = folder / RESULT
-        record = read_json(done, "a run record") if done.is_file() else None
+        record = read_json_file(done, "a run record", RECOMPUTE) if done.is_file() else None
         if record is not None:
             _check_weights(record, folder, weight_hash)
             for row in record["rows"]:  # never stale: from the stored scores

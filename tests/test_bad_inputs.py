@@ -348,5 +348,5 @@ def test_a_damaged_run_record_names_its_file(tiny, mini_concept, tmp_path):
     run_method(tiny, spec, measure, measure.splits(), tmp_path / "run", budgets=(0.001,), progress=False)
     done = tmp_path / "run" / "result.json"
     done.write_text(done.read_text()[:40])
-    with pytest.raises(ValueError, match=r"result.json is not readable as a run record .*delete it"):
+    with pytest.raises(ValueError, match=r"result.json is not valid JSON \(line .*expected a run record; delete it to compute it again"):
         run_method(tiny, spec, measure, measure.splits(), tmp_path / "run", budgets=(0.001,), progress=False)

@@ -12,11 +12,11 @@ this package calls the :class:`Measure` interface and never asks which kind it i
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from pathlib import Path
 
-from interp.data import DEFAULT_CONCEPT, available_concepts, concepts_dir
+from interp.data import CONCEPT_LAYOUT, DEFAULT_CONCEPT, available_concepts, concepts_dir
+from interp.files import read_json_file
 from interp.dilemmas import TARGET
 from interp.measures.base import Measure
 from interp.measures.dailydilemmas import DailyDilemmasMeasure
@@ -41,19 +41,13 @@ def _concept_file(concept: str | Path) -> Path:
 
 
 def _read_concept(path: Path) -> dict:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a UTF-8 json concept file ({err})") from err
+    raw = read_json_file(path, f"a concept: {CONCEPT_LAYOUT}")
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a concept file is a json object with 'templates' (and optionally 'measure')")
     return raw
 
 
-def concept_measures(concept: str | Path = DEFAULT_CONCEPT) -> dict[str, dict]:
-    """``{measure name: spec}`` a concept offers, its default first."""
-    path = _concept_file(concept)
-    raw = _read_concept(path)
+def _offered(raw: dict) -> dict[str, dict]:
     default = raw.get("measure", _DEFAULT_SPEC)
     offered = {default.get("kind", "?"): default}
     for name, spec in (raw.get("measures") or {}).items():
@@ -61,12 +55,17 @@ def concept_measures(concept: str | Path = DEFAULT_CONCEPT) -> dict[str, dict]:
     return offered
 
 
+def concept_measures(concept: str | Path = DEFAULT_CONCEPT) -> dict[str, dict]:
+    """``{measure name: spec}`` a concept offers, its default first."""
+    return _offered(_read_concept(_concept_file(concept)))
+
+
 def measure_of(concept: str | Path = DEFAULT_CONCEPT, measure: str | None = None, **overrides) -> Measure:
     """The measure ``measure`` (default: the concept's default) of a concept, with settings ``overrides``
     (e.g. ``dilemmas=`` for DailyDilemmas' folder; settings a kind lacks are ignored)."""
     path = _concept_file(concept)
     raw = _read_concept(path)
-    offered = concept_measures(path)
+    offered = _offered(raw)
     name = measure or next(iter(offered))
     if name not in offered:
         raise ValueError(f"concept {raw.get('concept', path.stem)!r} has no measure {name!r}; it offers {list(offered)}")

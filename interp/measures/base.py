@@ -30,7 +30,7 @@ from torch import Tensor
 from interp.backends import backend_of
 from interp.baselines import PromptSteering, PromptWording
 from interp.calibrate import SignCalibration, calibrate_sign
-from interp.files import read_json, write_text
+from interp.files import RECOMPUTE, read_json_file, write_text
 from interp.floor import FloorCheck, floor_verdict, unavailable
 from interp.splits import SPLIT_SEED
 from interp.steering import SteeringMethod
@@ -83,10 +83,6 @@ class Measure(ABC):
     def scorable(self, items: Items) -> Items:
         """The items that carry the measure's target (all of them unless a kind says otherwise)."""
         return items
-
-    def n_items(self, ds: xr.Dataset) -> int:
-        """How many items a scored dataset holds."""
-        return int(ds.sizes[self.item_dim])
 
     item_dim: ClassVar[str] = "item"
 
@@ -163,7 +159,7 @@ class Measure(ABC):
         a selection too small to check gives :func:`interp.floor.unavailable`'s record."""
         path, here = Path(path), backend_of(model).weight_hash
         if path.is_file():
-            record = read_json(path, "a floor-check record")
+            record = read_json_file(path, "a floor-check record", RECOMPUTE)
             made = record.get("weight_hash") or "not recorded"
             if made != here:
                 raise ValueError(f"{path} is the floor check of other model weights (hash {made}, this model {here}); "
@@ -175,5 +171,6 @@ class Measure(ABC):
             print(check.summary())
         except ValueError as err:  # too few scorable items
             record = unavailable(str(err), self.label)
-        write_text(path, json.dumps({**record, "weight_hash": here}, indent=1))
-        return {**record, "weight_hash": here}
+        record["weight_hash"] = here
+        write_text(path, json.dumps(record, indent=1))
+        return record

@@ -44,15 +44,13 @@ class DailyDilemmasMeasure(Measure):
     item_dim: ClassVar[str] = "dilemma"
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.min_pmass <= 1.0:
-            raise ValueError(f"min_pmass must lie in [0, 1], got {self.min_pmass}")
-        if self.n_calibration < 1 or self.batch_size < 1:
-            raise ValueError(f"n_calibration and batch_size must be >= 1, got {self.n_calibration}, {self.batch_size}")
+        self.config()  # the scoring options check themselves (min_pmass, batch_size, prompt length)
+        if self.n_calibration < 1:
+            raise ValueError(f"n_calibration must be >= 1, got {self.n_calibration}")
 
     @property
     def label(self) -> str:
         return f"{self.target} (DailyDilemmas, de-biased)"
-
 
     def config(self, seed: int = 0) -> EvalConfig:
         """The scoring options of :mod:`interp.measures.dilemma_scoring` for this measure."""

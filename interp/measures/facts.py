@@ -20,7 +20,6 @@ the effect:
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,17 +30,14 @@ import pandas as pd
 import xarray as xr
 
 from interp.continuations import ContinuationItems, load_items
+from interp.files import read_json_file
 from interp.measures.margins import ContinuationMeasure
 from interp.splits import SPLIT_SEED, three_way_split
 
 
 def item_groups(file: str | Path) -> dict[int, int]:
     """``{item id: group}`` of an item file (an item without a group is a group of its own)."""
-    path = Path(file)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read the facts file as UTF-8 json ({err})") from err
+    raw = read_json_file(file, "facts: {'items': [{'id', 'group', 'user', 'prefix', 'positive', 'negative'}, ...]}")
     items = raw.get("items", []) if isinstance(raw, dict) else raw
     return {int(item["id"]): int(item.get("group", -1 - int(item["id"]))) for item in items}
 
