@@ -104,7 +104,7 @@ class CompareConfig:
 # --------------------------------------------------------------------------- one method
 
 
-def run_one(model, method: str, config: CompareConfig, seed: int, measure, splits: dict, out: Path, *,
+def run_one(model, method: str, config: CompareConfig, seed: int, measure, splits: dict, out: Path,
             progress: bool = True, base: xr.Dataset | None = None) -> dict:
     """One method and seed through the protocol (:func:`interp.protocol.run_method`) into ``<out>/<method>/seed_<s>/``.
 
@@ -119,11 +119,6 @@ def finished(out: Path) -> list[tuple[str, int]]:
     """``(method, seed)`` of every finished run in ``out``, methods in registry order (``out/<method>/seed_<s>/result.json``)."""
     done = {(f.parent.parent.name, int(f.parent.name.removeprefix("seed_"))) for f in out.glob("*/seed_*/result.json")}
     return sorted(((m, s) for m, s in done if m in METHODS), key=lambda ms: (METHODS.index(ms[0]), ms[1]))
-
-
-def _one(model, method: str, config: CompareConfig, seed: int, measure, splits: dict, out: Path, progress: bool,
-         base: xr.Dataset | None) -> dict:
-    return run_one(model, method, config, seed, measure, splits, out, progress=progress, base=base)
 
 
 # --------------------------------------------------------------------------- storing and reporting
@@ -300,11 +295,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         parallel = min(args.jobs, config.seeds * len(config.methods)) > 1
         units = [(m, config, s, measure, splits, out, progress and not parallel, base)
                  for s in range(config.seed, config.seed + config.seeds) for m in config.methods]
-        run_units(_one, units, model=model, model_args={"model": args.model, "dtype": args.dtype, "device": args.device},
-                  jobs=args.jobs, desc="methods", progress=progress)
+        done = run_units(run_one, units, model=model, jobs=args.jobs, desc="methods", progress=progress,
+                         model_args={"model": args.model, "dtype": args.dtype, "device": args.device})
+        ran = {(r["method"], r["seed"]): r for r in done}
         # the table holds every finished method and seed of this folder (an earlier call's too: the settings are
-        # the folder's, checked above); each is read back through the protocol (metrics re-derived, weights checked)
-        records = [run_one(model, method, config, seed, measure, splits, out, progress=False, base=base)
+        # the folder's, checked above); those not run now are read back through the protocol (weights checked)
+        records = [ran.get((method, seed)) or run_one(model, method, config, seed, measure, splits, out, False, base)
                    for method, seed in finished(out)]
         written = {"dataset": write_netcdf(compare_dataset(records, model, config, measure), out / "compare_methods.nc")}
         stored = load_dataset(written["dataset"])

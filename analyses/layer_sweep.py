@@ -118,7 +118,7 @@ def run_dir(out: Path, depth: float) -> Path:
     return out / f"depth_{depth:.2f}"
 
 
-def run_depth(model, depth: float, config: SweepConfig, measure: Measure, splits: dict, out: Path, *, progress: bool = True,
+def run_depth(model, depth: float, config: SweepConfig, measure: Measure, splits: dict, out: Path, progress: bool = True,
               base: xr.Dataset | None = None) -> dict:
     """Train (or resume, or load), calibrate the sign and score one depth (:func:`interp.protocol.run_method`);
     returns its flat record."""
@@ -144,13 +144,8 @@ def sweep_depths(model, args: argparse.Namespace, config: SweepConfig, measure: 
     """Every depth, in ``args.jobs`` processes when more than one (:mod:`analyses._parallel`)."""
     parallel = min(args.jobs, len(config.depths)) > 1
     units = [(d, config, measure, splits, out, progress and not parallel, base) for d in config.depths]
-    return run_units(_depth, units, model=model, model_args={"model": args.model, "dtype": args.dtype, "device": args.device},
+    return run_units(run_depth, units, model=model, model_args={"model": args.model, "dtype": args.dtype, "device": args.device},
                      jobs=args.jobs, desc="depths", progress=progress)
-
-
-def _depth(model, depth: float, config: SweepConfig, measure: Measure, splits: dict, out: Path, progress: bool,
-           base: xr.Dataset | None) -> dict:
-    return run_depth(model, depth, config, measure, splits, out, progress=progress, base=base)
 
 
 # --------------------------------------------------------------------------- storing and reporting

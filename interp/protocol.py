@@ -38,7 +38,7 @@ from interp.backends import backend_of
 from interp.baselines import MeanDiff, PCASteering, RandomDirection, SSpaceMeanDiff, VectorSteering
 from interp.calibrate import CalibratedStrength, calibrate_strength, coherence_cost, record_strength
 from interp.data import tokenize_pairs
-from interp.files import check_run_config, RECOMPUTE, read_json_file, load_dataset, run_lock, write_netcdf, write_text
+from interp.files import check_run_config, RECOMPUTE, read_json_file, load_dataset, load_or_compute, run_lock, write_netcdf, write_text
 from interp.measures import Measure, measure_of
 from interp.sites import parse_layers
 from interp.backends import select_sites
@@ -204,15 +204,12 @@ def _scored_row(measure: Measure, ds: xr.Dataset, key: str, coeff: float, reache
 def base_scores(model, measure: Measure, items, path: str | Path, *, progress: bool = True) -> xr.Dataset:
     """The unsteered model's scores on ``items`` kept at ``path`` (reused by every method: c = 0 is the same
     model), computed and written if absent; a stored dataset made with other weights is refused."""
-    path, here = Path(path), backend_of(model).weight_hash
-    if path.is_file():
-        ds = load_dataset(path)
-        if ds.attrs.get("weight_hash") != here:
-            raise ValueError(f"{path} holds scores of other model weights (hash {ds.attrs.get('weight_hash') or 'not recorded'},"
-                             f" this model {here}); pass another --out, or delete the file to score again")
-        return ds
-    write_netcdf(measure.base(model, items, progress=progress), path)
-    return load_dataset(path)
+    here = backend_of(model).weight_hash
+    ds = load_or_compute(path, lambda: measure.base(model, items, progress=progress))
+    if ds.attrs.get("weight_hash") != here:
+        raise ValueError(f"{path} holds scores of other model weights (hash {ds.attrs.get('weight_hash') or 'not recorded'},"
+                         f" this model {here}); pass another --out, or delete the file to score again")
+    return ds
 
 
 def _check_weights(record: dict, folder: Path, weight_hash: str) -> None:
