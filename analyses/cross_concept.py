@@ -28,7 +28,7 @@ import xarray as xr
 from analyses._io import analysis_parser, load_dataset, result_folder, write_netcdf, write_text
 from interp.adapters.io import AdapterLoadError, load_adapter, read_adapter_config
 from interp.backends import backend_of
-from interp.cli import model_from_args, positive_float
+from interp.cli import QUICK, model_from_args, positive_float
 from interp.files import RunLocked, run_lock
 from interp.measures import Measure, measure_of
 from interp.protocol import base_scores, calibrate_method_strength
@@ -86,7 +86,7 @@ def markdown(ds: xr.Dataset) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = analysis_parser("cross_concept", __doc__, writes="cross_concept.nc and cross_concept.md", quick="16 items per measure",
+    p = analysis_parser("cross_concept", __doc__, writes="cross_concept.nc and cross_concept.md", quick=f"{QUICK.n_eval} items per measure",
                         n_eval="items of each measure's split (default: all)")
     p.add_argument("--adapters", required=True, help="NAME=PATH,... saved adapters (each records its training concept)")
     p.add_argument("--measures", default="honesty:facts,sentiment",
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
             splits, bases = {}, {}
             for name, measure in args.measure_objs.items():
                 items = measure.scorable(measure.splits()[args.split])
-                n = 16 if args.quick and args.n_eval is None else args.n_eval
+                n = QUICK.n_eval if args.quick and args.n_eval is None else args.n_eval
                 splits[name] = items.head(n) if n else items
                 bases[name] = base_scores(model, measure, splits[name], out / f"base_{name.replace(':', '-')}.nc",
                                           progress=progress)
