@@ -27,11 +27,14 @@ from interp.files import (
     write_text,
 )
 from interp.cli import add_shared_args
+from interp.floor import FLOOR_MESSAGE
+from interp.measures import Measure
 from interp.sites import parse_layers
 
 __all__ = ["atomic_write", "load_dataset", "load_or_compute", "write_netcdf", "write_text", "write_html",
            "write_figure", "figure_images", "StaticExportUnavailable",
-           "result_folder", "resumable_run", "locked", "analysis_parser", "analysis_layers"]
+           "result_folder", "resumable_run", "locked", "analysis_parser", "analysis_layers",
+           "FLOOR_FAILED", "suggestion", "stop_unless_held"]
 
 
 # --------------------------------------------------------------------------- figures
@@ -168,6 +171,29 @@ def resumable_run(out: str | None, analysis: str, config, *, quick: bool, ignore
         except ValueError as err:
             (error or _exit)(str(err))
         yield folder
+
+
+# --------------------------------------------------------------------------- the floor check first
+
+FLOOR_FAILED = 3  # the exit status of an analysis stopped by its floor check
+HELD_BY_DEFAULT = {"honesty-facts": "--concept honesty --measure facts (factual honesty)",
+                   "sentiment-continuations": "--concept sentiment (continuation margins)"}  # measures the embedded default holds
+
+
+def suggestion(measure: Measure, action: str = "run") -> str:
+    """What to run instead when the floor check fails: the measures the embedded default holds (other than this
+    one), a larger model on a GPU, or ``--force``."""
+    others = [text for key, text in HELD_BY_DEFAULT.items() if key != measure.key]
+    return (f"Stopped before training: {FLOOR_MESSAGE} ({measure.label}). Run instead {' or '.join(others)}, which the "
+            "embedded default model holds; or a larger model on a GPU (--model <hugging face id> --device cuda); "
+            f"or add --force to {action} anyway")
+
+
+def stop_unless_held(floor: dict, measure: Measure, *, force: bool, action: str = "run") -> None:
+    """Exit with :data:`FLOOR_FAILED` and :func:`suggestion` on stderr when the stored floor check failed, unless ``force``."""
+    if floor.get("passes") is False and not force:
+        print(suggestion(measure, action), file=sys.stderr)
+        raise SystemExit(FLOOR_FAILED)
 
 
 # --------------------------------------------------------------------------- CLI pieces

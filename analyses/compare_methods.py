@@ -42,11 +42,11 @@ import pandas as pd
 import xarray as xr
 
 from analyses._parallel import default_jobs, run_units
-from analyses._io import analysis_parser, load_dataset, resumable_run, write_html, write_netcdf, write_text
+from analyses._io import analysis_parser, load_dataset, resumable_run, stop_unless_held, write_html, write_netcdf, write_text
 from interp.backends import backend_of
 from interp.cli import QUICK, add_measure_args, fraction, measure_from_args, model_from_args, positive_int
 from interp.floor import floor_line
-from interp.protocol import base_scores, METHODS, NO_BUDGET, TRAINED, MethodSpec, run_method
+from interp.protocol import base_scores, METHODS, NO_BUDGET, SEEDED, TRAINED, MethodSpec, run_method
 from interp.calibrate import BUDGET_KINDS
 from interp.tables import METRIC_KEYS, shown
 from interp.provenance import provenance
@@ -71,12 +71,12 @@ class CompareConfig:
     steps: int = TrainConfig.steps
     n_pairs: int = TrainConfig.n_pairs
     n_calibration: int | None = None  # calibration items of the measure's split (None: the measure's own)
-    n_eval: int | None = 200  # items of the scored split (None: all)
+    n_eval: int | None = None  # items of the scored split (None: all of them)
     split: str = "test"  # the scored split: "test" for the final table, "validation" while choosing
     seed: int = 0  # the first training / fitting seed
     n_cost_texts: int = 16
     c_max: float = 16.0
-    measure: str | None = None  # which of the concept's measures (None: its default)
+    measure: str | None = "facts"  # which of the concept's measures (None: its default); facts for honesty
     min_pmass: float | None = None  # DailyDilemmas: None keeps the measure's own
     dilemmas: str | None = None
 
@@ -150,16 +150,17 @@ def compare_dataset(records: Sequence[dict], model, config: CompareConfig, measu
 def results_table(ds: xr.Dataset) -> pd.DataFrame:
     """One row per (method, budget): mean ± std over seeds, or mean [low, high] for one seed (display labels)."""
     rows = []
-    several = ds.sizes["seed"] > 1
     for method in ds["method"].values:
         for budget in ds["budget"].values:
             r = ds.sel({"method": method, "budget": budget})  # dict form: sel(method=...) is the fill-method argument
-            if np.isnan(r["delta_target"].values).all():
+            seeded = ~np.isnan(r["delta_target"].values)  # the seeds this row has (a seed-free method: its first only)
+            if not seeded.any():
                 continue
+            several = seeded.sum() > 1
 
             def fmt(key: str, spec: str = "+.4f") -> str:
-                v = r[key].values
-                if several and np.isnan(v).all():
+                v = r[key].values[seeded]
+                if np.isnan(v).all():
                     return "nan"
                 if several and key == "p_value":  # "p below x for every seed": the largest, not a mean of p-values
                     return f"{np.nanmax(v):{spec}} (largest)"
@@ -169,8 +170,9 @@ def results_table(ds: xr.Dataset) -> pd.DataFrame:
 
             truth = fmt("delta_target")
             if not several:
-                truth += f" [{float(r['delta_target_low'].values[0]):+.4f}, {float(r['delta_target_high'].values[0]):+.4f}]"
-            neg = r["delta_target_neg"].values
+                low, high = (float(r[k].values[seeded][0]) for k in ("delta_target_low", "delta_target_high"))
+                truth += f" [{low:+.4f}, {high:+.4f}]"
+            neg, pos = r["delta_target_neg"].values[seeded], r["delta_target"].values[seeded]
             specs = {"delta_target_neg": "+.4f", "delta_target_to_do_half": "+.4f", "delta_target_not_to_do_half": "+.4f",
                      "delta_target_balanced": "+.4f", "answer_bias": "+.3f", "delta_target_single": "+.4f",
                      "delta_other": ".4f", "p_value": ".3g", "delta_nll": ".4f", "delta_nll_neg": ".4f",
@@ -180,8 +182,8 @@ def results_table(ds: xr.Dataset) -> pd.DataFrame:
             rows.append({"method": method, "budget": budget if budget == NO_BUDGET else f"{float(budget):g} nats",
                          "coeff": fmt("coeff", ".3g"), "delta_target": truth,
                          **{k: fmt(k, spec) for k, spec in specs.items()},
-                         "monotonic": bool(np.all((neg < 0) & (r["delta_target"].values > 0))),
-                         "reached": bool(np.all(r["reached"].values > 0))})
+                         "monotonic": bool(np.all((neg < 0) & (pos > 0))),
+                         "reached": bool(np.all(r["reached"].values[seeded] > 0)), "seeds": int(seeded.sum())})
     table = pd.DataFrame(rows)
     # a measure without a column's quantity (no answer bias for margins): leave the column out
     empty = [c for c in table.columns if table[c].astype(str).str.match(r"^[+-]?nan").all()]
@@ -240,12 +242,16 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CompareConfig, argpar
     p.add_argument("--min-pmass", type=fraction, default=None, help="DailyDilemmas: rows with p(Yes)+p(No) below this are NaN")
     p.add_argument("--jobs", type=positive_int, default=default_jobs(),
                    help="methods x seeds run at once, in parallel processes (default: the free cores, at most 2)")
+    p.add_argument("--force", action="store_true", help="compare even when the floor check fails")
     args = p.parse_args(argv)
     args.error = p.error
     q = args.quick
+    if args.measure is None and args.concept != "honesty":
+        d = replace(d, measure=None)
     try:
         config = CompareConfig(
-            model=args.model, layers=args.layers, concept=args.concept, measure=args.measure, recipe=_recipe_spec(args.recipe),
+            model=args.model, layers=args.layers, concept=args.concept, measure=args.measure or d.measure,
+            recipe=_recipe_spec(args.recipe),
             methods=tuple(m.strip() for m in args.methods.split(",")) if args.methods else d.methods,
             seeds=args.seeds, seed=args.seed, split=args.split,
             budgets=tuple(float(b) for b in args.budgets.split(",")) if args.budgets else ((0.3,) if q else d.budgets),
@@ -292,9 +298,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         splits[split] = splits[split].head(config.n_eval) if config.n_eval else splits[split]
         base = base_scores(model, measure, splits[split], out / f"base_{split}.nc", progress=progress)
         floor = measure.stored_floor(model, splits[split], out / f"floor_{split}.json", base=base, progress=progress)
-        parallel = min(args.jobs, config.seeds * len(config.methods)) > 1
-        units = [(m, config, s, measure, splits, out, progress and not parallel, base)
-                 for s in range(config.seed, config.seed + config.seeds) for m in config.methods]
+        stop_unless_held(floor, measure, force=args.force, action="compare")
+        runs = [(m, s) for s in range(config.seed, config.seed + config.seeds) for m in config.methods
+                if s == config.seed or m in SEEDED]  # a method the seed does not change is fitted once
+        parallel = min(args.jobs, len(runs)) > 1
+        units = [(m, config, s, measure, splits, out, progress and not parallel, base) for m, s in runs]
         done = run_units(run_one, units, model=model, jobs=args.jobs, desc="methods", progress=progress,
                          model_args={"model": args.model, "dtype": args.dtype, "device": args.device})
         ran = {(r["method"], r["seed"]): r for r in done}

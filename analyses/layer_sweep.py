@@ -42,10 +42,10 @@ import pandas as pd
 import xarray as xr
 
 from analyses._parallel import default_jobs, run_units
-from analyses._io import analysis_parser, load_dataset, resumable_run, write_html, write_netcdf, write_text
+from analyses._io import analysis_parser, load_dataset, resumable_run, stop_unless_held, write_html, write_netcdf, write_text
 from interp.backends import backend_of
 from interp.cli import QUICK, add_measure_args, fraction, measure_from_args, model_from_args, positive_int
-from interp.floor import FLOOR_MESSAGE, floor_line
+from interp.floor import floor_line
 from interp.measures import Measure
 from interp.models import DEFAULT_MODEL
 from interp.protocol import base_scores, NO_BUDGET, MethodSpec, row_of, run_method
@@ -62,7 +62,6 @@ METRICS: tuple[str, ...] = (
     "token_bias", "token_bias_neg", "flipped_share", "flipped_share_neg",
     "val_separation", "layer", "n_sites", "orientation", "sign_flipped", "train_seconds",
 )
-FLOOR_FAILED = 3  # the exit status of a sweep stopped by its floor check
 
 
 @dataclass(frozen=True)
@@ -211,17 +210,6 @@ def markdown(ds: xr.Dataset, floor: dict | None = None) -> str:
     return head + df.to_markdown(index=False, floatfmt=".4g") + "\n"
 
 
-def suggestion(measure: Measure) -> str:
-    """What to run instead when the floor check fails: the measures the embedded default holds (other than this
-    one), a larger model on a GPU, or ``--force``."""
-    held = {"honesty-facts": "--concept honesty --measure facts (factual honesty)",
-            "sentiment-continuations": "--concept sentiment (continuation margins)"}
-    others = [text for key, text in held.items() if key != measure.key]
-    return (f"Stopped before training: {FLOOR_MESSAGE} ({measure.label}). Run instead {' or '.join(others)}, which the "
-            "embedded default model holds; or a larger model on a GPU (--model <hugging face id> --device cuda); "
-            "or add --force to sweep anyway")
-
-
 # --------------------------------------------------------------------------- CLI
 
 
@@ -291,9 +279,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         base = base_scores(model, measure, splits["validation"], out / "base_validation.nc", progress=progress)
         written = {"floor": out / "floor_validation.json"}
         floor = measure.stored_floor(model, splits["validation"], written["floor"], base=base, progress=progress)
-        if floor.get("passes") is False and not args.force:
-            print(suggestion(measure), file=sys.stderr)
-            raise SystemExit(FLOOR_FAILED)
+        stop_unless_held(floor, measure, force=args.force, action="sweep")
         records = sweep_depths(model, args, config, measure, splits, out, base, progress)
         written["dataset"] = write_netcdf(sweep_dataset(records, model, config, measure), out / "layer_sweep.nc")
         stored = load_dataset(written["dataset"])

@@ -53,6 +53,7 @@ TRAINED: dict[str, dict] = {"innerpissa": {}, **ABLATIONS, "loss_dHS@U": {"space
 VECTORS: dict[str, type[VectorSteering]] = {"pca": PCASteering, "mean_diff": MeanDiff, "s_mean_diff": SSpaceMeanDiff,
                                             "random": RandomDirection}
 METHODS: tuple[str, ...] = (*TRAINED, *VECTORS, "prompt")
+SEEDED: frozenset[str] = frozenset({*TRAINED, "random"})  # methods a seed changes; the others are fitted alike for every seed
 NO_BUDGET = "n/a"  # a row at the method's own c = ±1 (trained adapters, prompting), not scaled to a budget
 RESULT = "result.json"
 

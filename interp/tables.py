@@ -38,6 +38,7 @@ LABELS: dict[str, str] = {
     "nan_rows": "NaN rows",
     "monotonic": "monotonic (every seed)",
     "reached": "Budget reached",
+    "seeds": "Seeds",
     "token_bias": "Token bias",
     "token_bias_neg": "Token bias (-c)",
     "flipped_share": "Flipped share",

@@ -7,8 +7,9 @@ import pytest
 from analyses import compare_methods
 from analyses._io import load_dataset
 
+# judged on DailyDilemmas; tiny-random holds no preference, so --force compares past the floor check
 BASE = ["--model", "tiny-random", "--quick", "--steps", "2", "--n-eval", "8", "--n-calibration", "8",
-        "--min-pmass", "0", "--no-progress"]
+        "--measure", "dailydilemmas", "--min-pmass", "0", "--no-progress", "--force"]
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +67,32 @@ def test_rerun_with_other_settings_is_refused(run, capsys):
     assert "budgets" in capsys.readouterr().err  # through the parser, naming the setting
 
 
-def test_seeds_give_mean_and_std(tmp_path, dilemmas_dir):
-    written = compare_methods.main([*BASE, "--methods", "random", "--seeds", "2", "--out", str(tmp_path / "res"),
+def test_seeds_give_mean_and_std_and_a_seed_free_method_is_fitted_once(tmp_path, dilemmas_dir):
+    written = compare_methods.main([*BASE, "--methods", "random,mean_diff", "--seeds", "2", "--out", str(tmp_path / "res"),
                                     "--figures", str(tmp_path / "fig"), "--dilemmas", str(dilemmas_dir)])
     ds = load_dataset(written["dataset"])
     assert list(ds["seed"].values) == [0, 1]
-    assert "±" in written["table"].read_text()
+    assert (tmp_path / "res" / "random" / "seed_1" / "result.json").is_file()
+    assert not (tmp_path / "res" / "mean_diff" / "seed_1").exists()  # the mean difference does not depend on the seed
+    rows = {r["Method"]: r for r in compare_methods.results_table(ds).to_dict("records")}
+    assert "±" in rows["random"]["Δ Truthfulness"] and rows["random"]["Seeds"] == 2
+    assert "[" in rows["mean_diff"]["Δ Truthfulness"] and rows["mean_diff"]["Seeds"] == 1  # its one value, with its interval
+
+
+def test_a_floor_that_fails_stops_before_fitting(tmp_path, capsys):
+    """The default judge is factual honesty, which tiny-random does not hold: the comparison stops after the floor
+    check (exit status 3) and names what to run instead; nothing is fitted."""
+    from analyses._io import FLOOR_FAILED
+
+    out = tmp_path / "res"
+    with pytest.raises(SystemExit) as stopped:
+        compare_methods.main(["--model", "tiny-random", "--quick", "--n-eval", "8", "--no-progress", "--out", str(out),
+                              "--figures", ""])
+    assert stopped.value.code == FLOOR_FAILED
+    err = capsys.readouterr().err
+    assert "does not hold the preference" in err and "--force to compare" in err
+    assert json.loads((out / "floor_test.json").read_text())["passes"] is False
+    assert not list(out.glob("*/seed_*"))
 
 
 def test_unknown_method_is_rejected():

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from analyses import layer_sweep
-from analyses._io import load_dataset
+from analyses._io import FLOOR_FAILED, load_dataset
 
 # one mlp.out site per depth judged on DailyDilemmas; tiny-random holds no preference, so --force sweeps past the floor check
 ARGS = ["--model", "tiny-random", "--quick", "--layers", "0.3,0.6", "--steps", "2", "--n-eval", "8", "--single",
@@ -94,7 +94,7 @@ def test_a_floor_that_fails_stops_before_training(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         layer_sweep.main(["--model", "tiny-random", "--quick", "--n-eval", "8", "--no-progress", "--out", str(out),
                           "--figures", ""])
-    assert stopped.value.code == layer_sweep.FLOOR_FAILED
+    assert stopped.value.code == FLOOR_FAILED
     err = capsys.readouterr().err
     assert "does not hold the preference" in err and "--concept sentiment" in err and "--force" in err
     assert json.loads((out / "floor_validation.json").read_text())["passes"] is False
