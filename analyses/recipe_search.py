@@ -41,7 +41,7 @@ from interp.backends import backend_of
 from interp.cli import QUICK, add_measure_args, measure_from_args, model_from_args, positive_float, positive_int
 from interp.files import RunLocked, RECOMPUTE, read_json_file
 from interp.floor import floor_line
-from interp.protocol import base_scores, NO_BUDGET, TRAINED, MethodSpec, budget_key, row_of, run_method
+from interp.protocol import base_scores, NO_BUDGET, TRAINED, MethodSpec, budget_key, off_concept_texts, row_of, run_method
 from interp.provenance import provenance
 from interp.calibrate import BUDGET_KINDS
 from interp.train import TrainConfig, parse_recipe
@@ -104,6 +104,9 @@ OBJECTIVES: dict[str, str] = {
     "vector": "method=trained_vector", "vector_distill": "method=trained_vector;objective=distill",
     # the next hypotheses after distillation beat ReprPO on the -c side: a looser rotation bound, the band one step deeper
     "distill_a0.3": "objective=distill;max_angle=0.3", "distill_band0.2-0.6": "objective=distill;layers=0.2:0.6",
+    # the preference objective (paired completions of the two personas, c drawn from [-1, 1], a KL barrier)
+    "preference": "objective=preference", "lora_preference": "method=lora;objective=preference",
+    "vector_preference": "method=trained_vector;objective=preference",
 }
 RECIPES.update(OBJECTIVES)
 
@@ -133,7 +136,7 @@ def recipe_config(base: TrainConfig, spec: str, seed: int) -> TrainConfig:
 
 def run_recipe(model, name: str, config: TrainConfig, measure, splits: dict, folder: Path, *, method: str = "innerpissa",
                split: str = "validation", base=None, budget: float | None = None, budget_kind: str = "kl",
-               progress: bool = True) -> dict:
+               progress: bool = True, off_texts=None) -> dict:
     """One recipe (or a baseline ``method`` fitted at the recipe's layers) through the protocol
     (:func:`interp.protocol.run_method`): scored at ``c = ±1`` and, with ``budget``, scaled to that cost.
 
@@ -142,17 +145,17 @@ def run_recipe(model, name: str, config: TrainConfig, measure, splits: dict, fol
     """
     spec = MethodSpec(method, config, label=name)
     return run_method(model, spec, measure, splits, folder, split=split, unit=True, base=base, budget_kind=budget_kind,
-                      budgets=() if budget is None else (budget,), progress=progress)
+                      budgets=() if budget is None else (budget,), progress=progress, off_texts=off_texts)
 
 
 # --------------------------------------------------------------------------- table
 
 
 TABLE = ("delta_target", "delta_target_neg", "monotonic", "p_value", "delta_nll", "delta_nll_neg", "answer_bias",
-         "delta_target_single", "flipped_share", "flipped_share_neg", "token_bias")
+         "delta_target_single", "flipped_share", "flipped_share_neg", "token_bias", "off_kl", "off_kl_neg")
 # the matched-cost columns: the run scaled to a budget
 AT_BUDGET = ("coeff", "reached", "delta_target", "delta_target_neg", "p_value", "delta_nll", "delta_nll_neg", "answer_bias",
-             "flipped_share", "flipped_share_neg")
+             "flipped_share", "flipped_share_neg", "off_kl", "off_kl_neg")
 
 
 def finished_records(out: Path, split: str) -> list[dict]:
@@ -302,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     selection = f"{args.split}{'' if args.n_eval is None else f'_n{len(splits[args.split])}'}"  # names what was scored
     base = base_scores(model, measure, splits[args.split], out / f"base_{selection}.nc", progress=progress)
     floor = measure.stored_floor(model, splits[args.split], out / f"floor_{selection}.json", base=base, progress=progress)
+    off_texts = off_concept_texts(model, measure)
     jobs = [(name, args.methods[name], seed, config, out / name / f"seed_{seed}") for (name, seed), config in configs.items()]
     jobs += [(f"[{b}]", b, seed, config, out / "baselines" / b / f"seed_{seed}")
              for b in args.baselines for seed, config in args.base_configs.items()]
@@ -314,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     try:
         for name, method, seed, config, folder in tqdm(jobs, desc="recipes", disable=not progress):
             records.append(run_recipe(model, name, config, measure, splits, folder, method=method, split=args.split, base=base,
-                                      budget=args.budget, budget_kind=args.budget_kind, progress=progress))
+                                      budget=args.budget, budget_kind=args.budget_kind, progress=progress,
+                                      off_texts=off_texts))
             table = search_table(finished_records(out, args.split), args.budget, args.budget_kind)  # every finished run here
             write_text(out / f"table_{stem}.md", header + table.to_markdown(index=False, floatfmt=".4g") + "\n")
             write_text(out / f"table_{stem}.csv", table.to_csv(index=False))

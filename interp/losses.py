@@ -253,3 +253,50 @@ def distill_kl(
         raise ValueError("no masked positions to distil on")
     s, t = student[mask].float().log_softmax(-1), teacher[mask].float().log_softmax(-1)
     return (t.exp() * (t - s)).sum(-1).mean()
+
+
+# --------------------------------------------------------------------------- the preference objective
+
+
+def completion_logprob(
+    logits: Float[Tensor, "rows pos vocab"], tokens: Int[Tensor, "rows pos"], completion: Bool[Tensor, "rows pos"],
+) -> Float[Tensor, " rows"]:
+    """Per row, the mean log-probability per token of the tokens marked in ``completion`` (length-normalised, so
+    completions of different lengths compare); token ``t`` is predicted by the logits at ``t - 1``."""
+    logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, tokens[:, 1:, None])[..., 0]
+    marked = completion[:, 1:].to(logp.dtype)
+    if (marked.sum(1) == 0).any():
+        raise ValueError("a row marks no completion token")
+    return (logp * marked).sum(1) / marked.sum(1)
+
+
+def preference_loss(
+    logp_pos: Float[Tensor, " rows"], logp_neg: Float[Tensor, " rows"], ref_pos: Float[Tensor, " rows"],
+    ref_neg: Float[Tensor, " rows"], coeff: Float[Tensor, " rows"], beta: float = 1.0,
+) -> Float[Tensor, ""]:
+    """The bidirectional preference loss: ``-log σ(β · c · m)`` averaged over rows, with the preference margin
+    ``m = (log p_c(y+) − log p_0(y+)) − (log p_c(y−) − log p_0(y−))`` relative to the base model (BiPO's
+    reference ratio; RePS's length normalisation: the log-probabilities are means per token).
+
+    The coefficient's sign says which completion the steered model should come to prefer, and its size how
+    hard: at ``c = 0`` the loss is ``log 2`` whatever the model does (no gradient), so the base model is kept
+    there; ``-c`` asks for the opposite of ``+c``.
+    """
+    margin = (logp_pos - ref_pos) - (logp_neg - ref_neg)
+    return -F.logsigmoid(beta * coeff * margin).mean()
+
+
+def kl_rows(
+    logits_base: Float[Tensor, "rows pos vocab"], logits_steered: Float[Tensor, "rows pos vocab"], mask: Bool[Tensor, "rows pos"],
+) -> Float[Tensor, " rows"]:
+    """Per row, the mean next-token ``KL(base || steered)`` over the masked positions (nats)."""
+    logp, logq = logits_base.float().log_softmax(-1), logits_steered.float().log_softmax(-1)
+    kl = (logp.exp() * (logp - logq)).sum(-1)
+    m = mask.to(kl.dtype)
+    return (kl * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+def kl_barrier(kl: Float[Tensor, " rows"], coeff: Float[Tensor, " rows"], allowed: float) -> Float[Tensor, ""]:
+    """``relu(KL − allowed · |c|)`` averaged over rows: the coherence barrier of a dose, free below the KL a
+    row at its coefficient may spend (the budget grows with the dose), linear above it."""
+    return F.relu(kl - allowed * coeff.abs()).mean()

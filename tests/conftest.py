@@ -13,6 +13,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # static PNG/SVG figures cost a browser start each (~3 s): tests/test_figures.py turns them on where it checks them
 os.environ.setdefault("INTERP_STATIC_FIGURES", "0")
+# caches (the personas' completions) go to a folder of this session, never the user's
+if "INTERP_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["INTERP_CACHE"] = tempfile.mkdtemp(prefix="interp-test-cache-")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -117,3 +117,105 @@ def test_the_protocol_fits_a_trained_vector_at_the_bands_mlp_outputs(tiny, mini_
     record = run_method(tiny, spec, measure, measure.splits(), tmp_path / "run", progress=False)
     assert record["method"] == "trained_vector" and record["config"]["class"] == "TrainedVector"
     assert record["training"]["n_sites"] == 2 and record["rows"][0]["budget"] == "n/a"
+
+
+# --------------------------------------------------------------------------- the preference objective
+
+
+def test_the_preference_loss_has_no_gradient_at_zero_and_its_sign_flips_with_c():
+    from interp.losses import preference_loss
+
+    gen = torch.Generator().manual_seed(0)
+    lp_pos, lp_neg = torch.randn(6, generator=gen, requires_grad=True), torch.randn(6, generator=gen, requires_grad=True)
+    ref_pos, ref_neg = torch.randn(6, generator=gen), torch.randn(6, generator=gen)
+    loss = preference_loss(lp_pos, lp_neg, ref_pos, ref_neg, torch.zeros(6))
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(torch.log(torch.tensor(2.0)).item())  # log 2 whatever the model does
+    assert lp_pos.grad.abs().sum() == 0 and lp_neg.grad.abs().sum() == 0
+    for c in (0.5, -0.5):  # +c asks for y+ over y-, -c for the opposite: descent moves the margin with c's sign
+        a, b = lp_pos.detach().clone().requires_grad_(True), lp_neg.detach().clone().requires_grad_(True)
+        preference_loss(a, b, ref_pos, ref_neg, torch.full((6,), c)).backward()
+        assert ((-a.grad) * c > 0).all() and ((-b.grad) * c < 0).all()
+    # relative to the base: a model equal to its reference pays log 2 at any c
+    same = preference_loss(ref_pos, ref_neg, ref_pos, ref_neg, torch.full((6,), 0.7))
+    assert float(same) == pytest.approx(torch.log(torch.tensor(2.0)).item())
+
+
+def test_completion_logprob_and_the_kl_barrier_have_known_values():
+    from interp.losses import completion_logprob, kl_barrier, kl_rows
+
+    logits = torch.zeros(2, 4, 10)  # uniform over 10 tokens
+    tokens = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    marked = torch.tensor([[False, False, True, True], [False, True, True, True]])
+    assert torch.allclose(completion_logprob(logits, tokens, marked), torch.full((2,), -torch.log(torch.tensor(10.0))))
+    logits[0, 1, 3] = 50.0  # token 3 (predicted at position 1) almost certain: its log-prob is ~0
+    assert completion_logprob(logits, tokens, marked)[0] == pytest.approx(-torch.log(torch.tensor(10.0)).item() / 2, abs=1e-4)
+    with pytest.raises(ValueError, match="no completion"):
+        completion_logprob(logits, tokens, torch.zeros(2, 4, dtype=torch.bool))
+    base = torch.randn(2, 4, 10)
+    assert torch.allclose(kl_rows(base, base + 1.0, torch.ones(2, 4, dtype=torch.bool)), torch.zeros(2), atol=1e-6)
+    kl = torch.tensor([0.1, 0.9])
+    assert float(kl_barrier(kl, torch.tensor([1.0, 1.0]), 0.5)) == pytest.approx(0.2)  # only the row above 0.5 pays
+    assert float(kl_barrier(kl, torch.tensor([0.1, -1.0]), 0.5)) == pytest.approx((0.05 + 0.4) / 2)  # budget grows with |c|
+
+
+def test_a_preference_batch_ends_each_context_with_each_completion(tiny):
+    from interp.data import chat_text
+    from interp.train.completions import pair_key, preference_batch
+
+    pairs = [ContrastivePair("Be kind.", "Be cruel.", "Well,"), ContrastivePair("Be glad.", "Be sad.", "I think")]
+    completions = {pair_key(p, ""): ([11, 12, 13], [21, 22]) for p in pairs}
+    batch = preference_batch(tiny.tokenizer, pairs, completions)
+    assert batch.tokens.shape[0] == 8 and batch.n == 2
+    for row, y in ((0, [11, 12, 13]), (2, [21, 22]), (5, [11, 12, 13]), (7, [21, 22])):
+        assert batch.tokens[row, -len(y):].tolist() == y and int(batch.completion[row].sum()) == len(y)
+    context = tiny.tokenizer(chat_text(tiny.tokenizer, pairs[1].messages("rejected", "")), add_special_tokens=False)["input_ids"]
+    assert batch.tokens[7, -2 - len(context):-2].tolist() == context  # the rejected context of pair 1, then y-
+
+
+def test_the_personas_completions_are_cached_per_model(tiny, monkeypatch, tmp_path):
+    from interp.train import completions as comp
+
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path))
+    pairs = [ContrastivePair("Be kind.", "Be cruel.", "Well,"), ContrastivePair("Be glad.", "Be sad.", "I think")]
+    first = comp.persona_completions(tiny, pairs, concept="x", tokens=4)
+    assert all(1 <= len(y) <= 4 for pos_neg in first.values() for y in pos_neg)
+    assert comp.cache_file(tiny, "x", 4).is_file()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("generated again")
+
+    monkeypatch.setattr(comp, "generate_completions", refuse)
+    assert comp.persona_completions(tiny, pairs[:1], concept="x", tokens=4) == {k: first[k] for k in list(first)[:1]}
+
+
+SHORT_PREFERENCE = {**SHORT_DISTILL, "objective": "preference", "completion_tokens": 3, "steps": 16, "lr": 0.05,
+                    "kl_allowed": 5.0, "preference_beta": 5.0}
+
+
+@pytest.mark.parametrize("kind", ["innerpissa", "trained_vector"])
+def test_a_short_preference_run_moves_the_preference_both_ways(tiny, tmp_path, monkeypatch, kind):
+    """A toy where one direction controls the preference: every pair's chosen persona 'completes' with one token
+    three times and the rejected persona with another (tiny-random's own completions differ at random from pair
+    to pair, which no shared direction can learn). After a short run the steered model prefers the chosen
+    completion at c = +1 and the other at c = -1 (relative to the base model) on pairs it never trained on, and
+    c = 0 is the base model: the adapter and the trained vector both learn the two directions."""
+    from interp.adapters.vector import attach as attach_vector
+    from interp.train import objectives
+    from interp.train.completions import pair_key
+
+    monkeypatch.setattr(objectives, "persona_completions",
+                        lambda model, pairs, **kw: {pair_key(p, kw["system"]): ([40, 40, 40], [90, 90, 90]) for p in pairs})
+    config = TrainConfig.of(**SHORT_PREFERENCE, rank=8, max_angle=1.0)
+    sites = select_sites(tiny, layers="1:2", modules=["attn.o", "mlp.out"] if kind == "innerpissa" else ["mlp.out"])
+    adapter = attach(tiny, sites, config.adapter_config()) if kind == "innerpissa" else attach_vector(tiny, sites)
+    split = build_pairs(config)
+    try:
+        result = train(tiny, adapter, split, config, out=tmp_path, progress=False)
+        assert result.orientation == 1
+        held_out = objectives.Preference(config)
+        up, down = (float(held_out.margins(tiny, adapter, split.val[:8], c).mean()) for c in (1.0, -1.0))
+        assert up > 0.1 and down < -0.1
+        assert float(held_out.margins(tiny, adapter, split.val[:8], 0.0).abs().max()) < 1e-5  # c = 0 is the base model
+    finally:
+        adapter.detach()

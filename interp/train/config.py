@@ -27,7 +27,7 @@ from interp.sites import LINEAR_MODULES
 
 TARGETS = ("gap", "shift", "both")
 KL_SPANS = ("all", "prompt")
-OBJECTIVES = ("reprpo", "distill")
+OBJECTIVES = ("reprpo", "distill", "preference")  # what training optimises (interp.train.objectives)
 CHECKPOINT = "checkpoint.pt"
 LOG = "metrics.jsonl"
 
@@ -74,8 +74,13 @@ class TrainConfig:
     loss: str = "proj"
     # "reprpo": separate hidden states along the preference direction (the losses above); "distill": at c = +1 the
     # steered model, given the negative persona, predicts the suffix as the base model given the positive persona
-    # does (and the reverse at c = -1): the prompt's behaviour moved into the weights, reversibly
+    # does (and the reverse at c = -1): the prompt's behaviour moved into the weights, reversibly; "preference": at a
+    # coefficient c drawn from [-1, 1] per row, the steered model's preference for the positive persona's own
+    # completion over the negative persona's (relative to the base model) moves with c (interp.losses.preference_loss)
     objective: str = "reprpo"
+    preference_beta: float = 1.0  # the preference loss's β (its margin is in nats per token)
+    kl_allowed: float = 0.5  # the preference objective's KL barrier: nats per token a row at |c| = 1 spends free
+    completion_tokens: int = 16  # length of the personas' greedy completions the preference objective compares
     target: str = "gap"  # what the loss moves: the pairs' gaps, every row's own state ("shift"), or "both"
     loss_layer: int | float | None = 0.55
     beta: float = 1.0
@@ -111,7 +116,7 @@ class TrainConfig:
         if bad:
             raise ValueError(f"unknown module(s) {bad}; valid modules: {list(LINEAR_MODULES)}")
         for name in ("steps", "batch_size", "n_calibration", "n_validation", "eval_batch_size",
-                     "diagnostics_every", "checkpoint_every", "last_tokens"):
+                     "diagnostics_every", "checkpoint_every", "last_tokens", "completion_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_calibration < 2:
@@ -137,6 +142,8 @@ class TrainConfig:
         ("ordering_weight", "a finite number >= 0", lambda v: 0 <= v < math.inf),
         ("margin", "a finite number >= 0", lambda v: 0 <= v < math.inf),
         ("kl_weight", "a finite number >= 0", lambda v: 0 <= v < math.inf),
+        ("preference_beta", "a finite number > 0", lambda v: 0 < v < math.inf),
+        ("kl_allowed", "a finite number >= 0", lambda v: 0 <= v < math.inf),
         ("val_fraction", "a fraction in (0, 1)", lambda v: 0 < v < 1),
         ("n_pairs", "an integer >= 2 (a train and a validation pair at least)", lambda v: v >= 2),
     )
@@ -215,7 +222,7 @@ def parse_recipe(spec: str) -> dict:
 RESUME_FREE = ("checkpoint_every", "diagnostics_every")
 # settings added after runs were first recorded, with the value that means "as before": a stored
 # config without them describes a run made with these values
-ADDED_SETTINGS = {"objective": "reprpo", "last_tokens": 1, "kl_weight": 0.0, "target": "gap", "kl_span": "all", "select": "top",
+ADDED_SETTINGS = {"objective": "reprpo", "preference_beta": 1.0, "kl_allowed": 0.5, "completion_tokens": 16, "last_tokens": 1, "kl_weight": 0.0, "target": "gap", "kl_span": "all", "select": "top",
                   # the adapter options a training record names since it holds the whole adapter config
                   "clamp": "angle", "init_std": 1e-3}
 

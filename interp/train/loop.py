@@ -35,7 +35,8 @@ from interp.backends import select_sites
 from interp.files import atomic_write, config_differences, run_lock, said_differences, write_text
 
 from interp.train.config import ADDED_SETTINGS, CHECKPOINT, LOG, RESUME_FREE, TrainConfig
-from interp.train.step import _forward, distill_loss, _frozen_base, evaluate_separation, loss_layer_of, lr_factor, site_basis, step_loss
+from interp.train.objectives import Objective, StepInputs, objective_of
+from interp.train.step import _forward, _frozen_base, evaluate_separation, loss_layer_of, lr_factor, site_basis
 from interp.adapters.innerpissa import attach
 
 
@@ -161,10 +162,13 @@ def _train(model, adapter, pairs, config: TrainConfig, out: Path | None, resume:
         kept = [json.dumps(r) for r in history]
         write_text(log_path, "".join(line + "\n" for line in kept))
 
+    objective = objective_of(config)
+    objective.prepare(model, split.train, progress=progress)
     bar = tqdm(range(start, config.steps), desc="train", disable=not progress, initial=start, total=config.steps)
     with _frozen_base(model, adapter), adapter.oriented(1):
         for step in bar:
-            record = _step(model, adapter, split, step, direction, scale, history, config, hook, U, opt, sched, params)
+            record = _step(model, adapter, objective, split, step, direction, scale, history, config, hook, U, opt, sched,
+                           params)
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", sep=f"{record['separation']:+.2f}",
                             coh=f"{record['coherence']:.3f}", ord=f"{record['ordering']:.3f}")
@@ -177,16 +181,17 @@ def _train(model, adapter, pairs, config: TrainConfig, out: Path | None, resume:
             if callback is not None:
                 callback(record)
 
-    return _finish(model, adapter, split, history, direction, hook, U, config, out, progress, time.perf_counter() - t0)
+    return _finish(model, adapter, objective, split, history, direction, hook, U, config, out, progress,
+                   time.perf_counter() - t0)
 
 
-def _finish(model, adapter, split: PairSplit, history: list[dict], direction, hook: str, U, config: TrainConfig,
-            out: Path | None, progress: bool, seconds: float) -> TrainResult:
+def _finish(model, adapter, objective: Objective, split: PairSplit, history: list[dict], direction, hook: str, U,
+            config: TrainConfig, out: Path | None, progress: bool, seconds: float) -> TrainResult:
     """Set the orientation from the training data only (the sign of the separation summed over all steps,
     the guard's own final decision) and measure the validation separation."""
     total = sum(r["separation"] for r in history)
-    # distillation fixes the sign by construction (+1 is the chosen persona's behaviour); ReprPO's guard decides it
-    orientation = 1 if config.objective == "distill" or total >= 0 else -1
+    # distillation and preference fix the sign by construction (+1 is the chosen persona's behaviour); ReprPO's guard decides it
+    orientation = 1 if objective.fixes_sign or total >= 0 else -1
     adapter.orientation = orientation
     metrics = evaluate_separation(
         model, adapter, split.val[: config.n_validation], direction, hook=hook, space=config.space, U=U,
@@ -242,17 +247,14 @@ def _direction(model, adapter, calib: Sequence[ContrastivePair], hook: str, conf
         return direction, gap_scale(gaps(h_cho, h_rej, direction, config.space, U))
 
 
-def _step(model, adapter, split: PairSplit, step: int, direction, scale, history: list[dict], config: TrainConfig, hook: str,
-          U, opt, sched, params) -> dict:
+def _step(model, adapter, objective: Objective, split: PairSplit, step: int, direction, scale, history: list[dict],
+          config: TrainConfig, hook: str, U, opt, sched, params) -> dict:
     """One optimiser step on the step's seeded batch; its metrics record."""
-    idx = batch_indices(len(split.train), config.batch_size, step, config.seed)
-    batch = tokenize_pairs(model.tokenizer, [split.train[i] for i in idx], system=config.system,
+    pairs = [split.train[i] for i in batch_indices(len(split.train), config.batch_size, step, config.seed)]
+    batch = tokenize_pairs(model.tokenizer, pairs, system=config.system,
                            max_length=config.max_length).to(backend_of(model).device)
-    if config.objective == "distill":
-        loss, parts = distill_loss(model, adapter, batch, config)
-    else:
-        summed = sum(r["separation"] for r in history)
-        loss, parts = step_loss(model, adapter, batch, direction, scale, config, hook=hook, U=U, prior=summed)
+    inputs = StepInputs(pairs, batch, step, direction, scale, hook, U, prior=sum(r["separation"] for r in history))
+    loss, parts = objective.loss(model, adapter, inputs)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
