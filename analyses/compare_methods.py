@@ -46,7 +46,7 @@ from analyses._io import analysis_parser, load_dataset, resumable_run, stop_unle
 from interp.backends import backend_of
 from interp.cli import QUICK, add_measure_args, fraction, measure_from_args, model_from_args, positive_int
 from interp.floor import floor_line
-from interp.protocol import base_scores, METHODS, NO_BUDGET, SEEDED, TRAINED, MethodSpec, run_method
+from interp.protocol import base_scores, METHODS, NO_BUDGET, OFF_KEYS, SEEDED, TRAINED, MethodSpec, off_concept_texts, run_method
 from interp.calibrate import BUDGET_KINDS
 from interp.tables import METRIC_KEYS, shown
 from interp.provenance import provenance
@@ -105,14 +105,14 @@ class CompareConfig:
 
 
 def run_one(model, method: str, config: CompareConfig, seed: int, measure, splits: dict, out: Path,
-            progress: bool = True, base: xr.Dataset | None = None) -> dict:
+            progress: bool = True, base: xr.Dataset | None = None, off_texts=None) -> dict:
     """One method and seed through the protocol (:func:`interp.protocol.run_method`) into ``<out>/<method>/seed_<s>/``.
 
     Trained adapters and prompting are also scored at their own ``c = ±1`` (budget ``n/a``).
     """
     return run_method(model, MethodSpec(method, config.train_config(seed)), measure, splits, out / method / f"seed_{seed}",
                       split=config.split, budgets=config.budgets, budget_kind=config.budget_kind, base=base,
-                      n_cost_texts=config.n_cost_texts, c_max=config.c_max, progress=progress)
+                      n_cost_texts=config.n_cost_texts, c_max=config.c_max, progress=progress, off_texts=off_texts)
 
 
 def finished(out: Path) -> list[tuple[str, int]]:
@@ -129,7 +129,7 @@ def compare_dataset(records: Sequence[dict], model, config: CompareConfig, measu
     methods = [m for m in METHODS if any(r["method"] == m for r in records)]
     seeds = sorted({r["seed"] for r in records})
     budgets = [str(b) for b in config.budgets] + ([NO_BUDGET] if set(methods) & {"prompt", *TRAINED} else [])
-    keys = ["coeff", "reached", *METRIC_KEYS]
+    keys = ["coeff", "reached", *METRIC_KEYS, *OFF_KEYS]
     data = {k: np.full((len(methods), len(seeds), len(budgets)), np.nan) for k in keys}
     for r in records:
         i, j = methods.index(r["method"]), seeds.index(r["seed"])
@@ -177,7 +177,7 @@ def results_table(ds: xr.Dataset) -> pd.DataFrame:
                      "delta_target_balanced": "+.4f", "answer_bias": "+.3f", "delta_target_single": "+.4f",
                      "delta_other": ".4f", "p_value": ".3g", "delta_nll": ".4f", "delta_nll_neg": ".4f",
                      "normalized_gain": ".3f", "main_metric": ".3f", "token_bias": "+.3f", "token_bias_neg": "+.3f",
-                     "flipped_share": ".3f", "flipped_share_neg": ".3f"}
+                     "flipped_share": ".3f", "flipped_share_neg": ".3f", "off_kl": ".4f", "off_kl_neg": ".4f"}
             specs = {k: spec for k, spec in specs.items() if k in ds}  # a dataset stored before a metric existed
             rows.append({"method": method, "budget": budget if budget == NO_BUDGET else f"{float(budget):g} nats",
                          "coeff": fmt("coeff", ".3g"), "delta_target": truth,
@@ -302,13 +302,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         runs = [(m, s) for s in range(config.seed, config.seed + config.seeds) for m in config.methods
                 if s == config.seed or m in SEEDED]  # a method the seed does not change is fitted once
         parallel = min(args.jobs, len(runs)) > 1
-        units = [(m, config, s, measure, splits, out, progress and not parallel, base) for m, s in runs]
+        off_texts = off_concept_texts(model, measure, config.n_cost_texts)
+        units = [(m, config, s, measure, splits, out, progress and not parallel, base, off_texts) for m, s in runs]
         done = run_units(run_one, units, model=model, jobs=args.jobs, desc="methods", progress=progress,
                          model_args={"model": args.model, "dtype": args.dtype, "device": args.device})
         ran = {(r["method"], r["seed"]): r for r in done}
         # the table holds every finished method and seed of this folder (an earlier call's too: the settings are
         # the folder's, checked above); those not run now are read back through the protocol (weights checked)
-        records = [ran.get((method, seed)) or run_one(model, method, config, seed, measure, splits, out, False, base)
+        records = [ran.get((method, seed)) or run_one(model, method, config, seed, measure, splits, out, False, base, off_texts)
                    for method, seed in finished(out)]
         written = {"dataset": write_netcdf(compare_dataset(records, model, config, measure), out / "compare_methods.nc")}
         stored = load_dataset(written["dataset"])

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from torch import Tensor
 
 from interp.adapters.innerpissa import ABLATIONS, attach as attach_innerpissa, select_directions
 from interp.adapters.io import load_adapter, read_adapter_config, save_adapter
@@ -39,7 +40,7 @@ from interp.baselines import MeanDiff, PCASteering, RandomDirection, SSpaceMeanD
 from interp.calibrate import CalibratedStrength, calibrate_strength, coherence_cost, record_strength
 from interp.data import tokenize_pairs
 from interp.files import check_run_config, RECOMPUTE, read_json_file, load_dataset, load_or_compute, run_lock, write_netcdf, write_text
-from interp.measures import Measure, measure_of
+from interp.measures import Measure, measure_of, unrelated_measure
 from interp.sites import parse_layers
 from interp.backends import select_sites
 from interp.steering import SteeringMethod
@@ -55,6 +56,8 @@ VECTORS: dict[str, type[VectorSteering]] = {"pca": PCASteering, "mean_diff": Mea
 METHODS: tuple[str, ...] = (*TRAINED, *VECTORS, "prompt")
 SEEDED: frozenset[str] = frozenset({*TRAINED, "random"})  # methods a seed changes; the others are fitted alike for every seed
 NO_BUDGET = "n/a"  # a row at the method's own c = ±1 (trained adapters, prompting), not scaled to a budget
+# selectivity: next-token KL (nats/token) at +c and -c on text unrelated to the concept (interp.measures.unrelated_measure)
+OFF_KEYS: tuple[str, ...] = ("off_kl", "off_kl_neg")
 RESULT = "result.json"
 
 
@@ -220,9 +223,21 @@ def _check_weights(record: dict, folder: Path, weight_hash: str) -> None:
                          f"{weight_hash}); pass another --out, or delete the folder to start over")
 
 
+def off_concept_texts(model, measure: Measure, n: int = 16) -> tuple[Tensor, Tensor]:
+    """``(tokens, mask)`` of ``n`` prompts unrelated to ``measure``'s concept (:func:`interp.measures.unrelated_measure`'s
+    calibration items): where a method's selectivity, the KL it spends off its concept, is measured."""
+    other = unrelated_measure(measure)
+    return other.cost_tokens(model, other.scorable(other.splits()["calibration"]).head(n))
+
+
+def _off_kl(cost, coeff: float) -> dict[str, float]:
+    return {"off_kl": cost(coeff), "off_kl_neg": cost(-coeff)}
+
+
 def run_method(model, spec: MethodSpec, measure: Measure, splits: dict, folder: str | Path, *, split: str = "validation",
                budgets: Sequence[float] = (), budget_kind: str = "kl", unit: bool | None = None,
-               base: xr.Dataset | None = None, n_cost_texts: int = 16, c_max: float = 16.0, progress: bool = True) -> dict:
+               base: xr.Dataset | None = None, n_cost_texts: int = 16, c_max: float = 16.0, progress: bool = True,
+               off_texts: tuple[Tensor, Tensor] | None = None) -> dict:
     """Fit, calibrate the sign, scale to each budget, score on ``split``, write, resume: one method, once.
 
     Rows: the method at its own ``c = ±1`` (``unit``; default for trained methods and prompting,
@@ -230,6 +245,9 @@ def run_method(model, spec: MethodSpec, measure: Measure, splits: dict, folder: 
     in parallel processes can share a results folder; ``result.json`` marks it done, and a
     finished run gains a missing budget without refitting. Metrics are re-derived from the
     stored scores on every read, so a record follows the current metric definitions.
+    With ``off_texts`` (:func:`off_concept_texts`), every row also holds :data:`OFF_KEYS`, the KL
+    the method spends at its ``±c`` on text unrelated to the concept (added to a finished run's
+    rows on resume; prompting, which rewrites the prompt, has none).
     """
     folder = Path(folder)
     seed = spec.train.seed
@@ -247,11 +265,16 @@ def run_method(model, spec: MethodSpec, measure: Measure, splits: dict, folder: 
                 row.update(_scored_row(measure, load_dataset(scores_path(folder, row["budget"])), row["budget"], row["coeff"],
                                        row["reached"], seed))
         missing = [k for k in keys if record is None or not row_of(record, k)]
-        if not missing:
+        selective = off_texts is not None and spec.method != "prompt"
+        unmeasured = [r for r in record["rows"] if "off_kl" not in r] if record and selective else []
+        if not missing and not unmeasured:
             return record
         t0 = time.perf_counter()
         method, training = fit_method(model, spec, measure, splits["calibration"], folder, progress=progress)
         try:
+            off_cost = coherence_cost(model, method, *off_texts, kind="kl") if selective else None
+            for row in unmeasured:  # a run finished before selectivity was measured: its stored strengths, read again
+                row.update(_off_kl(off_cost, row["coeff"]))
             rows = list(record["rows"]) if record else []
             for key in missing:
                 coeff, reached = 1.0, True
@@ -261,7 +284,7 @@ def run_method(model, spec: MethodSpec, measure: Measure, splits: dict, folder: 
                     coeff, reached = float(strength), bool(strength.reached)
                 ds = measure.score(model, method, splits[split], (-coeff, 0.0, coeff), progress=progress, seed=seed, base=base)
                 write_netcdf(ds, scores_path(folder, key))
-                rows.append(_scored_row(measure, ds, key, coeff, reached, seed))
+                rows.append(_scored_row(measure, ds, key, coeff, reached, seed) | (_off_kl(off_cost, coeff) if selective else {}))
         finally:
             if hasattr(method, "detach"):
                 method.detach()

@@ -39,6 +39,8 @@ LABELS: dict[str, str] = {
     "monotonic": "monotonic (every seed)",
     "reached": "Budget reached",
     "seeds": "Seeds",
+    "off_kl": "KL off-concept (+c)",
+    "off_kl_neg": "KL off-concept (-c)",
     "token_bias": "Token bias",
     "token_bias_neg": "Token bias (-c)",
     "flipped_share": "Flipped share",

@@ -41,6 +41,34 @@ def test_a_finished_run_is_reused_and_gains_a_budget_without_refitting(tiny, min
     assert (tmp_path / "run" / "eval_none.nc").is_file() and (tmp_path / "run" / "eval_0.002.nc").is_file()
 
 
+def test_selectivity_is_the_kl_off_the_concept_and_a_finished_run_gains_it_unrescored(tiny, mini_concept, tmp_path):
+    """With off-concept texts every row holds the KL the method spends there at +c and -c: positive for a vector
+    (it adds the same everywhere), larger at a larger strength; prompting has none. A run finished without it gains
+    it on resume, from its stored strength, without being scored again."""
+    from interp.measures import unrelated_measure
+    from interp.protocol import off_concept_texts
+
+    measure = measure_of(mini_concept)
+    assert unrelated_measure(measure).key == "honesty-facts"  # sentiment-like concepts are judged off on facts
+    assert unrelated_measure(measure_of("honesty", "facts")).key == "sentiment-continuations"
+    splits, off = measure.splits(), off_concept_texts(tiny, measure, 4)
+    assert off[0].shape[0] == 4
+    folder = tmp_path / "run"
+    record = run_method(tiny, spec(mini_concept), measure, splits, folder, budgets=(0.001, 0.01), progress=False, off_texts=off)
+    small, large = row_of(record, "0.001"), row_of(record, "0.01")
+    assert 0 < small["off_kl"] < large["off_kl"] and 0 < small["off_kl_neg"] < large["off_kl_neg"]
+    stripped = json.loads((folder / "result.json").read_text())
+    for row in stripped["rows"]:
+        del row["off_kl"], row["off_kl_neg"]
+    (folder / "result.json").write_text(json.dumps(stripped))
+    scored = (folder / "eval_0.01.nc").stat().st_mtime_ns
+    again = run_method(tiny, spec(mini_concept), measure, splits, folder, budgets=(0.001, 0.01), progress=False, off_texts=off)
+    assert row_of(again, "0.01")["off_kl"] == pytest.approx(large["off_kl"], rel=1e-5)
+    assert (folder / "eval_0.01.nc").stat().st_mtime_ns == scored
+    prompted = run_method(tiny, spec(mini_concept, "prompt"), measure, splits, tmp_path / "prompt", progress=False, off_texts=off)
+    assert "off_kl" not in prompted["rows"][0]
+
+
 def test_a_record_made_with_other_weights_is_refused(tiny, other, mini_concept, tmp_path):
     measure = measure_of(mini_concept)
     splits = measure.splits()

@@ -26,7 +26,7 @@ from interp.measures.margins import ContinuationMeasure
 KINDS: dict[str, type[Measure]] = {cls.name: cls for cls in (DailyDilemmasMeasure, ContinuationMeasure, FactsMeasure)}
 _DEFAULT_SPEC = {"kind": "dailydilemmas", "target": TARGET}
 
-__all__ = ["KINDS", "ContinuationMeasure", "DailyDilemmasMeasure", "FactsMeasure", "Measure", "concept_measures",
+__all__ = ["KINDS", "ContinuationMeasure", "DailyDilemmasMeasure", "FactsMeasure", "Measure", "concept_measures", "unrelated_measure",
            "measure_of"]
 
 
@@ -84,3 +84,10 @@ def measure_of(concept: str | Path = DEFAULT_CONCEPT, measure: str | None = None
         raise ValueError(f"{path}: measure {name!r} has unknown setting(s) {unknown}; {kind} takes {sorted(known - {'concept', 'prompting'})}")
     settings = {**spec, **{k: v for k, v in overrides.items() if k in known and v is not None}}
     return cls(concept=str(raw.get("concept", path.stem)), prompting=tuple(sorted(wording.items())), **settings)
+
+
+def unrelated_measure(measure: Measure) -> Measure:
+    """The measure whose prompts are text unrelated to ``measure``'s concept, where a method's selectivity is read
+    (the KL it spends off its concept): sentiment's neutral prompts for factual honesty, simple factual statements
+    for everything else (sentiment, DailyDilemmas, a user's concept)."""
+    return measure_of("sentiment") if measure.key == "honesty-facts" else measure_of("honesty", "facts")
