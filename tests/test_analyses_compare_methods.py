@@ -101,20 +101,22 @@ def test_unknown_method_is_rejected():
 
 
 def test_a_continuation_concept_with_a_recipe(mini_concept, tmp_path):
-    """Sentiment's margin judges every method; the recipe sets the trained adapter's sites."""
+    """Sentiment's margin judges every method (tiny-random holds no sentiment: --force); the recipe sets the trained
+    adapter's sites; every fitted method but prompting has its selectivity."""
     from interp.adapters.io import read_adapter_config
 
     written = compare_methods.main([
         "--model", "tiny-random", "--concept", str(mini_concept), "--recipe", "layers=1:2;modules=attn.o,mlp.out;loss_layer=3",
-        "--methods", "innerpissa,mean_diff,prompt", "--steps", "2", "--budgets", "0.3", "--no-progress",
+        "--methods", "innerpissa,mean_diff,prompt", "--steps", "2", "--budgets", "0.3", "--no-progress", "--force",
         "--out", str(tmp_path / "res"), "--figures", str(tmp_path / "fig")])
     ds = load_dataset(written["dataset"])
     assert "margin" in ds.attrs["target"] and list(ds["method"].values) == ["innerpissa", "mean_diff", "prompt"]
     record = json.loads((tmp_path / "res" / "innerpissa" / "seed_0" / "result.json").read_text())
     assert record["calibration"]["sign"]["measure"] == "sentiment margin"
     assert len(read_adapter_config(tmp_path / "res" / "innerpissa" / "seed_0" / "adapter")["sites"]) == 4
+    assert record["rows"][0]["off_kl"] > 0 and not (ds["off_kl"].sel({"method": "prompt"}).notnull().any())
     text = written["table"].read_text()
-    assert "Floor check" in text and "sentiment" in text and (tmp_path / "res" / "floor_test.json").is_file()
+    assert "KL off-concept (+c)" in text and "Floor check" in text and "sentiment" in text and (tmp_path / "res" / "floor_test.json").is_file()
 
 
 @pytest.mark.parametrize("argv, says", [
