@@ -107,6 +107,8 @@ OBJECTIVES: dict[str, str] = {
     # the preference objective (paired completions of the two personas, c drawn from [-1, 1], a KL barrier)
     "preference": "objective=preference", "lora_preference": "method=lora;objective=preference",
     "vector_preference": "method=trained_vector;objective=preference",
+    # the next hypothesis after InnerPiSSA trails the trained vector under every objective: its rotation bound (0.1 rad)
+    "preference_a0.3": "objective=preference;max_angle=0.3",
 }
 RECIPES.update(OBJECTIVES)
 
