@@ -138,13 +138,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
             name = f"{folder.parent.name}/{folder.name}" if folder.name.startswith("seed_") else folder.name
             rows.append(summary(name, ds, base))
     table = pd.DataFrame(rows)
+    shown = table.drop(columns=["base_sentiment", "base_distinct_2"])
+    shown = shown.assign(**{k: [f"{v:.2g}" if k == "p_value" else f"{v:+.3f}" for v in shown[k]] for k in shown.columns if k != "run"})
     head = (f"Free generations ({len(prompts)} held-out requests, greedy, {config.max_new_tokens} new tokens) scored by "
             f"VADER's compound sentiment (-1..1); each run at its strength for {args.budget:g} nats of KL; shifts against "
-            f"the base model's own generations (mean sentiment {rows[0]['base_sentiment']:+.3f}); NLL under the base model "
-            "(nats/token); p: paired t-test of +c against -c over prompts.\n\n")
-    written = {"table": write_text(out / f"generation_check-{tag}.md", head + table.to_markdown(index=False, floatfmt="+.3f") + "\n"),
+            f"the base model's own generations (mean sentiment {rows[0]['base_sentiment']:+.3f}, distinct bigrams "
+            f"{rows[0]['base_distinct_2']:.3f}); NLL under the base model (nats/token); p: paired t-test of +c against -c "
+            "over prompts.\n\n")
+    written = {"table": write_text(out / f"generation_check-{tag}.md", head + shown.to_markdown(index=False, disable_numparse=True) + "\n"),
                "csv": write_text(out / f"generation_check-{tag}.csv", table.to_csv(index=False))}
-    print(head + table.to_markdown(index=False, floatfmt="+.3f"))
+    print(head + shown.to_markdown(index=False, disable_numparse=True))
     return written
 
 
