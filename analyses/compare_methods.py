@@ -1,11 +1,14 @@
 """Which steering method moves a concept most, at the same coherence cost?
 
-The concept's own measure (:mod:`interp.measures`) judges: de-biased DailyDilemmas
-truthfulness for honesty (the default; ``--measure facts`` for factual honesty: true over false
-completions of simple facts, with the token bias and the share of facts flipped beside it), the
-held-out continuation margin for sentiment (``--concept sentiment``). ``--recipe`` sets the InnerPiSSA recipe (training settings, as
-in :mod:`analyses.recipe_search`) for every trained method; steering vectors are fitted at
-the recipe's layers. The floor check of the base model on the test split heads the table.
+The concept's own measure (:mod:`interp.measures`) judges: by default factual honesty (``--concept
+honesty --measure facts``: true over false completions of simple facts, with the token bias and the
+share of facts flipped beside it), which the embedded default model holds; ``--measure
+dailydilemmas`` for the de-biased DailyDilemmas choice, the continuation margin for ``--concept
+sentiment``. The floor check of the base model on the scored split runs first and heads the table;
+where it fails the comparison stops before fitting anything, saying what to run instead (exit
+status 3; ``--force`` compares anyway). ``--recipe`` sets the InnerPiSSA recipe (training
+settings, as in :mod:`analyses.recipe_search`) for every trained method; steering vectors are
+fitted at the recipe's layers.
 
 Every method is fitted on the same contrastive pairs at the same layer (InnerPiSSA and
 its ablations and LoRA trained with the same ReprPO loop; PCA, mean-difference and
@@ -17,8 +20,13 @@ Prompting has no continuous dose; it is scored at its strong wording (``c = ±1`
 its measured cost, budget ``n/a``; trained adapters are scored at their own ``c = ±1`` as
 well (budget ``n/a``), besides each budget.
 
+    python -m analyses.compare_methods                             # every method, factual honesty, all 296 test facts
     python -m analyses.compare_methods --quick                     # every method, short
-    python -m analyses.compare_methods --methods innerpissa,pca,prompt --seeds 3
+    python -m analyses.compare_methods --concept sentiment --methods innerpissa,pca,prompt --seeds 3
+
+Methods a seed does not change (the mean-difference, PCA and S-space vectors, prompting) are fitted
+once however many seeds are asked for; every fitted method's row also holds its selectivity, the KL
+it spends at its strength on text unrelated to the concept (:func:`interp.protocol.off_concept_texts`).
 
 Each (method, seed) is a folder ``<out>/<method>/seed_<s>/`` with ``result.json`` (which
 marks it done; a re-run skips it), the scored ``eval_<budget>.nc`` datasets and, for
