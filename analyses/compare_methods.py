@@ -54,7 +54,8 @@ from analyses._io import analysis_parser, load_dataset, resumable_run, stop_unle
 from interp.backends import backend_of
 from interp.cli import QUICK, add_measure_args, fraction, measure_from_args, model_from_args, positive_int
 from interp.floor import floor_line
-from interp.protocol import base_scores, METHODS, NO_BUDGET, OFF_KEYS, SEEDED, TRAINED, MethodSpec, off_concept_texts, run_method
+from interp.protocol import (base_scores, budget_key, METHODS, NO_BUDGET, OFF_KEYS, SEEDED, TRAINED, MethodSpec,
+                             off_concept_texts, run_method)
 from interp.calibrate import BUDGET_KINDS
 from interp.tables import METRIC_KEYS, shown
 from interp.provenance import provenance
@@ -136,7 +137,9 @@ def compare_dataset(records: Sequence[dict], model, config: CompareConfig, measu
     """Records -> Dataset with dims ``(method, seed, budget)`` and provenance attrs."""
     methods = [m for m in METHODS if any(r["method"] == m for r in records)]
     seeds = sorted({r["seed"] for r in records})
-    budgets = [str(b) for b in config.budgets] + ([NO_BUDGET] if set(methods) & {"prompt", *TRAINED} else [])
+    # the records' own keys ("1", not "1.0"; "nll0.2" for a ΔNLL budget)
+    budgets = [budget_key(b, config.budget_kind) for b in config.budgets] + (
+        [NO_BUDGET] if set(methods) & {"prompt", *TRAINED} else [])
     keys = ["coeff", "reached", *METRIC_KEYS, *OFF_KEYS]
     data = {k: np.full((len(methods), len(seeds), len(budgets)), np.nan) for k in keys}
     for r in records:
@@ -153,6 +156,11 @@ def compare_dataset(records: Sequence[dict], model, config: CompareConfig, measu
                                split=config.split, target=measure.label, unit=measure.unit, axis_title=measure.axis_title,
                                budget_cost=f"{BUDGET_KINDS[config.budget_kind]} (nats/token)"))
     return ds
+
+
+def budget_amount(key: str) -> float:
+    """The nats of a budget key (``"0.3"``, ``"1"``, ``"nll0.2"``)."""
+    return float(str(key).lstrip("abcdefghijklmnopqrstuvwxyz"))
 
 
 def results_table(ds: xr.Dataset) -> pd.DataFrame:
@@ -187,7 +195,7 @@ def results_table(ds: xr.Dataset) -> pd.DataFrame:
                      "normalized_gain": ".3f", "main_metric": ".3f", "token_bias": "+.3f", "token_bias_neg": "+.3f",
                      "flipped_share": ".3f", "flipped_share_neg": ".3f", "off_kl": ".4f", "off_kl_neg": ".4f"}
             specs = {k: spec for k, spec in specs.items() if k in ds}  # a dataset stored before a metric existed
-            rows.append({"method": method, "budget": budget if budget == NO_BUDGET else f"{float(budget):g} nats",
+            rows.append({"method": method, "budget": budget if budget == NO_BUDGET else f"{budget_amount(budget):g} nats",
                          "coeff": fmt("coeff", ".3g"), "delta_target": truth,
                          **{k: fmt(k, spec) for k, spec in specs.items()},
                          "monotonic": bool(np.all((neg < 0) & (pos > 0))),
@@ -219,7 +227,7 @@ def figure(ds: xr.Dataset):
                         hovertemplate="%{fullData.name} budget %{text}<br>ΔNLL %{x:.4f}<br>Δ %{y:+.4f}<extra></extra>")
     for b in ds["budget"].values:
         if b != NO_BUDGET:
-            fig.add_vline(x=float(b), line_dash="dot", line_color="grey", annotation_text=f"{float(b):g} nats budget")
+            fig.add_vline(x=budget_amount(b), line_dash="dot", line_color="grey", annotation_text=f"{budget_amount(b):g} nats budget")
     seeds = f", {ds.sizes['seed']} seeds (mean ± std)" if several else ""
     fig.update_layout(title=f"Effect vs coherence cost: {ds.attrs.get('model_spec', '')} ({ds.attrs.get('split', 'test')} split{seeds})",
                       xaxis_title="ΔNLL at +c (nats/token)", yaxis_title=str(ds.attrs.get("axis_title", "Δ measure at +c")))

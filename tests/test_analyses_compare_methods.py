@@ -152,3 +152,19 @@ def test_table_over_seeds_reports_the_largest_p_and_skips_empty_columns():
     assert row["p-value"] == "0.001 (largest)"  # every seed's p is at most this
     assert row.filter(like="Δ margin").iloc[0] == "+2.0000 ± 1.0000"
     assert not any("Answer bias" in c for c in row.index)  # all-NaN quantities are left out, not printed as nan
+
+
+@pytest.mark.parametrize("kind, keys", [("kl", ["0.1", "1"]), ("nll", ["nll0.1", "nll1"])])
+def test_the_dataset_reads_every_budget_by_its_records_key(tiny, kind, keys):
+    """A budget of 1.0 nats is recorded as "1" (and a ΔNLL budget as "nll1"): the table finds both."""
+    from types import SimpleNamespace
+
+    config = compare_methods.CompareConfig(methods=("mean_diff",), budgets=(0.1, 1.0), budget_kind=kind)
+    rows = [{"budget": k, "coeff": 1.0 + i, "reached": True, "delta_target": 0.5 + i, "delta_target_neg": -0.5 - i}
+            for i, k in enumerate(keys)]
+    records = [{"method": "mean_diff", "seed": 0, "rows": rows}]
+    measure = SimpleNamespace(effect_units="nats/token", label="fact margin", unit="nats/token", axis_title="Δ")
+    ds = compare_methods.compare_dataset(records, tiny, config, measure)
+    assert list(ds["budget"].values) == keys
+    assert float(ds["delta_target"].sel({"method": "mean_diff", "budget": keys[1]}).values[0]) == 1.5
+    assert list(compare_methods.results_table(ds)["Budget"]) == ["0.1 nats", "1 nats"]
