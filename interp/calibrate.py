@@ -26,6 +26,7 @@ from jaxtyping import Float, Int
 from scipy import optimize
 from torch import Tensor
 
+from interp.losses import token_kl
 from interp.stats import bootstrap_ci
 from interp.steering import SteeringMethod
 from interp.backends import run
@@ -130,10 +131,7 @@ def next_token_kl(
     """
     if logits_base.shape != logits_steered.shape:
         raise ValueError(f"logits shapes differ: {tuple(logits_base.shape)} vs {tuple(logits_steered.shape)}")
-    logp = torch.log_softmax(logits_base.float(), -1)
-    logq = torch.log_softmax(logits_steered.float(), -1)
-    kl = (logp.exp() * (logp - logq)).sum(-1)  # [batch, pos]
-    return _masked_mean(kl, mask)
+    return _masked_mean(token_kl(logits_base, logits_steered), mask)
 
 
 def delta_nll(

@@ -239,6 +239,13 @@ def coherence_loss(
     return (w * pens).sum(), w
 
 
+def token_kl(logits_p: Float[Tensor, "... vocab"], logits_q: Float[Tensor, "... vocab"]) -> Float[Tensor, "..."]:
+    """``KL(p || q)`` of the next-token distributions at every position (nats), in float32: the one KL of the
+    project (distillation, the preference objective's barrier, the coherence budget)."""
+    logp, logq = logits_p.float().log_softmax(-1), logits_q.float().log_softmax(-1)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
 def distill_kl(
     student: Float[Tensor, "rows pos vocab"], teacher: Float[Tensor, "rows pos vocab"], mask: Bool[Tensor, "rows pos"],
 ) -> Float[Tensor, ""]:
@@ -251,8 +258,7 @@ def distill_kl(
         raise ValueError(f"student {tuple(student.shape)}, teacher {tuple(teacher.shape)} and mask {tuple(mask.shape)} must align")
     if not mask.any():
         raise ValueError("no masked positions to distil on")
-    s, t = student[mask].float().log_softmax(-1), teacher[mask].float().log_softmax(-1)
-    return (t.exp() * (t - s)).sum(-1).mean()
+    return token_kl(teacher[mask], student[mask]).mean()
 
 
 # --------------------------------------------------------------------------- the preference objective
@@ -290,8 +296,7 @@ def kl_rows(
     logits_base: Float[Tensor, "rows pos vocab"], logits_steered: Float[Tensor, "rows pos vocab"], mask: Bool[Tensor, "rows pos"],
 ) -> Float[Tensor, " rows"]:
     """Per row, the mean next-token ``KL(base || steered)`` over the masked positions (nats)."""
-    logp, logq = logits_base.float().log_softmax(-1), logits_steered.float().log_softmax(-1)
-    kl = (logp.exp() * (logp - logq)).sum(-1)
+    kl = token_kl(logits_base, logits_steered)
     m = mask.to(kl.dtype)
     return (kl * m).sum(1) / m.sum(1).clamp_min(1)
 
