@@ -367,19 +367,30 @@ def tokenize_pairs(
             if max_length is not None:
                 ids = ids[-max_length:]
             rows.append(ids)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    tokens, mask, suffix_mask = pad_rows(rows, n_suffix, pad_id_of(tokenizer), padding_side)
+    return PairBatch(tokens=tokens, attention_mask=mask, last=last_token_index(mask), suffix_mask=suffix_mask)
+
+
+def pad_id_of(tokenizer) -> int:
+    """The id padding is written with (0 where the tokenizer has none: masked out either way)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def pad_rows(rows: Sequence[Sequence[int]], tails: Sequence[int], pad_id: int, padding_side: str = "left",
+             ) -> tuple[Int[Tensor, "rows pos"], Int[Tensor, "rows pos"], Bool[Tensor, "rows pos"]]:
+    """Rows of token ids as one host-side batch (moved to the model's device by the backend): ``(tokens,
+    attention mask, tail mask)``, the tail mask marking each row's last ``tails[i]`` tokens (at most the row)."""
     width = max(len(r) for r in rows)
-    # host-side batches (moved to the model's device by the backend)
     tokens = torch.full((len(rows), width), pad_id, dtype=torch.long, device="cpu")
     mask = torch.zeros((len(rows), width), dtype=torch.long, device="cpu")
-    suffix_mask = torch.zeros((len(rows), width), dtype=torch.bool, device="cpu")
-    for i, (ids, ns) in enumerate(zip(rows, n_suffix)):
+    tail_mask = torch.zeros((len(rows), width), dtype=torch.bool, device="cpu")
+    for i, (ids, tail) in enumerate(zip(rows, tails)):
         start = width - len(ids) if padding_side == "left" else 0
-        tokens[i, start : start + len(ids)] = torch.tensor(ids, dtype=torch.long, device="cpu")
+        tokens[i, start : start + len(ids)] = torch.tensor(list(ids), dtype=torch.long, device="cpu")
         mask[i, start : start + len(ids)] = 1
-        ns = min(ns, len(ids))
-        suffix_mask[i, start + len(ids) - ns : start + len(ids)] = True
-    return PairBatch(tokens=tokens, attention_mask=mask, last=last_token_index(mask), suffix_mask=suffix_mask)
+        tail = min(tail, len(ids))
+        tail_mask[i, start + len(ids) - tail : start + len(ids)] = True
+    return tokens, mask, tail_mask
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:

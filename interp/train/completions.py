@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from interp.backends import backend_of
 from interp.backends.decoding import PAD, GenerateConfig, eos_ids
-from interp.data import ContrastivePair, chat_text, tokenize_pairs
+from interp.data import ContrastivePair, chat_text, pad_id_of, pad_rows, tokenize_pairs
 from interp.files import read_json_file, run_lock, write_text
 
 CACHE_ENV = "INTERP_CACHE"
@@ -117,14 +117,6 @@ def preference_batch(tokenizer, pairs: Sequence[ContrastivePair], completions: C
                 y = [t for t in completions[pair_key(p, system)][side] if t != PAD]
                 prompt = ids[-max_length:] if max_length is not None else ids
                 rows.append((prompt, y))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    width = max(len(a) + len(b) for a, b in rows)
-    tokens = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    completion = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (prompt, y) in enumerate(rows):
-        seq = prompt + y
-        tokens[i, width - len(seq):] = torch.tensor(seq)
-        mask[i, width - len(seq):] = 1
-        completion[i, width - len(y):] = True
+    tokens, mask, completion = pad_rows([prompt + y for prompt, y in rows], [len(y) for _, y in rows],
+                                        pad_id_of(tokenizer))
     return PreferenceBatch(tokens, mask, completion, len(pairs))
