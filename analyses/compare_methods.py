@@ -54,7 +54,7 @@ from analyses._io import analysis_parser, load_dataset, resumable_run, stop_unle
 from interp.backends import backend_of
 from interp.cli import QUICK, add_measure_args, fraction, measure_from_args, model_from_args, positive_int
 from interp.floor import floor_line
-from interp.protocol import (base_scores, budget_key, METHODS, NO_BUDGET, OFF_KEYS, SEEDED, TRAINED, MethodSpec,
+from interp.protocol import (base_scores, budget_amount, budget_key, METHODS, NO_BUDGET, OFF_KEYS, SEEDED, TRAINED, MethodSpec,
                              off_concept_texts, run_method)
 from interp.calibrate import BUDGET_KINDS
 from interp.tables import METRIC_KEYS, shown
@@ -156,11 +156,6 @@ def compare_dataset(records: Sequence[dict], model, config: CompareConfig, measu
                                split=config.split, target=measure.label, unit=measure.unit, axis_title=measure.axis_title,
                                budget_cost=f"{BUDGET_KINDS[config.budget_kind]} (nats/token)"))
     return ds
-
-
-def budget_amount(key: str) -> float:
-    """The nats of a budget key (``"0.3"``, ``"1"``, ``"nll0.2"``)."""
-    return float(str(key).lstrip("abcdefghijklmnopqrstuvwxyz"))
 
 
 def results_table(ds: xr.Dataset) -> pd.DataFrame:

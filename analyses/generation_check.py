@@ -35,7 +35,7 @@ from interp.backends import backend_of
 from interp.backends.decoding import GenerateConfig
 from interp.cli import model_from_args, positive_float, positive_int
 from interp.data import concepts_dir, read_suffixes
-from interp.files import read_json_file
+from interp.files import RUN_CONFIG, read_json_file
 from interp.generation import generate
 from interp.measures import measure_of
 from interp.protocol import RESULT, MethodSpec, budget_key, fit_method, row_of
@@ -58,7 +58,7 @@ def lexicon_sentiment(texts: Sequence[str]) -> np.ndarray:
 def rebuilt(model, folder: Path, budget: float):
     """A finished run's method as it was scored at ``budget``: ``(method, coefficient, record)``."""
     record = read_json_file(folder / RESULT, "a run record", "run the comparison that writes it first")
-    settings = read_json_file(folder / "run_config.json", "a run's settings")
+    settings = read_json_file(folder / RUN_CONFIG, "a run's settings")
     row = row_of(record, budget_key(budget))
     if not row:
         raise ValueError(f"{folder} was not scaled to {budget:g} nats; run it with that budget first")

@@ -56,7 +56,8 @@ def main(argv=None) -> dict[str, float]:
 
     def step(objective) -> None:
         loss, _ = objective.loss(model, adapter, inputs)
-        adapter.zero_grad(set_to_none=True) if hasattr(adapter, "zero_grad") else None
+        for p in adapter.parameters():  # as the optimiser step's zero_grad does
+            p.grad = None
         loss.backward()
 
     times: dict[str, list[float]] = {name: [] for name in OBJECTIVES}

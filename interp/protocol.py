@@ -189,6 +189,11 @@ def budget_key(budget: float | str, kind: str = "kl") -> str:
     return f"{float(budget):g}" if kind == "kl" else f"{kind}{float(budget):g}"
 
 
+def budget_amount(key: str) -> float:
+    """The nats of a budget key (the inverse of :func:`budget_key`: ``"0.3"``, ``"1"``, ``"nll0.2"``)."""
+    return float(str(key).lstrip("abcdefghijklmnopqrstuvwxyz"))
+
+
 def scores_path(folder: Path, key: str) -> Path:
     """Where a run's scores at one budget are stored (``eval_<key>.nc``; ``eval_none.nc`` at c = ±1)."""
     return folder / f"eval_{'none' if key == NO_BUDGET else key}.nc"
