@@ -10,12 +10,20 @@ is scored once per measure.
     python -m analyses.cross_concept --adapters honesty=runs/h/adapter,sentiment=runs/s/adapter \\
         --measures honesty:facts,sentiment --budget 0.3 --n-eval 128
 
-Results: ``<out>/cross_concept.nc`` (dims adapter, measure; provenance attrs) and ``cross_concept.md``.
+A name given more than once (``honesty=runs/h0/adapter,honesty=runs/h1/adapter``) names seeds of one
+recipe: the table gives their mean and standard deviation. Each adapter's row is stored under
+``<out>/rows/`` as it finishes, so a killed run loses at most the row being scored and a re-run
+(with more adapters, say) scores only what it has not; a stored row is reused only when the adapter,
+the model weights, the measures, items, split, budget and seed all match.
+
+Results: ``<out>/cross_concept.nc`` (dims run, measure; coordinate ``adapter`` names each run's group;
+provenance attrs) and ``cross_concept.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -26,6 +34,7 @@ import pandas as pd
 import xarray as xr
 
 from analyses._io import analysis_parser, load_dataset, result_folder, write_netcdf, write_text
+from interp.files import read_json_file
 from interp.adapters.io import AdapterLoadError, load_adapter, read_adapter_config
 from interp.backends import backend_of
 from interp.cli import QUICK, model_from_args, positive_float
@@ -60,28 +69,65 @@ def cross_row(model, adapter_path: str, measures: dict[str, Measure], splits: di
     return row
 
 
-def cross_dataset(rows: dict[str, dict[str, dict]], measures: dict[str, Measure], attrs: dict) -> xr.Dataset:
-    names, cols = list(rows), list(measures)
-    data = {k: (("adapter", "measure"), np.array([[float(rows[a][m].get(k, np.nan)) for m in cols] for a in names]))
+def stored_row(folder: Path, key: dict, compute) -> dict[str, dict]:
+    """The row stored for ``key`` under ``folder``, or ``compute()`` stored there first (nothing lost on a kill)."""
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = folder / f"{name}.json"
+    if path.is_file():
+        record = read_json_file(path, "a stored cross-concept row", "delete it to score the adapter again")
+        if record.get("key") == key:
+            return record["row"]
+    row = compute()
+    write_text(path, json.dumps({"key": key, "row": row}, indent=1, default=float))
+    return row
+
+
+def adapter_id(path: str | Path) -> str:
+    """What identifies a saved adapter's content: its record names its tensors file by content hash."""
+    return hashlib.sha256((Path(path) / "adapter.json").read_bytes()).hexdigest()[:16]
+
+
+def cross_dataset(runs: list[tuple[str, str, dict[str, dict]]], measures: dict[str, Measure], attrs: dict) -> xr.Dataset:
+    """``runs``: (group label, adapter path, row) per adapter; dims run x measure."""
+    cols = list(measures)
+    data = {k: (("run", "measure"), np.array([[float(row[m].get(k, np.nan)) for m in cols] for _, _, row in runs]))
             for k in KEYS}
-    ds = xr.Dataset(data, coords={"adapter": names, "measure": cols,
-                                  "unit": ("measure", [measures[m].unit for m in cols]),
+    ds = xr.Dataset(data, coords={"run": [str(path) for _, path, _ in runs], "adapter": ("run", [g for g, _, _ in runs]),
+                                  "measure": cols, "unit": ("measure", [measures[m].unit for m in cols]),
                                   "label": ("measure", [measures[m].label for m in cols])})
     ds.attrs.update(attrs)
     return ds
 
 
+def _mean_sd(values: np.ndarray) -> str:
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return f"{values.mean():+.3f}" if len(values) else "nan"
+    return f"{values.mean():+.3f} ± {values.std(ddof=1):.3f}"
+
+
 def markdown(ds: xr.Dataset) -> str:
-    """Rows: adapters; per measure, the shift at +c / -c (its own unit) and ΔNLL at +c."""
-    table = {"adapter (its concept)": [str(a) for a in ds["adapter"].values]}
+    """Rows: adapter groups (seeds pooled: mean ± sd); per measure, the shift at +c / -c (its own unit) and ΔNLL at +c."""
+    groups = list(dict.fromkeys(str(a) for a in ds["adapter"].values))
+    table: dict[str, list] = {"adapter (its concept)": groups, "seeds": [], "c": []}
+    for g in groups:
+        r = ds.where(ds["adapter"] == g, drop=True)
+        table["seeds"].append(int(r.sizes["run"]))
+        table["c"].append(_mean_sd(r["coeff"].isel(measure=0).values).lstrip("+"))
     for m in ds["measure"].values:
-        r = ds.sel({"measure": m})
-        unit = str(r["unit"].values)
-        table[f"{m}: Δ at +c / -c ({unit})"] = [f"{p:+.3f} / {n:+.3f}" for p, n in
-                                               zip(r["delta_target"].values, r["delta_target_neg"].values)]
-        table[f"{m}: ΔNLL +c"] = [f"{v:.3f}" for v in r["delta_nll"].values]
+        unit = str(ds["unit"].sel(measure=m).values)
+        pos, neg, nll = [], [], []
+        for g in groups:
+            r = ds.where(ds["adapter"] == g, drop=True).sel(measure=m)
+            pos.append(_mean_sd(r["delta_target"].values))
+            neg.append(_mean_sd(r["delta_target_neg"].values))
+            nll.append(_mean_sd(r["delta_nll"].values).lstrip("+"))
+        table[f"{m}: Δ at +c ({unit})"] = pos
+        table[f"{m}: Δ at -c"] = neg
+        table[f"{m}: ΔNLL +c"] = nll
     head = (f"Cross-concept table on {ds.attrs.get('model_spec', '')}, {ds.attrs.get('split', '')} split, every adapter at "
-            f"{ds.attrs.get('budget', '')} nats of next-token KL on its own concept's calibration prompts\n\n")
+            f"{ds.attrs.get('budget', '')} nats of next-token KL on its own concept's calibration prompts "
+            f"(seeds of one adapter name: mean ± sd)\n\n")
     return head + pd.DataFrame(table).to_markdown(index=False) + "\n"
 
 
@@ -96,10 +142,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.error = p.error
     try:
-        args.adapter_paths = dict(part.split("=", 1) for part in args.adapters.split(",") if part.strip())
+        args.adapter_paths = [tuple(part.split("=", 1)) for part in args.adapters.split(",") if part.strip()]
+        if not args.adapter_paths or any(len(pair) != 2 or not all(pair) for pair in args.adapter_paths):
+            raise ValueError
     except ValueError:
         p.error(f"--adapters needs NAME=PATH,..., got {args.adapters!r}")
-    for name, path in args.adapter_paths.items():
+    for name, path in args.adapter_paths:
         if not (Path(path) / "adapter.json").is_file():
             p.error(f"--adapters {name}={path}: no saved adapter there (expected {Path(path) / 'adapter.json'})")
     try:
@@ -123,20 +171,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
                 splits[name] = items.head(n) if n else items
                 bases[name] = base_scores(model, measure, splits[name], out / f"base_{name.replace(':', '-')}.nc",
                                           progress=progress)
-            rows = {f"{name} ({adapter_concept(path)})": cross_row(model, path, args.measure_objs, splits, bases, args.budget,
-                                                                 seed=args.seed, progress=progress)
-                    for name, path in args.adapter_paths.items()}
-            attrs = provenance(backend_of(model), config={"adapters": args.adapter_paths, "measures": args.measures},
+            weights = backend_of(model).weight_hash
+            runs = []
+            for name, path in args.adapter_paths:
+                key = {"adapter": adapter_id(path), "weight_hash": weights, "measures": list(args.measure_objs),
+                       "n_items": {k: len(v) for k, v in splits.items()}, "split": args.split, "budget": args.budget,
+                       "seed": args.seed}
+                row = stored_row(out / "rows", key, lambda path=path: cross_row(
+                    model, path, args.measure_objs, splits, bases, args.budget, seed=args.seed, progress=progress))
+                runs.append((f"{name} ({adapter_concept(path)})", path, row))
+            attrs = provenance(backend_of(model), config={"adapters": [list(a) for a in args.adapter_paths],
+                                                          "measures": args.measures},
                                seed=args.seed, split=args.split, budget=args.budget,
                                n_items=json.dumps({k: len(v) for k, v in splits.items()}))
-            written = {"dataset": write_netcdf(cross_dataset(rows, args.measure_objs, attrs), out / "cross_concept.nc")}
+            written = {"dataset": write_netcdf(cross_dataset(runs, args.measure_objs, attrs), out / "cross_concept.nc")}
             text = markdown(load_dataset(written["dataset"]))
             written["table"] = write_text(out / "cross_concept.md", text)
             print(text)
             return written
     except RunLocked as err:
         args.error(str(err))
-    except AdapterLoadError as err:
+    except (AdapterLoadError, ValueError) as err:  # a bad adapter or stored row, named
         args.error(str(err))
 
 
