@@ -3,7 +3,8 @@
 An honesty adapter that makes the model cheerful would move the sentiment margin as well as (or
 instead of) the facts margin. Each saved adapter (trained and sign-calibrated on its own concept, e.g.
 by ``interp.train`` or ``compare_methods``) is scaled to the same coherence budget (next-token KL on
-its own concept's calibration prompts) and scored at ``-c, 0, +c`` on every measure named (their test
+the calibration prompts of the measure its sign was calibrated on: the facts for an honesty adapter
+calibrated there) and scored at ``-c, 0, +c`` on every measure named (their test
 split by default), giving the table rows = adapters, columns = measures. The base model's c = 0 pass
 is scored once per measure.
 
@@ -39,7 +40,7 @@ from interp.adapters.io import AdapterLoadError, load_adapter, read_adapter_conf
 from interp.backends import backend_of
 from interp.cli import QUICK, model_from_args, positive_float
 from interp.files import RunLocked, run_lock
-from interp.measures import Measure, measure_of
+from interp.measures import Measure, concept_measures, measure_of
 from interp.protocol import base_scores, calibrate_method_strength
 from interp.provenance import provenance
 
@@ -52,10 +53,24 @@ def adapter_concept(path: str | Path) -> str:
     return read_adapter_config(path).get("training", {}).get("config", {}).get("concept", "honesty")
 
 
+def adapter_measure(path: str | Path) -> Measure:
+    """The measure an adapter's sign was calibrated on (its record names the measure by label), where the
+    budget is spent: an honesty adapter calibrated on the facts is scaled on the facts' calibration prompts.
+    An adapter with no sign record is scaled on its concept's default measure."""
+    concept = adapter_concept(path)
+    label = read_adapter_config(path).get("calibration", {}).get("sign", {}).get("measure")
+    for name in concept_measures(concept):
+        measure = measure_of(concept, name)
+        if measure.label == label:
+            return measure
+    return measure_of(concept)
+
+
 def cross_row(model, adapter_path: str, measures: dict[str, Measure], splits: dict, bases: dict, budget: float,
               seed: int = 0, progress: bool = True) -> dict[str, dict]:
-    """One adapter scaled to ``budget`` nats of KL on its own concept's calibration prompts, scored on every measure."""
-    own = measure_of(adapter_concept(adapter_path))
+    """One adapter scaled to ``budget`` nats of KL on the calibration prompts of its own measure (the one its sign
+    was calibrated on), scored on every measure."""
+    own = adapter_measure(adapter_path)
     adapter = load_adapter(model, adapter_path)
     try:
         strength = calibrate_method_strength(model, adapter, own, own.splits()["calibration"], budget)
@@ -126,7 +141,8 @@ def markdown(ds: xr.Dataset) -> str:
         table[f"{m}: Δ at -c"] = neg
         table[f"{m}: ΔNLL +c"] = nll
     head = (f"Cross-concept table on {ds.attrs.get('model_spec', '')}, {ds.attrs.get('split', '')} split, every adapter at "
-            f"{ds.attrs.get('budget', '')} nats of next-token KL on its own concept's calibration prompts "
+            f"{ds.attrs.get('budget', '')} nats of next-token KL on the calibration prompts of the measure its sign was "
+            f"calibrated on"
             f"(seeds of one adapter name: mean ± sd)\n\n")
     return head + pd.DataFrame(table).to_markdown(index=False) + "\n"
 

@@ -74,3 +74,22 @@ def test_a_missing_adapter_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cross_concept.main(["--model", "tiny-random", "--adapters", f"x={tmp_path / 'nothing'}", "--out", str(tmp_path)])
     assert "--adapters x=" in capsys.readouterr().err
+
+
+def test_the_budget_is_spent_on_the_measure_the_sign_was_calibrated_on(tmp_path):
+    from interp.cli.train import main as train
+
+    train(["--model", "tiny-random", "--quick", "--steps", "2", "--layers", "1:2", "--concept", "honesty", "--measure", "facts",
+           "--no-progress", "--out", str(tmp_path / "h")])
+    assert cross_concept.adapter_measure(tmp_path / "h" / "adapter").key == "honesty-facts"
+    train(["--model", "tiny-random", "--quick", "--steps", "2", "--layers", "1:2", "--concept", "honesty", "--no-calibrate",
+           "--no-progress", "--out", str(tmp_path / "u")])
+    assert cross_concept.adapter_measure(tmp_path / "u" / "adapter").key == "honesty-dailydilemmas"  # no sign record
+
+
+def test_train_names_a_measure_the_concept_lacks(tmp_path, capsys):
+    from interp.cli.train import main as train
+
+    with pytest.raises(SystemExit):
+        train(["--model", "tiny-random", "--concept", "sentiment", "--measure", "facts", "--out", str(tmp_path / "x")])
+    assert "--measure facts" in capsys.readouterr().err and not (tmp_path / "x").exists()

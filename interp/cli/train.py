@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from interp.adapters.innerpissa import SCALINGS
-from interp.cli import add_shared_args, model_from_args, positive_int
+from interp.cli import add_measure_args, add_shared_args, measure_from_args, model_from_args, positive_int
 from interp.adapters.io import AdapterLoadError
 from interp.files import RunLocked, run_lock
 from interp.models import ModelLoadError
@@ -27,7 +27,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
                     layers=f"adapted layers: indices, depth fractions and bands, e.g. '0.5', '10,14' or '0.1:0.5' (default {d.layers})")
     p.add_argument("--modules", default=",".join(d.modules), help=f"comma-separated, from {list(LINEAR_MODULES)}")
     p.add_argument("--rank", type=positive_int, default=d.adapter.rank)
-    p.add_argument("--concept", default=d.concept, help="shipped concept name or path to a concept .json")
+    add_measure_args(p, concept=d.concept, measure_help="the concept's measure the sign is calibrated on: facts or "
+                     "dailydilemmas for honesty (default: the concept's first, DailyDilemmas for honesty)")
     p.add_argument("--suffixes", default=d.suffixes, help="text file of suffixes (default: the shipped list)")
     p.add_argument("--n-pairs", type=int, default=d.n_pairs)
     p.add_argument("--steps", type=positive_int, default=d.steps)
@@ -49,10 +50,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--overwrite", action="store_true",
                    help="train afresh into an --out that already holds an adapter or a checkpoint (they are replaced)")
     p.add_argument("--no-calibrate", action="store_true",
-                   help="keep the training orientation instead of calibrating the sign on the concept's own measure "
-                        "(its calibration split: DailyDilemmas for honesty, continuation margins for sentiment)")
+                   help="keep the training orientation instead of calibrating the sign on the concept's measure "
+                        "(--measure's calibration split: DailyDilemmas for honesty unless --measure facts, continuation "
+                        "margins for sentiment)")
     args = p.parse_args(argv)
     args.error = p.error
+    args.measure_obj = measure_from_args(args, p.error)
     loss_layer = None
     if args.loss_layer is not None and args.loss_layer.lower() != "none":
         try:
@@ -104,8 +107,8 @@ def _main(config: TrainConfig, args: argparse.Namespace, out: Path) -> dict:
     model = model_from_args(args)
     # representation orientation does not fix the behavioural sign: unless --no-calibrate it is
     # checked on the calibration split of the concept's own measure
-    adapter, training = fit_adapter(model, config, out, calibrate=not args.no_calibrate, resume=args.resume,
-                                    progress=not args.no_progress)
+    adapter, training = fit_adapter(model, config, out, measure=args.measure_obj, calibrate=not args.no_calibrate,
+                                    resume=args.resume, progress=not args.no_progress)
     sign = (adapter.calibration or {}).get("sign")
     if sign:
         print(f"sign on the {sign['n']}-item calibration split of the concept's measure: +1 {sign['score_pos']:.4f} vs "
