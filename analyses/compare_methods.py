@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         written["csv"] = write_text(out / "compare_methods.csv", table.to_csv(index=False))
         header = (f"Methods on {stored.attrs.get('model_spec', '')}, concept {measure.concept} ({measure.label}, "
                   f"{measure.unit}), {split} split ({len(splits[split])} items), layers {config.train_config(0).layers}, "
-                  f"recipe {config.recipe or 'default'}, {config.seeds} seed(s); budgets are {BUDGET_KINDS[config.budget_kind]} "
+                  f"recipe {config.recipe or 'default'}, seeds as the Seeds column counts them; budgets are {BUDGET_KINDS[config.budget_kind]} "
                   f"on calibration prompts\n\n{floor_line(floor)} ({split} split)\n\n")
         written["table"] = write_text(out / "compare_methods.md", header + table.to_markdown(index=False) + "\n")
         if args.figures:
