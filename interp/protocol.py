@@ -212,12 +212,16 @@ def _scored_row(measure: Measure, ds: xr.Dataset, key: str, coeff: float, reache
 
 def base_scores(model, measure: Measure, items, path: str | Path, *, progress: bool = True) -> xr.Dataset:
     """The unsteered model's scores on ``items`` kept at ``path`` (reused by every method: c = 0 is the same
-    model), computed and written if absent; a stored dataset made with other weights is refused."""
+    model), computed and written if absent; a stored dataset made with other weights or of other items is refused."""
     here = backend_of(model).weight_hash
     ds = load_or_compute(path, lambda: measure.base(model, items, progress=progress))
     if ds.attrs.get("weight_hash") != here:
         raise ValueError(f"{path} holds scores of other model weights (hash {ds.attrs.get('weight_hash') or 'not recorded'},"
                          f" this model {here}); pass another --out, or delete the file to score again")
+    stored, wanted = np.asarray(ds[measure.item_dim].values), np.asarray(items.ids)
+    if len(stored) != len(wanted) or set(stored.tolist()) != set(wanted.tolist()):
+        raise ValueError(f"{path} holds base scores of other items ({len(stored)} there, {len(wanted)} asked for: another "
+                         "--n-eval or --split?); pass another --out, or delete the file to score again")
     return ds
 
 

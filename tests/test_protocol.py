@@ -90,6 +90,20 @@ def test_base_scores_and_floor_checks_of_other_weights_are_refused(tiny, other, 
         measure.stored_floor(tiny, items, tmp_path / "floor.json", progress=False)
 
 
+def test_base_scores_and_floor_checks_of_other_items_are_refused(tiny, mini_concept, tmp_path):
+    measure = measure_of(mini_concept)
+    items = measure.splits()["validation"]
+    assert len(items) > 2
+    base_scores(tiny, measure, items.head(2), tmp_path / "base.nc", progress=False)
+    assert base_scores(tiny, measure, items.head(2), tmp_path / "base.nc", progress=False).sizes["item"] == 2
+    with pytest.raises(ValueError, match=rf"base.nc holds base scores of other items \(2 there, {len(items)} asked for"):
+        base_scores(tiny, measure, items, tmp_path / "base.nc", progress=False)
+    measure.stored_floor(tiny, items, tmp_path / "floor.json", progress=False)
+    assert measure.stored_floor(tiny, items, tmp_path / "floor.json", progress=False)["items"]
+    with pytest.raises(ValueError, match="floor.json is the floor check of other items"):
+        measure.stored_floor(tiny, items.head(2), tmp_path / "floor.json", progress=False)
+
+
 def test_the_registry_names_every_method_and_refuses_others():
     assert {"innerpissa", "lora", "mean_diff", "pca", "s_mean_diff", "random", "prompt"} <= set(METHODS)
     with pytest.raises(ValueError, match="unknown method 'nope'"):

@@ -14,6 +14,7 @@ interface and never ask which kind a measure is; adding a measure is adding one 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -37,6 +38,12 @@ from interp.steering import SteeringMethod
 from interp.tables import metrics_at
 
 Items = Any  # a measure's item set: Dilemmas, ContinuationItems, ... (each supports len, head, ids)
+
+
+def items_digest(items: Items) -> str:
+    """Which items a stored result was computed on (their ids, order aside), short enough to record."""
+    ids = sorted(str(i) for i in np.asarray(items.ids).tolist())
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,9 @@ class Measure(ABC):
             if made != here:
                 raise ValueError(f"{path} is the floor check of other model weights (hash {made}, this model {here}); "
                                  "pass another --out, or delete it to check again")
+            if record.get("items", items_digest(items)) != items_digest(items):  # records before the digest: trusted
+                raise ValueError(f"{path} is the floor check of other items (another --n-eval or --split?); pass another "
+                                 "--out, or delete it to check again")
             return record
         try:
             check = self.floor(model, items, base=base, progress=progress, seed=seed)[0]
@@ -171,6 +181,6 @@ class Measure(ABC):
             print(check.summary())
         except ValueError as err:  # too few scorable items
             record = unavailable(str(err), self.label)
-        record["weight_hash"] = here
+        record["weight_hash"], record["items"] = here, items_digest(items)
         write_text(path, json.dumps(record, indent=1))
         return record
