@@ -20,7 +20,8 @@ from interp.train.config import OBJECTIVES
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m interp.train", description="Train a bidirectional InnerPiSSA adapter with ReprPO, calibrate its sign on the concept's own measure, save it.",
+    p = argparse.ArgumentParser(prog="python -m interp.train", description="Train a bidirectional InnerPiSSA adapter (ReprPO by default, or --objective distill / preference), "
+                                "calibrate its sign on the concept's measure, save it.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_shared_args(p, out="run folder (default: runs/<concept>-<model>-s<seed>)", seed="training seed (data order, adapter init)",
                     quick="6 steps on 200 pairs: a smoke run",
@@ -38,7 +39,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--loss", choices=LOSS_KINDS, default=d.loss)
     p.add_argument("--objective", choices=OBJECTIVES, default=d.objective,
                    help="reprpo: separate hidden states along the preference direction; distill: at c = +1 / -1 predict "
-                        "what the model prompted with the positive / negative persona predicts")
+                        "what the model prompted with the positive / negative persona predicts; preference: at c, prefer the "
+                        "positive persona's own completions over the negative's in proportion to c (under a KL barrier)")
     p.add_argument("--loss-layer", default=str(d.loss_layer), help="read hidden states here (index or depth fraction; 'none': the deepest adapted layer)")
     p.add_argument("--no-rotate-v", action="store_true")
     p.add_argument("--rotate-u", action="store_true")
