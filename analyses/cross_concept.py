@@ -142,7 +142,7 @@ def markdown(ds: xr.Dataset) -> str:
         table[f"{m}: ΔNLL +c"] = nll
     head = (f"Cross-concept table on {ds.attrs.get('model_spec', '')}, {ds.attrs.get('split', '')} split, every adapter at "
             f"{ds.attrs.get('budget', '')} nats of next-token KL on the calibration prompts of the measure its sign was "
-            f"calibrated on"
+            f"calibrated on "
             f"(seeds of one adapter name: mean ± sd)\n\n")
     return head + pd.DataFrame(table).to_markdown(index=False) + "\n"
 
