@@ -35,11 +35,10 @@ import pandas as pd
 import xarray as xr
 
 from analyses._io import analysis_parser, load_dataset, result_folder, write_netcdf, write_text
-from interp.files import read_json_file
 from interp.adapters.io import AdapterLoadError, load_adapter, read_adapter_config
 from interp.backends import backend_of
 from interp.cli import QUICK, model_from_args, positive_float
-from interp.files import RunLocked, run_lock
+from interp.files import RunLocked, read_json_file, run_lock
 from interp.measures import Measure, concept_measures, measure_of
 from interp.protocol import base_scores, calibrate_method_strength
 from interp.provenance import provenance
@@ -163,6 +162,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             raise ValueError
     except ValueError:
         p.error(f"--adapters needs NAME=PATH,..., got {args.adapters!r}")
+    paths = [path for _, path in args.adapter_paths]
+    if len(set(paths)) < len(paths):
+        p.error(f"--adapters names an adapter twice: {sorted({x for x in paths if paths.count(x) > 1})}")
     for name, path in args.adapter_paths:
         if not (Path(path) / "adapter.json").is_file():
             p.error(f"--adapters {name}={path}: no saved adapter there (expected {Path(path) / 'adapter.json'})")

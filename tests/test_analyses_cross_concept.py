@@ -93,3 +93,10 @@ def test_train_names_a_measure_the_concept_lacks(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train(["--model", "tiny-random", "--concept", "sentiment", "--measure", "facts", "--out", str(tmp_path / "x")])
     assert "--measure facts" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_an_adapter_named_twice_is_refused(adapters, tmp_path, capsys):
+    path = adapters / "sentiment0" / "adapter"
+    with pytest.raises(SystemExit):
+        cross_concept.main(["--model", "tiny-random", "--adapters", f"a={path},b={path}", "--out", str(tmp_path)])
+    assert "names an adapter twice" in capsys.readouterr().err
