@@ -40,7 +40,7 @@ from interp.baselines import MeanDiff, PCASteering, RandomDirection, SSpaceMeanD
 from interp.calibrate import CalibratedStrength, calibrate_strength, coherence_cost, record_strength
 from interp.data import tokenize_pairs
 from interp.files import check_run_config, RECOMPUTE, read_json_file, load_dataset, load_or_compute, run_lock, write_netcdf, write_text
-from interp.measures import Measure, measure_of, unrelated_measure
+from interp.measures import Measure, ids_digest, measure_of, unrelated_measure
 from interp.sites import parse_layers
 from interp.backends import select_sites
 from interp.steering import SteeringMethod
@@ -218,9 +218,9 @@ def base_scores(model, measure: Measure, items, path: str | Path, *, progress: b
     if ds.attrs.get("weight_hash") != here:
         raise ValueError(f"{path} holds scores of other model weights (hash {ds.attrs.get('weight_hash') or 'not recorded'},"
                          f" this model {here}); pass another --out, or delete the file to score again")
-    stored, wanted = np.asarray(ds[measure.item_dim].values), np.asarray(items.ids)
-    if len(stored) != len(wanted) or set(stored.tolist()) != set(wanted.tolist()):
-        raise ValueError(f"{path} holds base scores of other items ({len(stored)} there, {len(wanted)} asked for: another "
+    stored = ds[measure.item_dim].values
+    if ids_digest(stored) != ids_digest(items.ids):  # the floor check's identity of an item set
+        raise ValueError(f"{path} holds base scores of other items ({len(stored)} there, {len(items.ids)} asked for: another "
                          "--n-eval or --split?); pass another --out, or delete the file to score again")
     return ds
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from interp.data import CONCEPT_LAYOUT, DEFAULT_CONCEPT, available_concepts, concepts_dir
 from interp.files import read_json_file
 from interp.dilemmas import TARGET
-from interp.measures.base import Measure
+from interp.measures.base import Measure, ids_digest
 from interp.measures.dailydilemmas import DailyDilemmasMeasure
 from interp.measures.facts import FactsMeasure
 from interp.measures.margins import ContinuationMeasure
@@ -26,8 +26,8 @@ from interp.measures.margins import ContinuationMeasure
 KINDS: dict[str, type[Measure]] = {cls.name: cls for cls in (DailyDilemmasMeasure, ContinuationMeasure, FactsMeasure)}
 _DEFAULT_SPEC = {"kind": "dailydilemmas", "target": TARGET}
 
-__all__ = ["KINDS", "ContinuationMeasure", "DailyDilemmasMeasure", "FactsMeasure", "Measure", "concept_measures", "unrelated_measure",
-           "measure_of"]
+__all__ = ["KINDS", "ContinuationMeasure", "DailyDilemmasMeasure", "FactsMeasure", "Measure", "concept_measures", "ids_digest",
+           "unrelated_measure", "measure_of"]
 
 
 def _concept_file(concept: str | Path) -> Path:

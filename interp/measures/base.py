@@ -40,10 +40,9 @@ from interp.tables import metrics_at
 Items = Any  # a measure's item set: Dilemmas, ContinuationItems, ... (each supports len, head, ids)
 
 
-def items_digest(items: Items) -> str:
-    """Which items a stored result was computed on (their ids, order aside), short enough to record."""
-    ids = sorted(str(i) for i in np.asarray(items.ids).tolist())
-    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+def ids_digest(ids: Sequence | np.ndarray) -> str:
+    """Which items a stored result was computed on, from their ids (order aside), short enough to record."""
+    return hashlib.sha256(json.dumps(sorted(str(i) for i in np.asarray(ids).tolist())).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -164,14 +163,14 @@ class Measure(ABC):
                      progress: bool = True, seed: int = 0) -> dict:
         """The floor-check record of ``items`` kept in ``path`` (json): read if there, else computed and written;
         a selection too small to check gives :func:`interp.floor.unavailable`'s record."""
-        path, here = Path(path), backend_of(model).weight_hash
+        path, here, digest = Path(path), backend_of(model).weight_hash, ids_digest(items.ids)
         if path.is_file():
             record = read_json_file(path, "a floor-check record", RECOMPUTE)
             made = record.get("weight_hash") or "not recorded"
             if made != here:
                 raise ValueError(f"{path} is the floor check of other model weights (hash {made}, this model {here}); "
                                  "pass another --out, or delete it to check again")
-            if record.get("items", items_digest(items)) != items_digest(items):  # records before the digest: trusted
+            if record.get("items", digest) != digest:  # records before the digest: trusted
                 raise ValueError(f"{path} is the floor check of other items (another --n-eval or --split?); pass another "
                                  "--out, or delete it to check again")
             return record
@@ -181,6 +180,6 @@ class Measure(ABC):
             print(check.summary())
         except ValueError as err:  # too few scorable items
             record = unavailable(str(err), self.label)
-        record["weight_hash"], record["items"] = here, items_digest(items)
+        record["weight_hash"], record["items"] = here, digest
         write_text(path, json.dumps(record, indent=1))
         return record
