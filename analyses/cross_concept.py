@@ -49,15 +49,19 @@ KEYS = ("coeff", "delta_target", "delta_target_neg", "p_value", "delta_nll", "de
 
 def adapter_concept(path: str | Path) -> str:
     """The concept an adapter was trained on (its training record), ``honesty`` where none is recorded."""
-    return read_adapter_config(path).get("training", {}).get("config", {}).get("concept", "honesty")
+    return _concept_of(read_adapter_config(path))
+
+
+def _concept_of(record: dict) -> str:
+    return record.get("training", {}).get("config", {}).get("concept", "honesty")
 
 
 def adapter_measure(path: str | Path) -> Measure:
     """The measure an adapter's sign was calibrated on (its record names the measure by label), where the
     budget is spent: an honesty adapter calibrated on the facts is scaled on the facts' calibration prompts.
     An adapter with no sign record is scaled on its concept's default measure."""
-    concept = adapter_concept(path)
-    label = read_adapter_config(path).get("calibration", {}).get("sign", {}).get("measure")
+    record = read_adapter_config(path)
+    concept, label = _concept_of(record), record.get("calibration", {}).get("sign", {}).get("measure")
     for name in concept_measures(concept):
         measure = measure_of(concept, name)
         if measure.label == label:
@@ -122,27 +126,19 @@ def _mean_sd(values: np.ndarray) -> str:
 
 def markdown(ds: xr.Dataset) -> str:
     """Rows: adapter groups (seeds pooled: mean ± sd); per measure, the shift at +c / -c (its own unit) and ΔNLL at +c."""
-    groups = list(dict.fromkeys(str(a) for a in ds["adapter"].values))
-    table: dict[str, list] = {"adapter (its concept)": groups, "seeds": [], "c": []}
-    for g in groups:
-        r = ds.where(ds["adapter"] == g, drop=True)
-        table["seeds"].append(int(r.sizes["run"]))
-        table["c"].append(_mean_sd(r["coeff"].isel(measure=0).values).lstrip("+"))
+    groups = {g: ds.isel(run=np.flatnonzero(ds["adapter"].values == g)) for g in dict.fromkeys(ds["adapter"].values)}
+    table: dict[str, list] = {"adapter (its concept)": [str(g) for g in groups],
+                              "seeds": [int(r.sizes["run"]) for r in groups.values()],
+                              "c": [_mean_sd(r["coeff"].isel(measure=0).values).lstrip("+") for r in groups.values()]}
     for m in ds["measure"].values:
         unit = str(ds["unit"].sel(measure=m).values)
-        pos, neg, nll = [], [], []
-        for g in groups:
-            r = ds.where(ds["adapter"] == g, drop=True).sel(measure=m)
-            pos.append(_mean_sd(r["delta_target"].values))
-            neg.append(_mean_sd(r["delta_target_neg"].values))
-            nll.append(_mean_sd(r["delta_nll"].values).lstrip("+"))
-        table[f"{m}: Δ at +c ({unit})"] = pos
-        table[f"{m}: Δ at -c"] = neg
-        table[f"{m}: ΔNLL +c"] = nll
+        rows = [r.sel(measure=m) for r in groups.values()]
+        table[f"{m}: Δ at +c ({unit})"] = [_mean_sd(r["delta_target"].values) for r in rows]
+        table[f"{m}: Δ at -c"] = [_mean_sd(r["delta_target_neg"].values) for r in rows]
+        table[f"{m}: ΔNLL +c"] = [_mean_sd(r["delta_nll"].values).lstrip("+") for r in rows]
     head = (f"Cross-concept table on {ds.attrs.get('model_spec', '')}, {ds.attrs.get('split', '')} split, every adapter at "
             f"{ds.attrs.get('budget', '')} nats of next-token KL on the calibration prompts of the measure its sign was "
-            f"calibrated on "
-            f"(seeds of one adapter name: mean ± sd)\n\n")
+            f"calibrated on (seeds of one adapter name: mean ± sd)\n\n")
     return head + pd.DataFrame(table).to_markdown(index=False) + "\n"
 
 
